@@ -1,0 +1,9 @@
+"""napari-emdenoise: restore electron-microscopy images in napari and headless.
+
+The engine (``noise``, ``synth``, ``models``, ``engine``, ``training``, ``drift``,
+``io``) imports neither Qt nor napari; only ``_widgets`` does.
+"""
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__"]

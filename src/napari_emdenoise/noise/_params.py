@@ -1,0 +1,254 @@
+"""Typed parameter objects shared by every distortion layer.
+
+Each distortion layer of the noise model has a dataclass derived from
+:class:`LayerParams`. Its fields are declared with :func:`param`, which records
+the range the paper samples from, the hard validity limits, the unit and a
+one-line description in the field metadata. The playground widget and the
+JSON round trip are generated from this metadata, so a new parameter needs no
+GUI code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+import numpy as np
+
+__all__ = ["LayerParams", "ParamSpec", "param", "param_specs", "sample_uniform"]
+
+P = TypeVar("P", bound="LayerParams")
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """Metadata of one parameter, read from the dataclass field.
+
+    Attributes
+    ----------
+    name : str
+        Field name.
+    default : Any
+        Default value.
+    low, high : float or None
+        Range used by the paper when it draws the parameter at random; the
+        playground slider spans it.
+    hard_min, hard_max : float or None
+        Validity limits; :meth:`LayerParams.validate` rejects values outside.
+    unit : str
+        Physical unit (``"Å"``, ``"e⁻/pixel"``, ``"pixels"``, ...), empty if
+        dimensionless.
+    doc : str
+        One-line description shown as the widget tooltip.
+    log : bool
+        Whether the slider should be logarithmic (dose-like parameters).
+    choices : tuple or None
+        Allowed values for categorical parameters.
+    """
+
+    name: str
+    default: Any
+    low: float | None
+    high: float | None
+    hard_min: float | None
+    hard_max: float | None
+    unit: str
+    doc: str
+    log: bool
+    choices: tuple | None
+    type: type
+
+
+def param(
+    default: Any,
+    low: float | None = None,
+    high: float | None = None,
+    *,
+    hard_min: float | None = None,
+    hard_max: float | None = None,
+    unit: str = "",
+    doc: str = "",
+    log: bool = False,
+    choices: tuple | None = None,
+) -> Any:
+    """Declare a dataclass field of a distortion layer's parameters.
+
+    Parameters
+    ----------
+    default
+        Default value (a typical experimental setting).
+    low, high
+        The paper's sampling range; also the playground slider range.
+    hard_min, hard_max
+        Validity limits (default: none). Values outside raise ``ValueError``
+        in :meth:`LayerParams.validate`.
+    unit, doc
+        Unit and a one-line description.
+    log
+        Logarithmic slider.
+    choices
+        Allowed values for a categorical parameter.
+    """
+    meta = {
+        "low": low,
+        "high": high,
+        "hard_min": hard_min,
+        "hard_max": hard_max,
+        "unit": unit,
+        "doc": doc,
+        "log": log,
+        "choices": tuple(choices) if choices is not None else None,
+    }
+    return field(default=default, metadata=meta)
+
+
+def param_specs(params_type: type[LayerParams] | LayerParams) -> list[ParamSpec]:
+    """Return the :class:`ParamSpec` of every field except ``enabled``."""
+    cls = params_type if isinstance(params_type, type) else type(params_type)
+    hints = _resolved_types(cls)
+    specs = []
+    for f in fields(cls):
+        if f.name == "enabled":
+            continue
+        m = f.metadata
+        specs.append(
+            ParamSpec(
+                name=f.name,
+                default=f.default,
+                low=m.get("low"),
+                high=m.get("high"),
+                hard_min=m.get("hard_min"),
+                hard_max=m.get("hard_max"),
+                unit=m.get("unit", ""),
+                doc=m.get("doc", ""),
+                log=m.get("log", False),
+                choices=m.get("choices"),
+                type=hints.get(f.name, type(f.default)),
+            )
+        )
+    return specs
+
+
+def _resolved_types(cls: type) -> dict[str, type]:
+    import typing
+
+    try:
+        hints = typing.get_type_hints(cls)
+    except Exception:  # pragma: no cover - defensive: unresolvable annotations
+        return {}
+    out = {}
+    for k, v in hints.items():
+        origin = typing.get_origin(v)
+        out[k] = v if origin is None else origin
+    return out
+
+
+def sample_uniform(spec: ParamSpec, rng: np.random.Generator) -> Any:
+    """Draw one value uniformly (log-uniformly if ``spec.log``) in the paper range."""
+    if spec.choices is not None:
+        return spec.choices[int(rng.integers(len(spec.choices)))]
+    if spec.low is None or spec.high is None:
+        return spec.default
+    lo, hi = float(spec.low), float(spec.high)
+    if spec.log and lo > 0:
+        v = math.exp(rng.uniform(math.log(lo), math.log(hi)))
+    else:
+        v = rng.uniform(lo, hi)
+    if spec.type is int:
+        return int(round(v))
+    return float(v)
+
+
+@dataclass
+class LayerParams:
+    """Base class of every distortion layer's parameters.
+
+    Attributes
+    ----------
+    enabled : bool
+        Whether the layer is applied in a pipeline.
+    """
+
+    enabled: bool = True
+
+    # -- validation ---------------------------------------------------------
+    def validate(self: P) -> P:
+        """Check every value against its validity limits.
+
+        Returns
+        -------
+        self
+            For chaining.
+
+        Raises
+        ------
+        ValueError
+            Naming the layer, the parameter, its value and the allowed range.
+        """
+        for spec in param_specs(self):
+            value = getattr(self, spec.name)
+            where = f"{type(self).__name__}.{spec.name}"
+            if spec.choices is not None:
+                if value not in spec.choices:
+                    raise ValueError(f"{where} must be one of {spec.choices}, got {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+                continue
+            if not math.isfinite(float(value)):
+                raise ValueError(f"{where} must be finite, got {value!r}")
+            if spec.hard_min is not None and value < spec.hard_min:
+                raise ValueError(
+                    f"{where} = {value!r} is below its minimum {spec.hard_min} {spec.unit}".rstrip()
+                )
+            if spec.hard_max is not None and value > spec.hard_max:
+                raise ValueError(
+                    f"{where} = {value!r} is above its maximum {spec.hard_max} {spec.unit}".rstrip()
+                )
+        return self
+
+    # -- sampling -----------------------------------------------------------
+    @classmethod
+    def sample(cls: type[P], rng: np.random.Generator) -> P:
+        """Draw random parameters as the paper does.
+
+        The default draws every numeric field uniformly in its paper range;
+        layers with occurrence probabilities or coupled parameters override it.
+        """
+        values = {spec.name: sample_uniform(spec, rng) for spec in param_specs(cls)}
+        return cls(**values)
+
+    # -- serialisation ------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-serialisable dict (tuples become lists)."""
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, tuple):
+                v = list(v)
+            elif isinstance(v, np.generic):
+                v = v.item()
+            out[f.name] = v
+        return out
+
+    @classmethod
+    def from_dict(cls: type[P], data: Mapping[str, Any]) -> P:
+        """Build from a dict; unknown keys raise ``ValueError``."""
+        names = {f.name for f in fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise ValueError(f"{cls.__name__}: unknown parameter(s) {sorted(unknown)}")
+        kwargs = {}
+        for f in fields(cls):
+            if f.name in data:
+                v = data[f.name]
+                if isinstance(f.default, tuple) and isinstance(v, list):
+                    v = tuple(v)
+                kwargs[f.name] = v
+        return cls(**kwargs).validate()
+
+    def replace(self: P, **changes: Any) -> P:
+        """Return a copy with some fields changed (``dataclasses.replace``)."""
+        return dataclasses.replace(self, **changes)
