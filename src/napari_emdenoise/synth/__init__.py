@@ -1,1 +1,11 @@
-"""Sub-package."""
+"""Clean (undistorted) EM image generator of seed 001, "Data generation".
+
+``generate_clean("hr" | "lr", shape, rng)`` returns a float32 image in [0, 1]
+with maximum 1. The building blocks are public in :mod:`.atomic` (atomic
+specimens), :mod:`.lowres` (low-magnification objects) and :mod:`.contrast`
+(eqs 23–26). Pure numpy/scipy/scikit-image: no torch, Qt or napari.
+"""
+
+from ._clean import KINDS, generate_clean
+
+__all__ = ["KINDS", "generate_clean"]

@@ -1,0 +1,288 @@
+"""Noise-model playground: see every distortion layer and tune it by eye.
+
+The widget only collects parameters, runs :func:`napari_emdenoise.noise.distort`
+in a worker thread and shows the result: the clean input, the distorted image,
+and (optionally) one layer per stage plus the difference each stage made. The
+editors for every parameter are generated from the parameter dataclasses by
+:class:`~napari_emdenoise._widgets._param_form.LayerParamsForm`.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui import widgets as mw
+
+from ..noise.pipeline import MODALITIES, NoiseParams, distort, layers_for, sample_params
+from ..simulate import simulation_rngs
+from ..synth import generate_clean
+from ._param_form import LayerParamsForm
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = ["PlaygroundWidget"]
+
+_PREFIX = "playground"
+_SYNTHETIC = "synthetic"
+
+
+def normalise_to_unit(image: np.ndarray) -> np.ndarray:
+    """Map an image linearly onto [0, 1] (the clean-image convention of the noise model)."""
+    x = np.asarray(image, dtype=np.float32)
+    lo, hi = float(np.min(x)), float(np.max(x))
+    if not np.isfinite([lo, hi]).all():
+        raise ValueError("the selected layer contains NaN or infinite values")
+    if hi - lo <= 0:
+        return np.zeros_like(x)
+    return (x - lo) / (hi - lo)
+
+
+class PlaygroundWidget(mw.Container):
+    """Dock widget: tune every layer of the EM distortion model and watch the result live."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=False)
+        self.viewer = viewer
+        self._owned: set[str] = set()
+        self._worker: Any = None
+        self._pending = False
+        self._clean_cache: tuple[tuple, np.ndarray] | None = None
+        #: Number of results shown so far (tests wait on it).
+        self.n_updates = 0
+        #: Last error message shown, or "".
+        self.last_error = ""
+
+        self.source = mw.ComboBox(label="clean input", choices=self._source_choices())
+        self.kind = mw.ComboBox(label="kind", choices=["hr", "lr"], value="hr")
+        self.size = mw.SpinBox(label="size [pixels]", value=256, min=16, max=4096, step=16)
+        self.modality = mw.ComboBox(label="modality", choices=list(MODALITIES), value="stem")
+        self.seed = mw.SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.live = mw.CheckBox(text="update live", value=True)
+        self.show_stages = mw.CheckBox(text="one layer per stage", value=True)
+        self.show_diffs = mw.CheckBox(text="difference of each stage", value=False)
+        self.status = mw.Label(value="")
+        header = mw.Container(
+            widgets=[self.source, self.kind, self.size, self.modality, self.seed], labels=True
+        )
+        toggles = mw.Container(
+            widgets=[self.live, self.show_stages, self.show_diffs], layout="horizontal",
+            labels=False,
+        )
+        self.update_button = mw.PushButton(text="Update")
+        self.random_button = mw.PushButton(text="Random (paper ranges)")
+        self.reset_button = mw.PushButton(text="Defaults")
+        self.save_button = mw.PushButton(text="Save settings…")
+        self.load_button = mw.PushButton(text="Load settings…")
+        buttons = mw.Container(
+            widgets=[self.update_button, self.random_button, self.reset_button], layout="horizontal",
+            labels=False,
+        )
+        files = mw.Container(
+            widgets=[self.save_button, self.load_button], layout="horizontal", labels=False
+        )
+        self.forms_box = mw.Container(labels=False, scrollable=True)
+        self.extend([header, toggles, buttons, files, self.status, self.forms_box])
+
+        self.forms: dict[str, LayerParamsForm] = {}
+        self._build_forms(NoiseParams.default(self.modality.value))
+
+        for w in (self.source, self.kind, self.size, self.seed, self.show_stages, self.show_diffs):
+            w.changed.connect(self._request_update)
+        self.modality.changed.connect(self._on_modality)
+        self.update_button.changed.connect(lambda *_: self.request_update(force=True))
+        self.random_button.changed.connect(lambda *_: self.randomise())
+        self.reset_button.changed.connect(lambda *_: self.set_params(NoiseParams.default(
+            self.modality.value)))
+        self.save_button.changed.connect(lambda *_: self._save_dialog())
+        self.load_button.changed.connect(lambda *_: self._load_dialog())
+        viewer.layers.events.inserted.connect(self._refresh_sources)
+        viewer.layers.events.removed.connect(self._refresh_sources)
+        self.native.destroyed.connect(lambda *_: self._stop_worker())
+        self.request_update(force=True)
+
+    # -- parameters -----------------------------------------------------------
+    def _build_forms(self, params: NoiseParams) -> None:
+        self.forms_box.clear()
+        self.forms = {}
+        for layer in layers_for(params.modality):
+            title = f"{layer.title} (eq {layer.equation})" if layer.equation else layer.title
+            form = LayerParamsForm(title, params[layer.name], on_change=self._request_update)
+            self.forms[layer.name] = form
+            self.forms_box.append(form)
+
+    @property
+    def params(self) -> NoiseParams:
+        """The settings currently shown in the widget."""
+        return NoiseParams(
+            self.modality.value, {name: form.params for name, form in self.forms.items()}
+        )
+
+    def set_params(self, params: NoiseParams) -> None:
+        """Show ``params`` (switching modality if needed) and recompute."""
+        if params.modality != self.modality.value:
+            with self.modality.changed.blocked():
+                self.modality.value = params.modality
+            self._build_forms(params)
+        else:
+            for name, form in self.forms.items():
+                form.set_params(params[name])
+        self.request_update()
+
+    def randomise(self) -> None:
+        """Draw parameters as the paper does (seeded by the seed box)."""
+        rng_params = simulation_rngs(int(self.seed.value))[1]
+        self.set_params(sample_params(self.modality.value, rng_params))
+
+    def save_settings(self, path: str | Path) -> Path:
+        """Write the current settings as JSON (for ``emdenoise train --noise``)."""
+        return self.params.save(path)
+
+    def load_settings(self, path: str | Path) -> None:
+        """Read settings written by :meth:`save_settings`."""
+        self.set_params(NoiseParams.load(path))
+
+    def _save_dialog(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getSaveFileName(
+            self.native, "Save noise settings", "noise_settings.json", "JSON (*.json)"
+        )
+        if path:
+            self.status.value = f"saved {self.save_settings(path)}"
+
+    def _load_dialog(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        path, _ = QFileDialog.getOpenFileName(
+            self.native, "Load noise settings", "", "JSON (*.json)"
+        )
+        if path:
+            try:
+                self.load_settings(path)
+            except (ValueError, OSError) as exc:
+                self._show_error(str(exc))
+
+    def _on_modality(self, *_: object) -> None:
+        self._build_forms(NoiseParams.default(self.modality.value))
+        self.request_update()
+
+    # -- input ----------------------------------------------------------------
+    def _source_choices(self, *_: object) -> list[str]:
+        names = [
+            layer.name
+            for layer in self.viewer.layers
+            if layer.__class__.__name__ == "Image"
+            and layer.name not in self._owned
+            and layer.ndim == 2
+            and not getattr(layer, "rgb", False)
+        ]
+        return [_SYNTHETIC, *names]
+
+    def _refresh_sources(self, *_: object) -> None:
+        current = self.source.value
+        with self.source.changed.blocked():
+            self.source.choices = self._source_choices()
+            if current in self.source.choices:
+                self.source.value = current
+
+    def _clean_input(self) -> tuple[np.ndarray, dict]:
+        if self.source.value == _SYNTHETIC:
+            key = (self.kind.value, int(self.size.value), int(self.seed.value))
+            if self._clean_cache is None or self._clean_cache[0] != key:
+                rng_clean = simulation_rngs(key[2])[0]
+                img = generate_clean(kind=key[0], shape=(key[1], key[1]), rng=rng_clean)
+                self._clean_cache = (key, img)
+            return self._clean_cache[1], {}
+        layer = self.viewer.layers[self.source.value]
+        return normalise_to_unit(np.asarray(layer.data)), {
+            "scale": tuple(layer.scale), "translate": tuple(layer.translate)
+        }
+
+    # -- computation ----------------------------------------------------------
+    def _request_update(self, *_: object) -> None:
+        if self.live.value:
+            self.request_update()
+
+    def request_update(self, force: bool = False) -> None:
+        """Recompute in a worker; if one is running, recompute once it ends (latest wins)."""
+        if self._worker is not None:
+            self._pending = True
+            return
+        try:
+            clean, geometry = self._clean_input()
+            params = self.params
+        except (ValueError, KeyError) as exc:
+            self._show_error(str(exc))
+            return
+        from napari.qt.threading import create_worker
+
+        seed = int(self.seed.value)
+        self._worker = create_worker(
+            _compute, clean, params, seed, _start_thread=False
+        )
+        self._worker.returned.connect(lambda result: self._show(result, geometry))
+        self._worker.errored.connect(lambda exc: self._show_error(str(exc)))
+        self._worker.finished.connect(self._on_finished)
+        self._worker.start()
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        if self._pending:
+            self._pending = False
+            self.request_update()
+
+    def _stop_worker(self) -> None:
+        if self._worker is not None:
+            self._worker.quit()
+
+    # -- display --------------------------------------------------------------
+    def _show_error(self, message: str) -> None:
+        self.last_error = message
+        self.status.value = f"⚠ {message}"
+
+    def _set_layer(self, name: str, data: np.ndarray, geometry: dict, visible: bool) -> None:
+        if name in self._owned and name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            layer.data = data
+            layer.reset_contrast_limits()
+        else:
+            if name in self.viewer.layers:  # a user layer has this name: never overwrite it
+                name = f"{name} ({_PREFIX})"
+            self.viewer.add_image(data, name=name, visible=visible, **geometry)
+            self._owned.add(name)
+
+    def _show(self, result: tuple, geometry: dict) -> None:
+        clean, distorted, stages, seconds = result
+        wanted = [(f"{_PREFIX} clean", clean, False), (f"{_PREFIX} distorted", distorted, True)]
+        previous = clean
+        for i, (name, image) in enumerate(stages, start=1):
+            if self.show_stages.value:
+                wanted.append((f"{_PREFIX} {i:02d} {name}", image, False))
+            if self.show_diffs.value:
+                wanted.append((f"{_PREFIX} Δ{i:02d} {name}", image - previous, False))
+            previous = image
+        keep = {name for name, _, _ in wanted}
+        for name in sorted(self._owned - keep):
+            if name in self.viewer.layers:
+                self.viewer.layers.remove(name)
+            self._owned.discard(name)
+        for name, data, visible in wanted:
+            self._set_layer(name, data, geometry, visible)
+        self.last_error = ""
+        self.status.value = (
+            f"{len(stages)} layers applied in {1000 * seconds:.0f} ms "
+            f"({distorted.shape[1]}×{distorted.shape[0]} px)"
+        )
+        self.n_updates += 1
+
+
+def _compute(clean: np.ndarray, params: NoiseParams, seed: int) -> tuple:
+    t0 = time.perf_counter()
+    distorted, stages = distort(
+        clean, params.modality, params, rng=simulation_rngs(seed)[2], return_stages=True
+    )
+    return clean, distorted, stages, time.perf_counter() - t0

@@ -1,0 +1,710 @@
+"""Run a restoration network on images of any size, frame by frame and tile by tile.
+
+:class:`TiledPredictor` cuts one 2-D image into overlapping tiles
+(:mod:`.tiling`), runs them through the network in batches under
+``torch.inference_mode`` (and autocast on CUDA), blends the outputs without
+seams and survives out-of-memory errors by halving the batch, then the tile.
+:func:`restore` is the one-call entry point used by the widget and the CLI:
+it accepts a model name, a checkpoint path or an ``nn.Module``, 2-D images
+and ``(frames, y, x)`` stacks (numpy, dask, zarr), and reports progress and
+honours a cancel flag. :func:`restore_dask` builds a lazy dask array, one
+task per frame, for clusters and results written to zarr.
+
+Intensity normalisation (SPEC §4): the CGRDN and DnCNN normalise each input
+as ``(x − mean) / max(std, 0.1)``. Applied per *tile* this would give every
+tile a different contrast; so when the network has a ``normalize`` attribute
+that is true, the predictor normalises the whole frame once with the frame's
+statistics, switches the network's own normalisation off while the tiles run
+(restoring the attribute afterwards) and undoes the normalisation on the
+blended output: the result is what the network computes on the whole frame.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .._validation import as_float_image
+from .device import autocast_context, is_oom_error, resolve_device
+from .tiling import TileBlender, TileGrid
+
+__all__ = [
+    "Cancelled",
+    "TiledPredictor",
+    "infer_size_multiple",
+    "restore",
+    "restore_dask",
+]
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+CancelCallback = Callable[[], bool]
+
+#: Lower bound of the normalisation scale, in input intensity units, for a
+#: network without a ``std_floor`` attribute (the networks' own default,
+#: ``models._normalization.NORM_STD_FLOOR``).
+_STD_FLOOR = 0.1
+
+#: Largest frame (pixels) run as one tile when ``tile_size`` is None.
+_WHOLE_IMAGE_BUDGET = {"cuda": 4096 * 4096, "mps": 2048 * 2048, "cpu": 1024 * 1024}
+_DEFAULT_TILE = 512
+_DEFAULT_OVERLAP = 32
+_MIN_TILE = 16
+
+
+class Cancelled(Exception):
+    """Raised when the ``cancel`` callback of a long call returned True."""
+
+
+# --------------------------------------------------------------------------- model state
+
+
+@dataclass
+class _SavedState:
+    count: int
+    training: bool
+    normalize: Any  # the original ``normalize`` attribute, or _MISSING
+
+
+_MISSING = object()
+_STATE_LOCK = threading.Lock()
+_SAVED: weakref.WeakKeyDictionary[torch.nn.Module, _SavedState] = weakref.WeakKeyDictionary()
+
+
+@contextmanager
+def _inference_state(model: torch.nn.Module) -> Iterator[bool]:
+    """Put ``model`` in eval mode with its own normalisation off; restore both on exit.
+
+    Re-entrant and thread safe (dask runs frames in threads on one module):
+    the original state is saved by the first user and restored by the last.
+
+    Yields
+    ------
+    bool
+        Whether the network normalises its input itself (its original
+        ``normalize`` attribute), i.e. whether the caller must normalise.
+    """
+    with _STATE_LOCK:
+        saved = _SAVED.get(model)
+        if saved is None:
+            saved = _SavedState(
+                count=0, training=model.training, normalize=getattr(model, "normalize", _MISSING)
+            )
+            _SAVED[model] = saved
+            model.eval()
+            if saved.normalize is not _MISSING:
+                model.normalize = False
+        saved.count += 1
+    try:
+        yield saved.normalize is not _MISSING and bool(saved.normalize)
+    finally:
+        with _STATE_LOCK:
+            saved.count -= 1
+            if saved.count == 0:
+                del _SAVED[model]
+                model.train(saved.training)
+                if saved.normalize is not _MISSING:
+                    model.normalize = saved.normalize
+
+
+def _normalisation(frame: np.ndarray, std_floor: float) -> tuple[float, float]:
+    """Mean and scale ``max(std, std_floor)`` of a frame (population std, float64 sums)."""
+    mean = float(frame.mean(dtype=np.float64))
+    var = float(frame.var(dtype=np.float64))
+    return mean, math.sqrt(max(var, std_floor**2))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def infer_size_multiple(model: torch.nn.Module) -> int:
+    """Factor that tile sizes and positions must be multiples of for ``model``.
+
+    A network that downsamples (strided convolutions, pooling) is only
+    translation equivariant for shifts that are multiples of its total
+    stride, so tiles must start on that grid. The model's own
+    ``size_multiple`` attribute wins; otherwise the product of the strides of
+    its ``Conv2d``, pooling and pixel-unshuffle layers is used (2 for the
+    CGRDN, ``2**depth`` for a U-Net).
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        The network.
+
+    Returns
+    -------
+    int
+        At least 1.
+    """
+    declared = getattr(model, "size_multiple", None)
+    if isinstance(declared, int) and declared >= 1:
+        return declared
+    factor = 1
+    for module in model.modules():
+        stride: Any = None
+        if isinstance(module, torch.nn.Conv2d):
+            stride = module.stride
+        elif isinstance(module, (torch.nn.MaxPool2d, torch.nn.AvgPool2d)):
+            stride = module.stride if module.stride is not None else module.kernel_size
+        elif isinstance(module, torch.nn.PixelUnshuffle):
+            stride = module.downscale_factor
+        if stride is None:
+            continue
+        values = stride if isinstance(stride, (tuple, list)) else (stride,)
+        factor *= max(int(v) for v in values)
+    return max(1, factor)
+
+
+def _module_device(model: torch.nn.Module) -> torch.device | None:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return None
+
+
+def _module_dtype(model: torch.nn.Module) -> torch.dtype:
+    for tensor in model.parameters():
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def _round_up(value: int, multiple: int) -> int:
+    return -(-value // multiple) * multiple
+
+
+def _as_pair(size: int | tuple[int, int], name: str) -> tuple[int, int]:
+    pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
+    if len(pair) != 2 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in pair):
+        raise ValueError(f"{name} must be a positive int or a pair of them, got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+# --------------------------------------------------------------------------- predictor
+
+
+class TiledPredictor:
+    """Run a 1-channel image-to-image network over 2-D images tile by tile.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+        Network mapping ``(B, 1, H, W)`` to ``(B, 1, H, W)``. It is moved to
+        ``device``; it is put in eval mode (and its ``normalize`` attribute,
+        if any, switched off) only while :meth:`predict` runs.
+    device : str, torch.device or None
+        Where to run. None: the device the model's parameters are on, or
+        :func:`~.device.resolve_device`'s automatic choice for a model
+        without parameters.
+    tile_size : int or tuple of int
+        Tile ``(height, width)`` in pixels (an int for squares). Rounded down
+        to a multiple of the model's total stride (:func:`infer_size_multiple`).
+        A frame smaller than a tile is run in one piece.
+    overlap : int
+        Pixels shared by neighbouring tiles (rounded up to the stride). Set it
+        to at least the network's effective receptive-field diameter: the
+        outer quarter of each overlap is discarded and the middle half
+        cross-faded, which is exact for a receptive-field radius up to
+        ``overlap // 4``.
+    batch_size : int
+        Tiles per forward pass.
+    amp : bool
+        Mixed precision (bfloat16, or float16 where unsupported) on CUDA.
+
+    Notes
+    -----
+    Frames whose size is not a multiple of the stride are reflect-padded at
+    the bottom and right before tiling and cropped afterwards, as the
+    networks themselves do. On an out-of-memory error the batch size is
+    halved, then (at batch size 1) the tile size, and the pass retried; the
+    reduced sizes are kept for the following calls.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        device: str | torch.device | None = None,
+        tile_size: int | tuple[int, int] = _DEFAULT_TILE,
+        overlap: int = _DEFAULT_OVERLAP,
+        batch_size: int = 4,
+        amp: bool = True,
+    ) -> None:
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        tile = _as_pair(tile_size, "tile_size")
+        if not isinstance(overlap, (int, np.integer)) or overlap < 0:
+            raise ValueError(f"overlap must be an int >= 0 pixels, got {overlap!r}")
+        if overlap >= min(tile):
+            raise ValueError(f"overlap ({overlap} px) must be smaller than the tile {tile}")
+        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        if device is None:
+            current = _module_device(model)
+            self.device = resolve_device(current) if current is not None else resolve_device(None)
+        else:
+            self.device = resolve_device(device)
+        self.model = model.to(self.device)
+        self.tile_size = tile
+        self.overlap = int(overlap)
+        self.batch_size = int(batch_size)
+        self.amp = bool(amp)
+        self.size_multiple = infer_size_multiple(model)
+
+    # ------------------------------------------------------------------ geometry
+
+    def _padded_shape(self, shape: tuple[int, int]) -> tuple[int, int]:
+        m = self.size_multiple
+        return _round_up(shape[0], m), _round_up(shape[1], m)
+
+    def grid_for(self, shape: tuple[int, int]) -> TileGrid:
+        """The tiling used for a frame of ``shape`` (after padding to the stride).
+
+        Parameters
+        ----------
+        shape : tuple of int
+            ``(height, width)`` of the frame, in pixels.
+
+        Returns
+        -------
+        TileGrid
+            Grid over the padded frame.
+        """
+        m = self.size_multiple
+        padded = self._padded_shape(shape)
+        # An axis no longer than the tile is one piece (the padded length);
+        # otherwise tiles and strides sit on the network's stride grid.
+        tile = tuple(
+            p if t >= s else max(m, (t // m) * m)
+            for t, s, p in zip(self.tile_size, shape, padded, strict=True)
+        )
+        overlap = _round_up(self.overlap, m) if self.overlap else 0
+        needs_tiles = [t < p for t, p in zip(tile, padded, strict=True)]
+        limit = min((t for t, need in zip(tile, needs_tiles, strict=True) if need), default=None)
+        if limit is not None and overlap >= limit:
+            overlap = max(0, limit - m)
+        return TileGrid(padded, tile, overlap)
+
+    def count_tiles(self, shape: tuple[int, int]) -> int:
+        """Number of tiles (network inputs) for a frame of ``shape``."""
+        return len(self.grid_for(shape))
+
+    # ------------------------------------------------------------------ running
+
+    def predict(
+        self,
+        image2d: object,
+        progress: ProgressCallback | None = None,
+        cancel: CancelCallback | None = None,
+    ) -> np.ndarray:
+        """Restore one 2-D image.
+
+        Parameters
+        ----------
+        image2d : array_like
+            ``(height, width)`` image, integer or float, at least 2 pixels
+            along each axis, finite.
+        progress : callable, optional
+            Called as ``progress(done, total)`` (tiles) after every batch.
+        cancel : callable, optional
+            Polled before every batch; returning True aborts with
+            :class:`Cancelled`.
+
+        Returns
+        -------
+        numpy.ndarray
+            Float32 restored image of the input's shape.
+
+        Raises
+        ------
+        ValueError
+            For invalid images (see :func:`~napari_emdenoise._validation.as_float_image`)
+            or a model output of the wrong shape.
+        Cancelled
+            If ``cancel`` returned True.
+        MemoryError
+            If the device runs out of memory even with one minimal tile.
+        """
+        frame = as_float_image(image2d, ndim=2, min_size=2, name="image")
+        return self._predict_frame(frame, progress, cancel)
+
+    def _predict_frame(
+        self,
+        frame: np.ndarray,
+        progress: ProgressCallback | None,
+        cancel: CancelCallback | None,
+    ) -> np.ndarray:
+        height, width = frame.shape
+        with _inference_state(self.model) as normalise:
+            if normalise:
+                floor = float(getattr(self.model, "std_floor", _STD_FLOOR))
+                mean, scale = _normalisation(frame, floor)
+                frame = (frame - np.float32(mean)) / np.float32(scale)
+            ph, pw = self._padded_shape(frame.shape)
+            if (ph, pw) != frame.shape:
+                frame = np.pad(frame, ((0, ph - height), (0, pw - width)), mode="reflect")
+            out = self._run_tiles(frame, progress, cancel)[:height, :width]
+        if normalise:
+            out = out * np.float32(scale) + np.float32(mean)
+        return np.ascontiguousarray(out, dtype=np.float32)
+
+    def _run_tiles(
+        self,
+        frame: np.ndarray,
+        progress: ProgressCallback | None,
+        cancel: CancelCallback | None,
+    ) -> np.ndarray:
+        while True:
+            grid = self.grid_for(frame.shape)
+            tiles = list(grid)
+            blender = TileBlender(grid)
+            done = 0
+            restart = False
+            while done < len(tiles):
+                if cancel is not None and cancel():
+                    raise Cancelled("restoration cancelled")
+                batch = tiles[done : done + self.batch_size]
+                inputs = np.stack([frame[tile.slices] for tile in batch])
+                try:
+                    outputs = self._forward(inputs)
+                except Exception as exc:
+                    if not is_oom_error(exc):
+                        raise
+                    self._release_memory()
+                    restart = self._shrink_after_oom(grid, exc)
+                    if restart:
+                        break
+                    continue
+                for tile, values in zip(batch, outputs, strict=True):
+                    blender.add(tile, values)
+                done += len(batch)
+                if progress is not None:
+                    progress(done, len(tiles))
+            if not restart:
+                return blender.result()
+
+    def _shrink_after_oom(self, grid: TileGrid, exc: BaseException) -> bool:
+        """Halve the batch (return False) or the tile (return True: restart the frame)."""
+        if self.batch_size > 1:
+            self.batch_size //= 2
+            logger.warning(
+                "out of memory on %s: retrying with batch_size=%d", self.device, self.batch_size
+            )
+            return False
+        m = self.size_multiple
+        current = grid.tile_shape
+        smaller = tuple(max(m, (t // 2 // m) * m) for t in current)
+        minimum = max(_MIN_TILE, 2 * grid.overlap + m, m)
+        if max(smaller) < minimum or smaller == current:
+            raise MemoryError(
+                f"out of memory on {self.device} even with batch_size=1 and {current[0]}×"
+                f"{current[1]}-pixel tiles; use the CPU or a smaller model"
+            ) from exc
+        self.tile_size = (max(smaller[0], minimum), max(smaller[1], minimum))
+        logger.warning(
+            "out of memory on %s with %s-pixel tiles: retrying with tile_size=%s",
+            self.device,
+            current,
+            self.tile_size,
+        )
+        return True
+
+    def _release_memory(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+        elif self.device.type == "mps" and hasattr(torch, "mps"):
+            torch.mps.empty_cache()
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """Run ``(B, h, w)`` float32 tiles through the network; return ``(B, h, w)``."""
+        dtype = _module_dtype(self.model)
+        with torch.inference_mode(), autocast_context(self.device, "auto" if self.amp else None):
+            x = torch.from_numpy(batch[:, None]).to(self.device, dtype=dtype)
+            y = self.model(x)
+            if not isinstance(y, torch.Tensor) or tuple(y.shape) != tuple(x.shape):
+                got = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                raise ValueError(
+                    f"the model must return a tensor of its input's shape {tuple(x.shape)}, "
+                    f"got {got}"
+                )
+            return y[:, 0].float().cpu().numpy()
+
+
+# --------------------------------------------------------------------------- restore
+
+
+def _resolve_model(
+    model: str | Path | torch.nn.Module, device: str | torch.device | None
+) -> tuple[torch.nn.Module, torch.device]:
+    if isinstance(model, torch.nn.Module):
+        if device is None:
+            current = _module_device(model)
+            dev = resolve_device(current) if current is not None else resolve_device(None)
+        else:
+            dev = resolve_device(device)
+        return model, dev
+    if isinstance(model, (str, Path)):
+        dev = resolve_device(device)
+        from ..models.registry import load_model
+
+        module, _card = load_model(model if isinstance(model, str) else str(model), device=dev)
+        return module, dev
+    raise ValueError(
+        f"model must be a model name, a checkpoint path or a torch.nn.Module, "
+        f"got {type(model).__name__}"
+    )
+
+
+def _image_ndim(image: object) -> int:
+    ndim = getattr(image, "ndim", None)
+    if isinstance(ndim, (int, np.integer)) and hasattr(image, "shape"):
+        return int(ndim)
+    return np.asarray(image).ndim
+
+
+class _StackProgress:
+    """Turn per-frame tile counts into one monotone ``(done, total)`` over a stack."""
+
+    def __init__(self, callback: ProgressCallback | None, n_frames: int, per_frame: int) -> None:
+        self.callback = callback
+        self.n_frames = n_frames
+        self.per_frame = per_frame
+        self.finished = 0  # tiles of completed frames
+        self.frames_done = 0
+        self.last = 0
+
+    def start(self) -> None:
+        if self.callback is not None:
+            self.callback(0, self.n_frames * self.per_frame)
+
+    def frame_hook(self) -> ProgressCallback:
+        def hook(done: int, total: int) -> None:
+            self.per_frame = total
+            self._emit(self.finished + done)
+
+        return hook
+
+    def frame_finished(self) -> None:
+        self.frames_done += 1
+        self.finished += self.per_frame
+
+    def _emit(self, done: int) -> None:
+        total = self.finished + (self.n_frames - self.frames_done) * self.per_frame
+        self.last = max(self.last, min(done, total))
+        if self.callback is not None:
+            self.callback(self.last, total)
+
+
+def restore(
+    image: object,
+    model: str | Path | torch.nn.Module = "hrstem",
+    device: str | torch.device | None = None,
+    tile_size: int | tuple[int, int] | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+    progress: ProgressCallback | None = None,
+    cancel: CancelCallback | None = None,
+) -> np.ndarray:
+    """Restore an EM image or a stack of frames with a trained network.
+
+    Parameters
+    ----------
+    image : array_like
+        ``(height, width)`` image or ``(frames, height, width)`` stack (time
+        series, in-situ movie; frames are restored independently), any
+        integer or float dtype, finite, at least 2 pixels per axis. numpy,
+        dask and zarr arrays are accepted; a lazy stack is read one frame at
+        a time. 4-D STEM data go to :mod:`.stack4d` instead.
+    model : str, pathlib.Path or torch.nn.Module
+        Bundled model name (e.g. ``"hrstem"``), checkpoint path (both via
+        :func:`napari_emdenoise.models.registry.load_model`) or a network.
+    device : str, torch.device or None
+        ``None``: the module's own device, or automatic (CUDA, MPS, CPU)
+        for a name/path.
+    tile_size : int or tuple of int, optional
+        Tile size in pixels. None: the whole frame in one pass if it has at
+        most 1024² pixels (CPU) / 4096² (CUDA), else 512-pixel tiles.
+    overlap : int, optional
+        Overlap between tiles in pixels (default 32).
+    batch_size : int, optional
+        Tiles per forward pass (default 4 on CUDA, 1 elsewhere).
+    progress : callable, optional
+        ``progress(done, total)`` counted in tiles over all frames;
+        ``done`` never decreases.
+    cancel : callable, optional
+        Polled before every batch; True aborts with :class:`Cancelled`.
+
+    Returns
+    -------
+    numpy.ndarray
+        Float32 array of the input's shape, in the input's intensity units.
+
+    Raises
+    ------
+    ValueError
+        For NaN/inf, empty, 1-D or 4-D input, an axis under 2 pixels, or an
+        unknown model or device.
+    Cancelled
+        If ``cancel`` returned True.
+
+    Notes
+    -----
+    Networks with a true ``normalize`` attribute (CGRDN, DnCNN) see each
+    frame normalised as a whole, ``(x − mean) / max(std, 0.1)`` (SPEC §4),
+    and not tile by tile; see the module notes.
+    """
+    ndim = _image_ndim(image)
+    if ndim == 4:
+        raise ValueError(
+            "restore takes a 2-D image or a (frames, y, x) stack; 4-D STEM data "
+            "(scan_y, scan_x, det_y, det_x) are handled by napari_emdenoise.engine.stack4d"
+        )
+    if ndim not in (2, 3):
+        raise ValueError(f"image must be 2-D (y, x) or 3-D (frames, y, x), got a {ndim}-D array")
+    lazy = ndim == 3 and not isinstance(image, np.ndarray)
+    data = image if lazy else as_float_image(image, ndim=(2, 3), name="image")
+    shape = tuple(int(s) for s in data.shape)  # type: ignore[union-attr]
+    if 0 in shape:
+        raise ValueError(f"image is empty (shape {shape})")
+    if min(shape[-2:]) < 2:
+        raise ValueError(
+            f"image of shape {shape} is too small: height and width need at least 2 pixels"
+        )
+
+    module, dev = _resolve_model(model, device)
+    frame_shape = shape[-2:]
+    if tile_size is None:
+        budget = _WHOLE_IMAGE_BUDGET.get(dev.type, _WHOLE_IMAGE_BUDGET["cpu"])
+        if frame_shape[0] * frame_shape[1] <= budget:
+            tile_size = (max(frame_shape[0], 2), max(frame_shape[1], 2))
+        else:
+            tile_size = _DEFAULT_TILE
+    if overlap is None:
+        overlap = min(_DEFAULT_OVERLAP, max(0, min(_as_pair(tile_size, "tile_size")) // 2 - 1))
+    if batch_size is None:
+        batch_size = 4 if dev.type == "cuda" else 1
+    predictor = TiledPredictor(
+        module, device=dev, tile_size=tile_size, overlap=overlap, batch_size=batch_size
+    )
+
+    frames = data[None] if ndim == 2 else data  # type: ignore[index]
+    n_frames = int(frames.shape[0])  # type: ignore[union-attr]
+    counter = _StackProgress(progress, n_frames, predictor.count_tiles(frame_shape))
+    counter.start()
+    out = np.empty((n_frames, *frame_shape), dtype=np.float32)
+    for index in range(n_frames):
+        frame = frames[index]  # type: ignore[index]
+        if lazy:  # numpy input was validated above; lazy frames are read and checked here
+            if hasattr(frame, "compute"):
+                frame = frame.compute()
+            frame = as_float_image(frame, ndim=2, name=f"frame {index}")
+        out[index] = predictor._predict_frame(frame, counter.frame_hook(), cancel)
+        counter.frame_finished()
+    return out[0] if ndim == 2 else out
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_model(model: str, device: str) -> torch.nn.Module:
+    """One loaded copy of a named model per process (dask workers reuse it)."""
+    module, _dev = _resolve_model(model, device)
+    return module
+
+
+def _restore_block(
+    block: np.ndarray,
+    model: str | torch.nn.Module,
+    device: str | None,
+    tile_size: int | tuple[int, int] | None,
+    overlap: int | None,
+    batch_size: int | None,
+) -> np.ndarray:
+    if isinstance(model, str):
+        dev = str(resolve_device(device))
+        model = _cached_model(model, dev)
+    return restore(
+        block,
+        model=model,
+        device=device,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+    )
+
+
+def restore_dask(
+    arr: object,
+    model: str | Path | torch.nn.Module = "hrstem",
+    device: str | torch.device | None = None,
+    tile_size: int | tuple[int, int] | None = None,
+    overlap: int | None = None,
+    batch_size: int | None = None,
+) -> Any:
+    """Lazy restoration of a stack: one dask task per frame.
+
+    Parameters
+    ----------
+    arr : array_like
+        ``(frames, height, width)`` or ``(height, width)`` array, dask or
+        anything ``dask.array.asarray`` accepts. It is rechunked to whole
+        frames (a frame is normalised as a whole and tiled internally).
+    model, device, tile_size, overlap, batch_size
+        As for :func:`restore`. A model name or path is loaded once per
+        worker process, so the graph runs on a ``dask.distributed`` cluster;
+        a module is shipped with the graph.
+
+    Returns
+    -------
+    dask.array.Array
+        Lazy float32 array of ``arr``'s shape. Compute it, or stream it to
+        disk with ``.to_zarr(path)``.
+
+    Raises
+    ------
+    ValueError
+        For arrays that are not 2-D or 3-D or are empty (values are checked
+        when each frame is computed).
+    """
+    import dask.array as da
+
+    darr = arr if isinstance(arr, da.Array) else da.asarray(arr)
+    if darr.ndim not in (2, 3):
+        raise ValueError(
+            f"restore_dask takes a 2-D image or a (frames, y, x) stack, got {darr.ndim}-D"
+        )
+    if darr.size == 0:
+        raise ValueError(f"array is empty (shape {darr.shape})")
+    model_arg: str | torch.nn.Module = str(model) if isinstance(model, Path) else model
+    if not isinstance(model_arg, (str, torch.nn.Module)):
+        raise ValueError(
+            f"model must be a model name, a checkpoint path or a torch.nn.Module, "
+            f"got {type(model).__name__}"
+        )
+    device_arg = None if device is None else str(device)
+    squeeze = darr.ndim == 2
+    if squeeze:
+        darr = darr[None]
+    darr = darr.rechunk({0: 1, 1: -1, 2: -1})
+    result = darr.map_blocks(
+        _restore_block,
+        dtype=np.float32,
+        meta=np.empty((0, 0, 0), dtype=np.float32),
+        model=model_arg,
+        device=device_arg,
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+    )
+    return result[0] if squeeze else result

@@ -1,0 +1,152 @@
+"""Synthetic (distorted, target) training pairs drawn from ``synth`` + ``noise``.
+
+Every pair is a pure function of ``(seed, split, index)``, so a data-loader
+worker can produce pair ``i`` without any shared state, a resumed run continues
+with exactly the pairs it would have seen, and the validation and held-out test
+sets are disjoint from the training stream by construction.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..noise.pipeline import NoiseParams, make_pair, sample_params
+from ..synth import generate_clean
+
+__all__ = ["SPLITS", "PairConfig", "SyntheticPairs", "make_training_pair"]
+
+#: Independent random streams. ``test`` is reserved for the benchmarks' held-out set.
+SPLITS: dict[str, int] = {"train": 0, "val": 1, "test": 2}
+
+_POOL_STREAM = 3
+
+
+@dataclass
+class PairConfig:
+    """What pairs to draw.
+
+    Attributes
+    ----------
+    modality : {"stem", "tem", "sem"}
+    kind : {"hr", "lr"}
+    patch_size : int
+        Side of the square patches, in pixels.
+    noise : NoiseParams or None
+        Fixed distortion settings (e.g. saved from the playground); ``None``
+        draws new parameters for every pair as seed 001 does.
+    seed : int
+        Base seed of every stream.
+    clean_pool : int
+        0: generate a new clean image for every pair (the paper's scheme).
+        N > 0: reuse N clean images of side ``pool_image_size`` (random crops and
+        flips), with fresh distortions for every pair; much cheaper on a CPU.
+    pool_image_size : int
+        Side of the pooled clean images, in pixels (≥ ``patch_size``).
+    """
+
+    modality: str = "stem"
+    kind: str = "hr"
+    patch_size: int = 128
+    noise: NoiseParams | None = None
+    seed: int = 0
+    clean_pool: int = 0
+    pool_image_size: int = 256
+    _pool: dict[int, tuple[np.ndarray, dict]] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.patch_size < 16:
+            raise ValueError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
+        if self.clean_pool < 0:
+            raise ValueError("clean_pool must be ≥ 0")
+        if self.clean_pool and self.pool_image_size < self.patch_size:
+            raise ValueError("pool_image_size must be at least patch_size")
+        if self.noise is not None and self.noise.modality != self.modality:
+            raise ValueError(
+                f"noise settings are for {self.noise.modality!r}, not {self.modality!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable description (stored in checkpoints and model cards)."""
+        return {
+            "modality": self.modality,
+            "kind": self.kind,
+            "patch_size": self.patch_size,
+            "noise": None if self.noise is None else self.noise.to_dict(),
+            "seed": self.seed,
+            "clean_pool": self.clean_pool,
+            "pool_image_size": self.pool_image_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> PairConfig:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(data)
+        if d.get("noise") is not None:
+            d["noise"] = NoiseParams.from_dict(d["noise"])
+        return cls(**d)
+
+    def _pool_image(self, j: int) -> tuple[np.ndarray, dict]:
+        if j not in self._pool:
+            rng = np.random.default_rng([self.seed, _POOL_STREAM, j])
+            n = self.pool_image_size
+            self._pool[j] = generate_clean(self.kind, (n, n), rng=rng, return_info=True)
+        return self._pool[j]
+
+
+def make_training_pair(
+    cfg: PairConfig, index: int, split: str = "train", *, return_params: bool = False
+) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, NoiseParams]:
+    """Pair ``index`` of ``split``: ``(distorted, target)``, float32 (P, P) each.
+
+    With ``return_params`` also the :class:`NoiseParams` used (benchmarks bin by dose).
+    """
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    rng = np.random.default_rng([cfg.seed, SPLITS[split], int(index)])
+    rng_clean, rng_params, rng_noise, rng_crop = rng.spawn(4)
+    p = cfg.patch_size
+    if cfg.clean_pool and split == "train":
+        image, info = cfg._pool_image(int(rng_crop.integers(cfg.clean_pool)))
+        top = int(rng_crop.integers(image.shape[0] - p + 1))
+        left = int(rng_crop.integers(image.shape[1] - p + 1))
+        clean = image[top : top + p, left : left + p]
+        if rng_crop.random() < 0.5:
+            clean = clean[::-1]
+        clean = np.ascontiguousarray(np.rot90(clean, int(rng_crop.integers(4))))
+    else:
+        clean, info = generate_clean(cfg.kind, (p, p), rng=rng_clean, return_info=True)
+    params = cfg.noise or sample_params(cfg.modality, rng_params, pixel_size=info.get("pixel_size_A"))
+    target, distorted = make_pair(clean, cfg.modality, params, rng_noise)
+    return (distorted, target, params) if return_params else (distorted, target)
+
+
+class SyntheticPairs:
+    """Map-style dataset of pairs for ``torch.utils.data.DataLoader``.
+
+    ``dataset[i]`` returns two float32 tensors of shape (1, P, P):
+    ``(distorted, target)``. The length is nominal (2³¹ − 1): the stream is
+    endless, the sampler decides which indices a run visits.
+    """
+
+    def __init__(self, cfg: PairConfig, split: str = "train") -> None:
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+        self.cfg = cfg
+        self.split = split
+
+    def __len__(self) -> int:
+        return 2**31 - 1
+
+    def __getitem__(self, index: int):
+        import torch
+
+        x, y = make_training_pair(self.cfg, int(index), self.split)
+        return torch.from_numpy(x[None]), torch.from_numpy(y[None])
+
+    def arrays(self, n: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``n`` pairs as numpy stacks ``(distorted, target)`` of shape (n, P, P)."""
+        pairs = [make_training_pair(self.cfg, i, self.split) for i in range(start, start + n)]
+        return np.stack([p[0] for p in pairs]), np.stack([p[1] for p in pairs])

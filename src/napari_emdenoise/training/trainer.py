@@ -1,0 +1,408 @@
+"""Headless GAN trainer for the restoration networks (seed 001, Methods).
+
+:meth:`Trainer.run` is a generator: it trains the generator (and, when the
+adversarial weight is positive, the relativistic patch discriminator) on
+synthetic pairs drawn in background data-loader workers, and *yields* progress
+events. The command line prints them, the napari widget plots them, a script
+can do anything with them. :meth:`Trainer.stop` ends the run at the next step
+boundary; the last checkpoint is always written before the generator returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..metrics import psnr, ssim
+from .checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .datasets import PairConfig, SyntheticPairs
+
+__all__ = [
+    "CheckpointEvent",
+    "DoneEvent",
+    "StepEvent",
+    "TrainConfig",
+    "Trainer",
+    "ValidationEvent",
+]
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run.
+
+    Attributes
+    ----------
+    name : str
+        Model name written into the model card (``hrstem``, ``my_titan``…).
+    arch : str
+        Architecture key of :data:`napari_emdenoise.models.registry.ARCHITECTURES`.
+    model_config : str or dict
+        Named configuration (``"small"``, ``"full"``…) or explicit parameters.
+    pairs : PairConfig
+        Synthetic data (modality, kind, patch size, noise settings, seed).
+    steps : int
+        Number of optimiser steps.
+    batch_size : int
+        Pairs per step.
+    lr : float
+        Initial generator learning rate (Adam); cosine decay to
+        ``lr * lr_final_fraction``.
+    disc_lr : float
+        Discriminator learning rate.
+    loss_weights : dict
+        Overrides of :class:`napari_emdenoise.losses.LossWeights` fields
+        (``{"l1": 10, "adversarial": 5e-4, ...}``); adversarial > 0 trains the
+        discriminator too.
+    val_size, val_every : int
+        Fixed validation pairs (never seen in training) and how often (steps)
+        to evaluate them.
+    checkpoint_every : int
+        Steps between checkpoints.
+    num_workers : int
+        Data-loader worker processes (0: draw pairs in the training thread).
+    threads : int or None
+        ``torch.set_num_threads`` for the training process (None: leave).
+    device : str or None
+        ``"cpu"``, ``"cuda"``, … (None: automatic).
+    init_from : str or None
+        Bundled model name or ``.safetensors`` path to fine-tune from.
+    out_dir : str
+        Where checkpoints and the exported model go.
+    """
+
+    name: str = "custom"
+    arch: str = "cgrdn"
+    model_config: str | dict = "small"
+    pairs: PairConfig = field(default_factory=PairConfig)
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 2e-4
+    lr_final_fraction: float = 0.1
+    disc_lr: float = 1e-4
+    loss_weights: dict[str, float] = field(default_factory=dict)
+    val_size: int = 16
+    val_every: int = 100
+    checkpoint_every: int = 200
+    num_workers: int = 1
+    threads: int | None = None
+    device: str | None = None
+    init_from: str | None = None
+    out_dir: str = "runs/custom"
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "val_every", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}")
+        if self.val_size < 1:
+            raise ValueError("val_size must be ≥ 1")
+        if not (self.lr > 0 and self.disc_lr > 0):
+            raise ValueError("learning rates must be positive")
+        if self.num_workers < 0:
+            raise ValueError("num_workers must be ≥ 0")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form (stored in checkpoints and model cards)."""
+        d = dataclasses.asdict(self)
+        d["pairs"] = self.pairs.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """Inverse of :meth:`to_dict`."""
+        d = dict(data)
+        d["pairs"] = PairConfig.from_dict(d["pairs"])
+        return cls(**d)
+
+
+@dataclass
+class StepEvent:
+    """One optimiser step finished."""
+
+    step: int
+    total: int
+    losses: dict[str, float]
+    lr: float
+    pairs_per_second: float
+
+
+@dataclass
+class ValidationEvent:
+    """Validation on the fixed held-out pairs.
+
+    ``preview`` is ``(distorted, target, restored)`` of the first validation pair.
+    """
+
+    step: int
+    psnr: float
+    ssim: float
+    psnr_input: float
+    preview: tuple[np.ndarray, np.ndarray, np.ndarray]
+
+
+@dataclass
+class CheckpointEvent:
+    """A checkpoint was written."""
+
+    step: int
+    path: Path
+
+
+@dataclass
+class DoneEvent:
+    """The run ended (all steps done, or stopped)."""
+
+    step: int
+    stopped: bool
+    checkpoint: Path
+    model_path: Path | None
+    metrics: dict[str, float]
+
+
+class Trainer:
+    """Train a restoration network on synthetic pairs.
+
+    Parameters
+    ----------
+    config : TrainConfig
+    resume : bool
+        Continue from ``out_dir/checkpoint.pt`` if it exists.
+    """
+
+    def __init__(self, config: TrainConfig, resume: bool = True) -> None:
+        self.config = config
+        self.resume = resume
+        self.out_dir = Path(config.out_dir)
+        self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
+        self._stop = False
+
+    def stop(self) -> None:
+        """Ask the run to end after the current step (the checkpoint is kept)."""
+        self._stop = True
+
+    # ------------------------------------------------------------------ setup
+    def _build(self):
+        import torch
+
+        from ..engine.device import resolve_device
+        from ..losses import LossWeights
+        from ..models.discriminators import PatchDiscriminator
+        from ..models.registry import build_model, load_model
+
+        cfg = self.config
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        torch.manual_seed(cfg.pairs.seed)
+        self.device = resolve_device(cfg.device)
+        self.weights = LossWeights(**cfg.loss_weights)
+        if cfg.init_from:
+            self.model, card = load_model(cfg.init_from, device="cpu")
+            if card.arch != cfg.arch:
+                raise ValueError(
+                    f"cannot fine-tune {card.name!r} ({card.arch}) as architecture {cfg.arch!r}"
+                )
+            self.model_config = card.config
+        else:
+            self.model = build_model(cfg.arch, cfg.model_config)
+            self.model_config = (
+                cfg.model_config if isinstance(cfg.model_config, dict)
+                else _config_dict(self.model)
+            )
+        self.model.to(self.device).train()
+        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        self.disc = None
+        self.opt_d = None
+        if self.weights.adversarial > 0:
+            self.disc = PatchDiscriminator().to(self.device).train()
+            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999))
+        self.step = 0
+        if self.resume and self.checkpoint_path.exists():
+            state, _ = load_checkpoint(self.checkpoint_path)
+            self.model.load_state_dict(state["generator"])
+            self.opt_g.load_state_dict(state["opt_g"])
+            if self.disc is not None and "discriminator" in state:
+                self.disc.load_state_dict(state["discriminator"])
+                self.opt_d.load_state_dict(state["opt_d"])
+            self.step = int(state["step"])
+        val = SyntheticPairs(cfg.pairs, "val")
+        self.val_x, self.val_y = val.arrays(cfg.val_size)
+
+    def _lr_at(self, step: int) -> float:
+        cfg = self.config
+        t = min(step / max(cfg.steps, 1), 1.0)
+        floor = cfg.lr * cfg.lr_final_fraction
+        return floor + 0.5 * (cfg.lr - floor) * (1 + math.cos(math.pi * t))
+
+    def _loader(self):
+        import torch
+        from torch.utils.data import DataLoader
+
+        cfg = self.config
+        first = self.step * cfg.batch_size
+        last = cfg.steps * cfg.batch_size
+        kwargs: dict[str, Any] = {}
+        if cfg.num_workers > 0:
+            kwargs = {"num_workers": cfg.num_workers, "prefetch_factor": 4,
+                      "persistent_workers": False}
+        return DataLoader(
+            SyntheticPairs(cfg.pairs, "train"),
+            batch_size=cfg.batch_size,
+            sampler=range(first, last),
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(cfg.pairs.seed),
+            **kwargs,
+        )
+
+    # --------------------------------------------------------------- training
+    def _train_step(self, x, y) -> dict[str, float]:
+        import torch
+
+        from ..engine.device import autocast_context
+        from ..losses import generator_loss, relativistic_discriminator_loss
+
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        terms_out: dict[str, float] = {}
+        with autocast_context(self.device):
+            y_g = self.model(x)
+        y_g = y_g.float()
+        if self.disc is not None:
+            # discriminator step (eq 15) on detached generator output
+            for p in self.disc.parameters():
+                p.requires_grad_(True)
+            c_real = self.disc(torch.cat([x, y], 1))
+            c_fake = self.disc(torch.cat([x, y_g.detach()], 1))
+            d_loss = relativistic_discriminator_loss(c_real, c_fake)
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            terms_out["discriminator"] = float(d_loss.detach())
+            for p in self.disc.parameters():
+                p.requires_grad_(False)
+            c_real = self.disc(torch.cat([x, y], 1))
+            c_fake = self.disc(torch.cat([x, y_g], 1))
+            total, terms = generator_loss(y_g, y, self.weights, c_real=c_real, c_fake=c_fake)
+        else:
+            total, terms = generator_loss(y_g, y, self.weights)
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt_g.step()
+        terms_out.update({k: float(v) for k, v in terms.items()})
+        terms_out["total"] = float(total.detach())
+        return terms_out
+
+    def validate(self) -> ValidationEvent:
+        """Restore the fixed validation pairs and measure PSNR/SSIM against their targets."""
+        import torch
+
+        self.model.eval()
+        outs = []
+        with torch.inference_mode():
+            for i in range(0, len(self.val_x), 8):
+                xb = torch.from_numpy(self.val_x[i : i + 8, None]).to(self.device)
+                outs.append(self.model(xb).float().cpu().numpy()[:, 0])
+        self.model.train()
+        restored = np.concatenate(outs)
+        p = float(np.mean([psnr(r, t) for r, t in zip(restored, self.val_y)]))
+        s = float(np.mean([ssim(r, t) for r, t in zip(restored, self.val_y)]))
+        p_in = float(np.mean([psnr(x, t) for x, t in zip(self.val_x, self.val_y)]))
+        return ValidationEvent(
+            self.step, p, s, p_in, (self.val_x[0], self.val_y[0], restored[0])
+        )
+
+    def save(self) -> Path:
+        """Write the resumable checkpoint now."""
+        state: dict[str, Any] = {
+            "step": self.step,
+            "generator": self.model.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+        }
+        if self.disc is not None:
+            state["discriminator"] = self.disc.state_dict()
+            state["opt_d"] = self.opt_d.state_dict()
+        return save_checkpoint(self.checkpoint_path, state, self.config.to_dict())
+
+    def export(self, metrics: dict[str, float]) -> Path:
+        """Save the generator as ``<name>.safetensors`` + model card in ``out_dir``."""
+        from ..models.registry import ModelCard, save_model
+
+        cfg = self.config
+        card = ModelCard(
+            name=cfg.name,
+            arch=cfg.arch,
+            config=self.model_config,
+            modality=cfg.pairs.modality,
+            kind=cfg.pairs.kind,
+            training={
+                "steps": self.step,
+                "batch_size": cfg.batch_size,
+                "patch_size": cfg.pairs.patch_size,
+                "lr": cfg.lr,
+                "seed": cfg.pairs.seed,
+                "loss_weights": dataclasses.asdict(self.weights),
+                "noise": "random (seed 001 ranges)" if cfg.pairs.noise is None
+                else cfg.pairs.noise.to_dict(),
+                "clean_pool": cfg.pairs.clean_pool,
+                "init_from": cfg.init_from,
+                "device": str(self.device),
+            },
+            metrics=metrics,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            notes="trained with napari_emdenoise.training.Trainer",
+        )
+        return save_model(self.model, card, self.out_dir)
+
+    def run(self) -> Iterator[StepEvent | ValidationEvent | CheckpointEvent | DoneEvent]:
+        """Train, yielding events; ends with a :class:`DoneEvent`."""
+        self._build()
+        cfg = self.config
+        last_val: ValidationEvent | None = None
+        t_last = time.perf_counter()
+        try:
+            for x, y in self._loader():
+                if self._stop:
+                    break
+                lr = self._lr_at(self.step)
+                for group in self.opt_g.param_groups:
+                    group["lr"] = lr
+                losses = self._train_step(x, y)
+                self.step += 1
+                now = time.perf_counter()
+                rate = cfg.batch_size / max(now - t_last, 1e-9)
+                t_last = now
+                yield StepEvent(self.step, cfg.steps, losses, lr, rate)
+                if self.step % cfg.val_every == 0 or self.step == cfg.steps:
+                    last_val = self.validate()
+                    yield last_val
+                if self.step % cfg.checkpoint_every == 0:
+                    yield CheckpointEvent(self.step, self.save())
+                t_last = time.perf_counter()  # do not count validation/saving as step time
+        finally:
+            checkpoint = self.save()
+        if last_val is None or last_val.step != self.step:
+            last_val = self.validate()
+            yield last_val
+        metrics = {
+            "val_psnr": last_val.psnr,
+            "val_ssim": last_val.ssim,
+            "val_psnr_input": last_val.psnr_input,
+            "val_pairs": cfg.val_size,
+        }
+        model_path = self.export(metrics)
+        yield DoneEvent(self.step, self._stop, checkpoint, model_path, metrics)
+
+
+def _config_dict(model) -> dict[str, Any]:
+    cfg = getattr(model, "config", None)
+    if cfg is None:
+        return {}
+    return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
