@@ -19,3 +19,10 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "make_napari_viewer" in getattr(item, "fixturenames", ()):
             item.add_marker(skip)
+
+
+def pytest_configure(config):
+    """Keep the user's own trained models out of the tests (an empty user-model folder)."""
+    import tempfile
+
+    os.environ["EMDENOISE_MODELS_DIR"] = tempfile.mkdtemp(prefix="emdenoise-test-models-")

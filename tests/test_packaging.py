@@ -14,12 +14,14 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 DISCOVER = """
-import json, npe2
+import json, importlib.resources, npe2
 pm = npe2.PluginManager.instance()
 pm.discover()
 mf = pm.get_manifest("napari-emdenoise")
 import napari_emdenoise
-print(json.dumps({"manifest": str(mf._manifest_file or ""), "package": napari_emdenoise.__file__,
+manifest = importlib.resources.files("napari_emdenoise").joinpath("napari.yaml")
+print(json.dumps({"manifest": str(manifest), "manifest_ok": manifest.is_file(),
+                  "package": napari_emdenoise.__file__,
                   "widgets": [w.display_name for w in mf.contributions.widgets or []],
                   "samples": [s.key for s in mf.contributions.sample_data or []]}))
 """
@@ -43,7 +45,7 @@ def test_manifest_validates():
 
 def test_current_install_is_discovered():
     info = _discover(sys.executable)
-    assert info["manifest"].endswith("napari.yaml")
+    assert info["manifest"].endswith("napari.yaml") and info["manifest_ok"]
     assert "Noise-model playground" in info["widgets"]
     assert "hrstem_pair" in info["samples"]
 

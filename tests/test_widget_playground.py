@@ -17,12 +17,12 @@ def playground(make_napari_viewer, qtbot):
     widget = PlaygroundWidget(viewer)
     viewer.window.add_dock_widget(widget)
     widget.size.value = 64  # small and fast
-    qtbot.waitUntil(lambda: widget.n_updates >= 1 and widget._worker is None, timeout=20000)
+    qtbot.waitUntil(lambda: widget.n_updates >= 1 and widget._worker is None, timeout=60000)
     return viewer, widget, qtbot
 
 
 def _wait_next(widget, qtbot, n):
-    qtbot.waitUntil(lambda: widget.n_updates > n and widget._worker is None, timeout=20000)
+    qtbot.waitUntil(lambda: widget.n_updates > n and widget._worker is None, timeout=60000)
 
 
 def test_every_parameter_has_an_editor(playground):

@@ -9,6 +9,7 @@ particular parameter.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 from magicgui import widgets as mw
@@ -40,10 +41,31 @@ def widget_for_spec(spec: ParamSpec, value: object) -> mw.ValueWidget:
     v = float(value)  # type: ignore[arg-type]
     if lo is None or hi is None or lo == hi:
         return mw.FloatSpinBox(value=v, min=-1e9, max=1e9, step=abs(v) / 10 or 0.01, **common)
-    lo_f, hi_f = min(float(lo), v), max(float(hi), v)
-    if spec.log and lo_f > 0:
-        return mw.LogSlider(value=v, min=lo_f, max=hi_f, **common)
-    return mw.FloatSlider(value=v, min=lo_f, max=hi_f, step=(hi_f - lo_f) / 200, **common)
+    # sliders keep 6 decimals: round the range outwards so the exact bounds stay reachable
+    lo_f = math.floor(min(float(lo), v) * 1e6) / 1e6
+    hi_f = math.ceil(max(float(hi), v) * 1e6) / 1e6
+    if spec.log and lo_f > 0 and v > 0:
+        # magicgui's LogSlider has ~100 positions; a fine slider over log10(value) keeps
+        # 6 significant digits (see LayerParamsForm, which converts back).
+        common["label"] = f"{common['label']} (log₁₀)"
+        lo_l, hi_l = math.log10(min(float(lo), v)), math.log10(max(float(hi), v))
+        lo_l, hi_l = math.floor(lo_l * 1e6) / 1e6, math.ceil(hi_l * 1e6) / 1e6
+        return mw.FloatSlider(value=math.log10(v), min=lo_l, max=hi_l, step=_step(lo_l, hi_l),
+                              **common)
+    return mw.FloatSlider(value=v, min=lo_f, max=hi_f, step=_step(lo_f, hi_f), **common)
+
+
+def _snap(value: float, spec: ParamSpec) -> float:
+    """Undo the slider's 6-decimal rounding at the default and the range ends (e.g. π/2)."""
+    for exact in (spec.default, spec.low, spec.high):
+        if isinstance(exact, (int, float)) and abs(value - exact) <= 1e-5 * max(1.0, abs(exact)):
+            return float(exact)
+    return value
+
+
+def _step(lo: float, hi: float) -> float:
+    """A power of ten giving at least ~100 slider positions (keeps decimal values exact)."""
+    return max(10.0 ** math.floor(math.log10(max(hi - lo, 1e-6) / 100)), 1e-6)
 
 
 class LayerParamsForm(mw.Container):
@@ -71,6 +93,8 @@ class LayerParamsForm(mw.Container):
             spec.name: widget_for_spec(spec, getattr(params, spec.name))
             for spec in param_specs(self._type)
         }
+        #: Parameters whose editor shows log10(value).
+        self._log = {n for n, e in self.editors.items() if e.label.endswith("(log₁₀)")}
         super().__init__(widgets=[self.enabled_box, *self.editors.values()], labels=True)
         self._on_change = on_change
         self.enabled_box.changed.connect(self._changed)
@@ -91,11 +115,13 @@ class LayerParamsForm(mw.Container):
     def params(self) -> LayerParams:
         """The current values as a validated parameter object."""
         values = {name: editor.value for name, editor in self.editors.items()}
+        for name in self._log:
+            values[name] = float(f"{10.0 ** values[name]:.5g}")
         for spec in param_specs(self._type):
             if spec.type is int:
                 values[spec.name] = int(round(values[spec.name]))
             elif spec.type is float:
-                values[spec.name] = float(values[spec.name])
+                values[spec.name] = _snap(float(values[spec.name]), spec)
         return self._type(enabled=bool(self.enabled_box.value), **values).validate()
 
     def set_params(self, params: LayerParams) -> None:
@@ -107,6 +133,8 @@ class LayerParamsForm(mw.Container):
             self.enabled_box.value = params.enabled
             for name, editor in self.editors.items():
                 value = getattr(params, name)
+                if name in self._log:
+                    value = math.log10(value)
                 if hasattr(editor, "max") and isinstance(value, (int, float)):
                     editor.max = max(editor.max, value)
                     editor.min = min(editor.min, value)

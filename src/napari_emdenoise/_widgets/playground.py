@@ -56,7 +56,7 @@ class PlaygroundWidget(mw.Container):
         #: Last error message shown, or "".
         self.last_error = ""
 
-        self.source = mw.ComboBox(label="clean input", choices=self._source_choices())
+        self.source = mw.ComboBox(label="clean input", choices=self._source_choices)
         self.kind = mw.ComboBox(label="kind", choices=["hr", "lr"], value="hr")
         self.size = mw.SpinBox(label="size [pixels]", value=256, min=16, max=4096, step=16)
         self.modality = mw.ComboBox(label="modality", choices=list(MODALITIES), value="stem")
@@ -183,11 +183,8 @@ class PlaygroundWidget(mw.Container):
         return [_SYNTHETIC, *names]
 
     def _refresh_sources(self, *_: object) -> None:
-        current = self.source.value
         with self.source.changed.blocked():
-            self.source.choices = self._source_choices()
-            if current in self.source.choices:
-                self.source.value = current
+            self.source.reset_choices()
 
     def _clean_input(self) -> tuple[np.ndarray, dict]:
         if self.source.value == _SYNTHETIC:
@@ -196,7 +193,7 @@ class PlaygroundWidget(mw.Container):
                 rng_clean = simulation_rngs(key[2])[0]
                 img = generate_clean(kind=key[0], shape=(key[1], key[1]), rng=rng_clean)
                 self._clean_cache = (key, img)
-            return self._clean_cache[1], {}
+            return self._clean_cache[1], {"scale": (1.0, 1.0), "translate": (0.0, 0.0)}
         layer = self.viewer.layers[self.source.value]
         return normalise_to_unit(np.asarray(layer.data)), {
             "scale": tuple(layer.scale), "translate": tuple(layer.translate)
@@ -248,6 +245,8 @@ class PlaygroundWidget(mw.Container):
         if name in self._owned and name in self.viewer.layers:
             layer = self.viewer.layers[name]
             layer.data = data
+            layer.scale = geometry["scale"]
+            layer.translate = geometry["translate"]
             layer.reset_contrast_limits()
         else:
             if name in self.viewer.layers:  # a user layer has this name: never overwrite it

@@ -25,8 +25,13 @@ def run_with_progress(func, *args: Any, **kwargs: Any) -> Iterator[tuple[int, in
     """Run ``func(*args, progress=..., **kwargs)`` in a thread, yielding its progress.
 
     A generator for ``napari.qt.threading``: yields ``(done, total)`` as ``func``
-    reports it and returns ``func``'s result (re-raising its exception).
+    reports it and returns ``("ok", result)``. The errors a user can cause (bad
+    input: ``ValueError``; ``Cancelled``; ``MemoryError``) come back as
+    ``("error", message)`` / ``("cancelled", message)`` so the widget can show them;
+    anything else is re-raised (a bug, reported by napari).
     """
+    from ..engine.predictor import Cancelled
+
     events: queue.Queue = queue.Queue()
     outcome: dict[str, Any] = {}
 
@@ -43,9 +48,14 @@ def run_with_progress(func, *args: Any, **kwargs: Any) -> Iterator[tuple[int, in
     while (item := events.get()) is not None:
         yield item
     thread.join()
-    if "error" in outcome:
-        raise outcome["error"]
-    return outcome["value"]
+    error = outcome.get("error")
+    if isinstance(error, Cancelled):
+        return ("cancelled", str(error))
+    if isinstance(error, (ValueError, MemoryError)):
+        return ("error", str(error))
+    if error is not None:
+        raise error
+    return ("ok", outcome["value"])
 
 
 def _card_text(card: Any) -> str:
@@ -152,7 +162,7 @@ class RestoreWidget(mw.Container):
             tile_size=tile, cancel=self._cancel.is_set, _start_thread=False,
         )
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda out: self._on_result(layer, data, out))
+        worker.returned.connect(lambda outcome: self._on_outcome(layer, data, outcome))
         worker.errored.connect(lambda exc: self._error(str(exc)))
         self._worker = worker
         worker.start()
@@ -161,6 +171,16 @@ class RestoreWidget(mw.Container):
         done, total = item
         self.progress.max = max(int(total), 1)
         self.progress.value = int(done)
+
+    def _on_outcome(self, layer: Any, data: np.ndarray, outcome: tuple[str, Any]) -> None:
+        status, value = outcome
+        if status == "cancelled":
+            self.status.value = "cancelled: no layer added"
+            self._finish()
+        elif status == "error":
+            self._error(value)
+        else:
+            self._on_result(layer, data, value)
 
     def _on_result(self, layer: Any, data: np.ndarray, restored: np.ndarray) -> None:
         common = {

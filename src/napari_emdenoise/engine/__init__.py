@@ -16,6 +16,7 @@ __all__ = [
     "TiledPredictor",
     "assemble",
     "autocast_context",
+    "available_devices",
     "blend_window",
     "is_oom_error",
     "resolve_device",
@@ -32,6 +33,7 @@ _WHERE = {
     "assemble": "tiling",
     "blend_window": "tiling",
     "autocast_context": "device",
+    "available_devices": "device",
     "is_oom_error": "device",
     "resolve_device": "device",
 }

@@ -303,15 +303,35 @@ def bundled_weights_dir() -> Path:
     return Path(__file__).resolve().parent.parent / "weights"
 
 
+#: Environment variable naming the folder of the user's own trained models.
+USER_MODELS_ENV = "EMDENOISE_MODELS_DIR"
+
+
+def user_models_dir() -> Path:
+    """Folder of the user's trained models.
+
+    ``$EMDENOISE_MODELS_DIR`` if set, else the platform's user-data folder
+    (``~/.local/share/napari-emdenoise/models`` on Linux). Models saved there
+    are listed next to the bundled ones.
+    """
+    env = os.environ.get(USER_MODELS_ENV)
+    if env:
+        return Path(env).expanduser()
+    from platformdirs import user_data_dir
+
+    return Path(user_data_dir("napari-emdenoise", appauthor=False)) / "models"
+
+
 def list_models(extra_dirs: list[Path] | None = None) -> dict[str, ModelCard]:
     """Find the available models.
+
+    Searched in order: the bundled weights, :func:`user_models_dir`, then
+    ``extra_dirs``; a model found later replaces an earlier one of the same name.
 
     Parameters
     ----------
     extra_dirs : list of pathlib.Path, optional
-        Further directories (e.g. the user's trained models) searched after
-        the bundled one; a model found later replaces an earlier one of the
-        same name. Missing directories are skipped.
+        Further directories searched last. Missing directories are skipped.
 
     Returns
     -------
@@ -321,7 +341,8 @@ def list_models(extra_dirs: list[Path] | None = None) -> dict[str, ModelCard]:
         skipped with a warning.
     """
     found: dict[str, ModelCard] = {}
-    for directory in [bundled_weights_dir(), *(Path(d) for d in extra_dirs or [])]:
+    dirs = [bundled_weights_dir(), user_models_dir(), *(Path(d) for d in extra_dirs or [])]
+    for directory in dirs:
         if not directory.is_dir():
             continue
         for card_path in sorted(directory.glob(f"*{_CARD_SUFFIX}")):
