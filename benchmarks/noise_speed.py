@@ -49,15 +49,17 @@ def main(argv: list[str] | None = None) -> int:
                 lp = params[layer.name]
                 inp = np.stack([clean, clean]) if layer.applies_to_target else clean
                 rng = np.random.default_rng(1)
-                t = median_seconds(lambda: layer.func(inp, lp, rng), repeats)
-                results.append({"size": size, "modality": modality, "layer": layer.name,
-                                "ms": 1000 * t})
+                t = median_seconds(lambda f=layer.func, a=inp, q=lp, g=rng: f(a, q, g), repeats)
+                results.append(
+                    {"size": size, "modality": modality, "layer": layer.name, "ms": 1000 * t}
+                )
             default = NoiseParams.default(modality)
             for label, p in (("pipeline (defaults)", default), ("pipeline (all on)", params)):
                 rng = np.random.default_rng(2)
-                t = median_seconds(lambda: distort(clean, modality, p, rng), repeats)
-                results.append({"size": size, "modality": modality, "layer": label,
-                                "ms": 1000 * t})
+                t = median_seconds(
+                    lambda c=clean, m=modality, q=p, g=rng: distort(c, m, q, g), repeats
+                )
+                results.append({"size": size, "modality": modality, "layer": label, "ms": 1000 * t})
 
     sizes = args.sizes
     rows = []
@@ -69,18 +71,34 @@ def main(argv: list[str] | None = None) -> int:
     for modality, layer in keys:
         cells = []
         for s in sizes:
-            ms = next(r["ms"] for r in results
-                      if r["size"] == s and r["modality"] == modality and r["layer"] == layer)
+            ms = next(
+                r["ms"]
+                for r in results
+                if r["size"] == s and r["modality"] == modality and r["layer"] == layer
+            )
             cells.append(f"{ms:.2f}")
         rows.append([modality, layer, *cells])
     print(markdown_table(["modality", "layer", *[f"{s}² [ms]" for s in sizes]], rows))
-    stem512 = [r["ms"] for r in results
-               if r["size"] == 512 and r["modality"] == "stem" and r["layer"] == "pipeline (all on)"]
+    stem512 = [
+        r["ms"]
+        for r in results
+        if r["size"] == 512 and r["modality"] == "stem" and r["layer"] == "pipeline (all on)"
+    ]
     if stem512:
         verdict = "meets" if stem512[0] < 50 else "MISSES"
-        print(f"\nS(T)EM pipeline, all layers on, 512²: {stem512[0]:.1f} ms ({verdict} the 50 ms target)")
-    path = write_json(args.out, {"benchmark": "noise_speed", "unit": "ms (median)",
-                                 "repeats": args.repeats, "results": results})
+        print(
+            f"\nS(T)EM pipeline, all layers on, 512²: {stem512[0]:.1f} ms "
+            f"({verdict} the 50 ms target)"
+        )
+    path = write_json(
+        args.out,
+        {
+            "benchmark": "noise_speed",
+            "unit": "ms (median)",
+            "repeats": args.repeats,
+            "results": results,
+        },
+    )
     print(f"wrote {path}")
     return 0
 

@@ -15,9 +15,17 @@ def user_model(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     model = build_model("cgrdn", "tiny")
-    card = ModelCard(name="tinytest", arch="cgrdn", config=model.config.to_dict(),
-                     modality="stem", kind="hr", training={"steps": 0}, metrics={},
-                     created="2026-11-22T00:00:00+00:00", notes="test")
+    card = ModelCard(
+        name="tinytest",
+        arch="cgrdn",
+        config=model.config.to_dict(),
+        modality="stem",
+        kind="hr",
+        training={"steps": 0},
+        metrics={},
+        created="2026-11-22T00:00:00+00:00",
+        notes="test",
+    )
     save_model(model, card, tmp_path)
     monkeypatch.setenv("EMDENOISE_MODELS_DIR", str(tmp_path))
     return "tinytest"
@@ -50,8 +58,9 @@ def test_restore_adds_a_layer_with_the_input_geometry_and_leaves_input_alone(res
     out = viewer.layers["micrograph restored"]
     assert out.data.shape == data.shape and out.data.dtype == np.float32
     assert tuple(out.scale) == (0.25, 0.25) and tuple(out.translate) == (3.0, 4.0)
-    np.testing.assert_allclose(out.data, restore(data, model=widget.model.value), rtol=1e-5,
-                               atol=1e-3)
+    np.testing.assert_allclose(
+        out.data, restore(data, model=widget.model.value), rtol=1e-5, atol=1e-3
+    )
     residual = viewer.layers["micrograph residual"].data
     np.testing.assert_allclose(residual, data.astype(np.float32) - out.data, atol=1e-3)
     np.testing.assert_array_equal(viewer.layers["micrograph"].data, original)

@@ -1,4 +1,4 @@
-"""Sample data for File ▸ Open Sample; generated locally from fixed seeds (nothing is downloaded)."""
+"""Sample data for File ▸ Open Sample, generated locally from fixed seeds (no download)."""
 
 from __future__ import annotations
 

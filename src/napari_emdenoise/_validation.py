@@ -54,8 +54,7 @@ def as_float_image(
         raise ValueError(f"{name} is empty (shape {arr.shape})")
     if min(arr.shape) < min_size:
         raise ValueError(
-            f"{name} of shape {arr.shape} is too small: every axis needs at least "
-            f"{min_size} pixels"
+            f"{name} of shape {arr.shape} is too small: every axis needs at least {min_size} pixels"
         )
     out = np.array(arr, dtype=np.float32, order="C", copy=True)
     if not np.isfinite(out).all():

@@ -61,7 +61,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         raise ValueError("the output must not overwrite the input file")
     datasets = read_em(src)
     if args.dataset >= len(datasets):
-        raise ValueError(f"{src} holds {len(datasets)} dataset(s); --dataset {args.dataset} is out of range")
+        raise ValueError(
+            f"{src} holds {len(datasets)} dataset(s); --dataset {args.dataset} is out of range"
+        )
     data, meta = datasets[args.dataset]
     data = np.asarray(data)
     if data.ndim not in (2, 3):
@@ -77,8 +79,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             last[0] = pct
             print(f"  {pct:3d} % ({done}/{total} tiles)", file=sys.stderr, flush=True)
 
-    out = restore(data, model=args.model, device=args.device, tile_size=args.tile_size,
-                  progress=progress)
+    out = restore(
+        data, model=args.model, device=args.device, tile_size=args.tile_size, progress=progress
+    )
     meta = {**meta, "emdenoise_model": args.model, "source": str(src)}
     write_tif(dst, out, meta, overwrite=args.overwrite)
     print(f"restored {src} ({'x'.join(map(str, data.shape))}) with {args.model} -> {dst}")
@@ -112,9 +115,13 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         tifffile.imwrite(out_dir / f"{name}.tif", img.astype(np.float32))
     (out_dir / "noise_params.json").write_text(json.dumps(params.to_dict(), indent=2))
     _save_triptych(out_dir / "demo.png", distorted, restored, target)
-    print(f"{card.kind.upper()}-{card.modality.upper()} test image #{args.index} "
-          f"({args.size}x{args.size}), model {args.model}:")
-    print(f"  distorted: PSNR {psnr(distorted, target):6.2f} dB  SSIM {ssim(distorted, target):.3f}")
+    print(
+        f"{card.kind.upper()}-{card.modality.upper()} test image #{args.index} "
+        f"({args.size}x{args.size}), model {args.model}:"
+    )
+    print(
+        f"  distorted: PSNR {psnr(distorted, target):6.2f} dB  SSIM {ssim(distorted, target):.3f}"
+    )
     print(f"  restored : PSNR {psnr(restored, target):6.2f} dB  SSIM {ssim(restored, target):.3f}")
     print(f"wrote distorted.tif, restored.tif, clean.tif, demo.png to {out_dir}")
     return 0
@@ -128,15 +135,23 @@ def _save_triptych(path: Path, *images) -> None:
     lo, hi = np.percentile(images[-1], [0.5, 99.5])
     panels = [np.clip((im - lo) / max(hi - lo, 1e-6), 0, 1) for im in images]
     gap = np.ones((images[0].shape[0], 8))
-    row = np.concatenate([p for pair in zip(panels, [gap] * len(panels)) for p in pair][:-1], axis=1)
+    row = np.concatenate(
+        [p for pair in zip(panels, [gap] * len(panels)) for p in pair][:-1], axis=1
+    )
     Image.fromarray((255 * row).astype(np.uint8)).save(path)
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from .noise.pipeline import NoiseParams
     from .training.datasets import PairConfig
-    from .training.trainer import CheckpointEvent, DoneEvent, StepEvent, TrainConfig, Trainer
-    from .training.trainer import ValidationEvent
+    from .training.trainer import (
+        CheckpointEvent,
+        DoneEvent,
+        StepEvent,
+        TrainConfig,
+        Trainer,
+        ValidationEvent,
+    )
 
     modality, kind = _MODEL_TASKS.get(args.model, (args.modality, args.kind))
     noise = NoiseParams.load(args.noise) if args.noise else None
@@ -147,8 +162,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         name=args.model,
         arch=args.arch,
         model_config=args.config,
-        pairs=PairConfig(modality=modality, kind=kind, patch_size=args.patch, noise=noise,
-                         seed=args.seed, clean_pool=args.clean_pool),
+        pairs=PairConfig(
+            modality=modality,
+            kind=kind,
+            patch_size=args.patch,
+            noise=noise,
+            seed=args.seed,
+            clean_pool=args.clean_pool,
+        ),
         steps=args.steps,
         batch_size=args.batch,
         lr=args.lr,
@@ -171,16 +192,25 @@ def _cmd_train(args: argparse.Namespace) -> int:
         for event in trainer.run():
             if isinstance(event, StepEvent) and (event.step % log_every == 0 or event.step == 1):
                 terms = " ".join(f"{k}={v:.4g}" for k, v in event.losses.items())
-                print(f"step {event.step}/{event.total} lr={event.lr:.2e} "
-                      f"{event.pairs_per_second:.1f} pairs/s {terms}", flush=True)
+                print(
+                    f"step {event.step}/{event.total} lr={event.lr:.2e} "
+                    f"{event.pairs_per_second:.1f} pairs/s {terms}",
+                    flush=True,
+                )
             elif isinstance(event, ValidationEvent):
-                print(f"step {event.step} validation: PSNR {event.psnr:.2f} dB "
-                      f"(input {event.psnr_input:.2f} dB) SSIM {event.ssim:.4f}", flush=True)
+                print(
+                    f"step {event.step} validation: PSNR {event.psnr:.2f} dB "
+                    f"(input {event.psnr_input:.2f} dB) SSIM {event.ssim:.4f}",
+                    flush=True,
+                )
             elif isinstance(event, CheckpointEvent):
                 print(f"step {event.step} checkpoint {event.path}", flush=True)
             elif isinstance(event, DoneEvent):
-                print(f"done at step {event.step}: model {event.model_path} "
-                      f"metrics {json.dumps(event.metrics)}", flush=True)
+                print(
+                    f"done at step {event.step}: model {event.model_path} "
+                    f"metrics {json.dumps(event.metrics)}",
+                    flush=True,
+                )
     except KeyboardInterrupt:
         print("interrupted: checkpoint kept", file=sys.stderr)
         return 130
@@ -189,7 +219,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 #: Bundled model names and the (modality, kind) they are trained for.
 _MODEL_TASKS = {
-    f"{kind}{modality}": (modality, kind) for kind in ("hr", "lr") for modality in ("stem", "tem", "sem")
+    f"{kind}{modality}": (modality, kind)
+    for kind in ("hr", "lr")
+    for modality in ("stem", "tem", "sem")
 }
 
 
@@ -238,23 +270,38 @@ def build_parser() -> argparse.ArgumentParser:
     dm.set_defaults(func=_cmd_demo)
 
     tr = sub.add_parser("train", help="train a restoration network on synthetic pairs")
-    tr.add_argument("--model", default="hrstem",
-                    help="model name; hrstem, hrtem, lrstem, … also pick modality and kind")
+    tr.add_argument(
+        "--model",
+        default="hrstem",
+        help="model name; hrstem, hrtem, lrstem, … also pick modality and kind",
+    )
     tr.add_argument("--arch", default="cgrdn", choices=["cgrdn", "dncnn", "dncnn_bf"])
     tr.add_argument("--config", default="small", help="architecture configuration name")
     tr.add_argument("--modality", choices=["stem", "tem", "sem"], default="stem")
     tr.add_argument("--kind", choices=["hr", "lr"], default="hr")
-    tr.add_argument("--noise", type=Path, default=None,
-                    help="noise settings JSON from the playground (default: paper's random ranges)")
+    tr.add_argument(
+        "--noise",
+        type=Path,
+        default=None,
+        help="noise settings JSON from the playground (default: paper's random ranges)",
+    )
     tr.add_argument("--steps", type=int, default=1000)
     tr.add_argument("--batch", type=int, default=8)
     tr.add_argument("--patch", type=int, default=128)
     tr.add_argument("--lr", type=float, default=2e-4)
-    tr.add_argument("--adversarial", type=float, default=None,
-                    help="adversarial loss weight (0 disables the discriminator)")
+    tr.add_argument(
+        "--adversarial",
+        type=float,
+        default=None,
+        help="adversarial loss weight (0 disables the discriminator)",
+    )
     tr.add_argument("--seed", type=int, default=0)
-    tr.add_argument("--clean-pool", type=int, default=0,
-                    help="reuse N clean images with fresh noise (0: new image per pair)")
+    tr.add_argument(
+        "--clean-pool",
+        type=int,
+        default=0,
+        help="reuse N clean images with fresh noise (0: new image per pair)",
+    )
     tr.add_argument("--val-size", type=int, default=16)
     tr.add_argument("--val-every", type=int, default=100)
     tr.add_argument("--checkpoint-every", type=int, default=200)

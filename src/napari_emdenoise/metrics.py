@@ -40,7 +40,11 @@ def ssim(estimate: np.ndarray, reference: np.ndarray, data_range: float | None =
     rng = _range(ref) if data_range is None else float(data_range)
     return float(
         structural_similarity(
-            est, ref, data_range=rng, gaussian_weights=True, sigma=1.5,
+            est,
+            ref,
+            data_range=rng,
+            gaussian_weights=True,
+            sigma=1.5,
             use_sample_covariance=False,
         )
     )

@@ -50,8 +50,9 @@ def widget_for_spec(spec: ParamSpec, value: object) -> mw.ValueWidget:
         common["label"] = f"{common['label']} (log₁₀)"
         lo_l, hi_l = math.log10(min(float(lo), v)), math.log10(max(float(hi), v))
         lo_l, hi_l = math.floor(lo_l * 1e6) / 1e6, math.ceil(hi_l * 1e6) / 1e6
-        return mw.FloatSlider(value=math.log10(v), min=lo_l, max=hi_l, step=_step(lo_l, hi_l),
-                              **common)
+        return mw.FloatSlider(
+            value=math.log10(v), min=lo_l, max=hi_l, step=_step(lo_l, hi_l), **common
+        )
     return mw.FloatSlider(value=v, min=lo_f, max=hi_f, step=_step(lo_f, hi_f), **common)
 
 

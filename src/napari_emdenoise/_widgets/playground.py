@@ -69,7 +69,8 @@ class PlaygroundWidget(mw.Container):
             widgets=[self.source, self.kind, self.size, self.modality, self.seed], labels=True
         )
         toggles = mw.Container(
-            widgets=[self.live, self.show_stages, self.show_diffs], layout="horizontal",
+            widgets=[self.live, self.show_stages, self.show_diffs],
+            layout="horizontal",
             labels=False,
         )
         self.update_button = mw.PushButton(text="Update")
@@ -78,7 +79,8 @@ class PlaygroundWidget(mw.Container):
         self.save_button = mw.PushButton(text="Save settings…")
         self.load_button = mw.PushButton(text="Load settings…")
         buttons = mw.Container(
-            widgets=[self.update_button, self.random_button, self.reset_button], layout="horizontal",
+            widgets=[self.update_button, self.random_button, self.reset_button],
+            layout="horizontal",
             labels=False,
         )
         files = mw.Container(
@@ -95,8 +97,9 @@ class PlaygroundWidget(mw.Container):
         self.modality.changed.connect(self._on_modality)
         self.update_button.changed.connect(lambda *_: self.request_update(force=True))
         self.random_button.changed.connect(lambda *_: self.randomise())
-        self.reset_button.changed.connect(lambda *_: self.set_params(NoiseParams.default(
-            self.modality.value)))
+        self.reset_button.changed.connect(
+            lambda *_: self.set_params(NoiseParams.default(self.modality.value))
+        )
         self.save_button.changed.connect(lambda *_: self._save_dialog())
         self.load_button.changed.connect(lambda *_: self._load_dialog())
         viewer.layers.events.inserted.connect(self._refresh_sources)
@@ -196,7 +199,8 @@ class PlaygroundWidget(mw.Container):
             return self._clean_cache[1], {"scale": (1.0, 1.0), "translate": (0.0, 0.0)}
         layer = self.viewer.layers[self.source.value]
         return normalise_to_unit(np.asarray(layer.data)), {
-            "scale": tuple(layer.scale), "translate": tuple(layer.translate)
+            "scale": tuple(layer.scale),
+            "translate": tuple(layer.translate),
         }
 
     # -- computation ----------------------------------------------------------
@@ -218,9 +222,7 @@ class PlaygroundWidget(mw.Container):
         from napari.qt.threading import create_worker
 
         seed = int(self.seed.value)
-        self._worker = create_worker(
-            _compute, clean, params, seed, _start_thread=False
-        )
+        self._worker = create_worker(_compute, clean, params, seed, _start_thread=False)
         self._worker.returned.connect(lambda result: self._show(result, geometry))
         self._worker.errored.connect(lambda exc: self._show_error(str(exc)))
         self._worker.finished.connect(self._on_finished)

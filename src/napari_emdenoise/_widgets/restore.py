@@ -64,7 +64,8 @@ def _card_text(card: Any) -> str:
     parts = [f"{card.arch} · {card.kind.upper()}-{card.modality.upper()} · {steps} steps"]
     if "val_psnr" in m:
         parts.append(
-            f"validation PSNR {m['val_psnr']:.2f} dB (input {m.get('val_psnr_input', float('nan')):.2f})"
+            f"validation PSNR {m['val_psnr']:.2f} dB "
+            f"(input {m.get('val_psnr_input', float('nan')):.2f} dB)"
         )
     return "\n".join(parts)
 
@@ -87,20 +88,35 @@ class RestoreWidget(mw.Container):
 
         self.layer = mw.ComboBox(label="image layer", choices=self._layer_choices)
         names = sorted(self.cards)
-        self.model = mw.ComboBox(label="model", choices=names or [""],
-                                 value="hrstem" if "hrstem" in names else (names or [""])[0])
+        self.model = mw.ComboBox(
+            label="model",
+            choices=names or [""],
+            value="hrstem" if "hrstem" in names else (names or [""])[0],
+        )
         self.card = mw.Label(label="model card")
         self.device = mw.ComboBox(label="device", choices=["auto", *available_devices()])
-        self.tile_size = mw.SpinBox(label="tile size [px] (0 = auto)", value=0, min=0, max=8192,
-                                    step=64)
+        self.tile_size = mw.SpinBox(
+            label="tile size [px] (0 = auto)", value=0, min=0, max=8192, step=64
+        )
         self.residual = mw.CheckBox(text="also show residual (input − restored)", value=False)
         self.run_button = mw.PushButton(text="Restore")
         self.cancel_button = mw.PushButton(text="Cancel", enabled=False)
         self.progress = mw.ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = mw.Label(value="" if names else "no models found")
-        self.extend([self.layer, self.model, self.card, self.device, self.tile_size,
-                     self.residual, self.run_button, self.cancel_button, self.progress,
-                     self.status])
+        self.extend(
+            [
+                self.layer,
+                self.model,
+                self.card,
+                self.device,
+                self.tile_size,
+                self.residual,
+                self.run_button,
+                self.cancel_button,
+                self.progress,
+                self.status,
+            ]
+        )
         self.model.changed.connect(self._show_card)
         self.run_button.changed.connect(lambda *_: self.start())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
@@ -111,8 +127,10 @@ class RestoreWidget(mw.Container):
 
     def _layer_choices(self, *_: object) -> list[str]:
         return [
-            layer.name for layer in self.viewer.layers
-            if layer.__class__.__name__ == "Image" and layer.ndim in (2, 3)
+            layer.name
+            for layer in self.viewer.layers
+            if layer.__class__.__name__ == "Image"
+            and layer.ndim in (2, 3)
             and not getattr(layer, "rgb", False)
         ]
 
@@ -158,8 +176,14 @@ class RestoreWidget(mw.Container):
         device = None if self.device.value == "auto" else self.device.value
         tile = int(self.tile_size.value) or None
         worker = create_worker(
-            run_with_progress, restore, data, model=self.model.value, device=device,
-            tile_size=tile, cancel=self._cancel.is_set, _start_thread=False,
+            run_with_progress,
+            restore,
+            data,
+            model=self.model.value,
+            device=device,
+            tile_size=tile,
+            cancel=self._cancel.is_set,
+            _start_thread=False,
         )
         worker.yielded.connect(self._on_progress)
         worker.returned.connect(lambda outcome: self._on_outcome(layer, data, outcome))
@@ -192,8 +216,13 @@ class RestoreWidget(mw.Container):
         if self.residual.value:
             residual = data.astype(np.float32) - restored
             self.outputs.append(
-                self.viewer.add_image(residual, name=f"{layer.name} residual", visible=False,
-                                      colormap="twilight_shifted", **common)
+                self.viewer.add_image(
+                    residual,
+                    name=f"{layer.name} residual",
+                    visible=False,
+                    colormap="twilight_shifted",
+                    **common,
+                )
             )
         self.status.value = f"{layer.name} restored with {self.model.value}"
         self._finish()

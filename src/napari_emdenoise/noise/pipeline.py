@@ -158,8 +158,7 @@ class NoiseParams:
         if unknown:
             raise ValueError(f"unknown layer(s) {sorted(unknown)} for modality {modality!r}")
         layers = {
-            name: by_name[name].params_type.from_dict(values)
-            for name, values in layer_data.items()
+            name: by_name[name].params_type.from_dict(values) for name, values in layer_data.items()
         }
         return cls(modality, layers)
 
@@ -197,9 +196,7 @@ def _as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
     raise TypeError(f"rng must be a numpy.random.Generator, an int seed or None, got {rng!r}")
 
 
-def _resolve_params(
-    modality: str, params: NoiseParams | Mapping[str, Any] | None
-) -> NoiseParams:
+def _resolve_params(modality: str, params: NoiseParams | Mapping[str, Any] | None) -> NoiseParams:
     modality = _check_modality(modality)
     if params is None:
         return NoiseParams.default(modality)

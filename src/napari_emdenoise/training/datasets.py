@@ -118,7 +118,9 @@ def make_training_pair(
         clean = np.ascontiguousarray(np.rot90(clean, int(rng_crop.integers(4))))
     else:
         clean, info = generate_clean(cfg.kind, (p, p), rng=rng_clean, return_info=True)
-    params = cfg.noise or sample_params(cfg.modality, rng_params, pixel_size=info.get("pixel_size_A"))
+    params = cfg.noise or sample_params(
+        cfg.modality, rng_params, pixel_size=info.get("pixel_size_A")
+    )
     target, distorted = make_pair(clean, cfg.modality, params, rng_noise)
     return (distorted, target, params) if return_params else (distorted, target)
 

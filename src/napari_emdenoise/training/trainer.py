@@ -213,8 +213,7 @@ class Trainer:
         else:
             self.model = build_model(cfg.arch, cfg.model_config)
             self.model_config = (
-                cfg.model_config if isinstance(cfg.model_config, dict)
-                else _config_dict(self.model)
+                cfg.model_config if isinstance(cfg.model_config, dict) else _config_dict(self.model)
             )
         self.model.to(self.device).train()
         self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
@@ -222,7 +221,9 @@ class Trainer:
         self.opt_d = None
         if self.weights.adversarial > 0:
             self.disc = PatchDiscriminator().to(self.device).train()
-            self.opt_d = torch.optim.Adam(self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999))
+            self.opt_d = torch.optim.Adam(
+                self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999)
+            )
         self.step = 0
         if self.resume and self.checkpoint_path.exists():
             state, _ = load_checkpoint(self.checkpoint_path)
@@ -250,8 +251,11 @@ class Trainer:
         last = cfg.steps * cfg.batch_size
         kwargs: dict[str, Any] = {}
         if cfg.num_workers > 0:
-            kwargs = {"num_workers": cfg.num_workers, "prefetch_factor": 4,
-                      "persistent_workers": False}
+            kwargs = {
+                "num_workers": cfg.num_workers,
+                "prefetch_factor": 4,
+                "persistent_workers": False,
+            }
         return DataLoader(
             SyntheticPairs(cfg.pairs, "train"),
             batch_size=cfg.batch_size,
@@ -315,9 +319,7 @@ class Trainer:
         p = float(np.mean([psnr(r, t) for r, t in zip(restored, self.val_y)]))
         s = float(np.mean([ssim(r, t) for r, t in zip(restored, self.val_y)]))
         p_in = float(np.mean([psnr(x, t) for x, t in zip(self.val_x, self.val_y)]))
-        return ValidationEvent(
-            self.step, p, s, p_in, (self.val_x[0], self.val_y[0], restored[0])
-        )
+        return ValidationEvent(self.step, p, s, p_in, (self.val_x[0], self.val_y[0], restored[0]))
 
     def save(self) -> Path:
         """Write the resumable checkpoint now."""
@@ -349,7 +351,8 @@ class Trainer:
                 "lr": cfg.lr,
                 "seed": cfg.pairs.seed,
                 "loss_weights": dataclasses.asdict(self.weights),
-                "noise": "random (seed 001 ranges)" if cfg.pairs.noise is None
+                "noise": "random (seed 001 ranges)"
+                if cfg.pairs.noise is None
                 else cfg.pairs.noise.to_dict(),
                 "clean_pool": cfg.pairs.clean_pool,
                 "init_from": cfg.init_from,
