@@ -86,8 +86,17 @@ class PlaygroundWidget(mw.Container):
         files = mw.Container(
             widgets=[self.save_button, self.load_button], layout="horizontal", labels=False
         )
-        self.forms_box = mw.Container(labels=False, scrollable=True)
-        self.extend([header, toggles, buttons, files, self.status, self.forms_box])
+        self.forms_box = mw.Container(labels=False)
+        self.extend([header, toggles, buttons, files, self.status])
+        # The forms of ~12 layers are taller than a laptop screen: they scroll, the header
+        # stays. (magicgui's own scrollable container is lost when napari docks `.native`.)
+        from qtpy.QtWidgets import QScrollArea
+
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(self.forms_box.native)
+        scroll.setMinimumHeight(200)
+        self.native.layout().addWidget(scroll)
 
         self.forms: dict[str, LayerParamsForm] = {}
         self._build_forms(NoiseParams.default(self.modality.value))
@@ -235,8 +244,13 @@ class PlaygroundWidget(mw.Container):
             self.request_update()
 
     def _stop_worker(self) -> None:
-        if self._worker is not None:
-            self._worker.quit()
+        worker, self._worker = self._worker, None
+        self._pending = False
+        if worker is not None:
+            try:
+                worker.quit()
+            except RuntimeError:  # its Qt signals are already gone (viewer closing)
+                pass
 
     # -- display --------------------------------------------------------------
     def _show_error(self, message: str) -> None:
