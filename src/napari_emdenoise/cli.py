@@ -206,6 +206,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
             elif isinstance(event, CheckpointEvent):
                 print(f"step {event.step} checkpoint {event.path}", flush=True)
             elif isinstance(event, DoneEvent):
+                if args.install:
+                    installed = _install_model(event.model_path)
+                    print(f"installed as a user model: {installed}", flush=True)
                 print(
                     f"done at step {event.step}: model {event.model_path} "
                     f"metrics {json.dumps(event.metrics)}",
@@ -215,6 +218,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print("interrupted: checkpoint kept", file=sys.stderr)
         return 130
     return 0
+
+
+def _install_model(weights: Path) -> Path:
+    """Copy ``<name>.safetensors`` + ``<name>.json`` into the user-model folder."""
+    import shutil
+
+    from .models.registry import user_models_dir
+
+    target = user_models_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    for src in (weights, weights.with_suffix(".json")):
+        shutil.copy2(src, target / src.name)
+    return target / weights.name
 
 
 #: Bundled model names and the (modality, kind) they are trained for.
@@ -311,6 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init-from", default=None, help="model name or .safetensors to fine-tune")
     tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     tr.add_argument("--log-every", type=int, default=10)
+    tr.add_argument("--install", action="store_true",
+                    help="copy the trained model into the user-model folder (listed in napari)")
     tr.add_argument("--out", type=Path, required=True)
     tr.set_defaults(func=_cmd_train)
     return parser

@@ -14,13 +14,21 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
-__all__ = ["LayerParams", "ParamSpec", "param", "param_specs", "sample_uniform"]
+__all__ = [
+    "LayerParams",
+    "OccurringParams",
+    "ParamSpec",
+    "param",
+    "param_specs",
+    "sample_uniform",
+]
 
 P = TypeVar("P", bound="LayerParams")
+O = TypeVar("O", bound="OccurringParams")
 
 
 @dataclass(frozen=True)
@@ -252,3 +260,76 @@ class LayerParams:
     def replace(self: P, **changes: Any) -> P:
         """Return a copy with some fields changed (``dataclasses.replace``)."""
         return dataclasses.replace(self, **changes)
+
+
+@dataclass
+class OccurringParams(LayerParams):
+    """Parameters of a layer that a random pipeline enables with a probability.
+
+    On top of :class:`LayerParams` it type-checks every numeric field and
+    samples ``enabled`` with probability :attr:`occurrence`.
+
+    Attributes
+    ----------
+    occurrence : float
+        Class constant: probability with which :meth:`sample` draws
+        ``enabled=True``.
+    enabled_drawn_last : bool
+        Class constant: whether :meth:`sample` draws ``enabled`` after the
+        field values (True) or before them (False). It fixes the order of the
+        random draws, so a seed keeps producing the same parameters.
+    """
+
+    occurrence: ClassVar[float] = 1.0
+    enabled_drawn_last: ClassVar[bool] = False
+
+    def validate(self: O) -> O:
+        """Check types, then the limits declared with :func:`param`.
+
+        Raises
+        ------
+        ValueError
+            If ``enabled`` is not a bool, a numeric field holds a non-number
+            (or a non-integer where an integer is declared), or a value lies
+            outside its limits.
+        """
+        name = type(self).__name__
+        if not isinstance(self.enabled, (bool, np.bool_)):
+            raise ValueError(f"{name}.enabled must be True or False, got {self.enabled!r}")
+        for spec in param_specs(self):
+            value = getattr(self, spec.name)
+            if spec.choices is not None:
+                continue
+            if spec.type is int and (
+                isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
+            ):
+                raise ValueError(f"{name}.{spec.name} must be an integer, got {value!r}")
+            if spec.type is float and (
+                isinstance(value, (bool, np.bool_))
+                or not isinstance(value, (int, float, np.integer, np.floating))
+            ):
+                raise ValueError(f"{name}.{spec.name} must be a real number, got {value!r}")
+        return super().validate()
+
+    @classmethod
+    def draw_enabled(cls, rng: np.random.Generator) -> bool:
+        """One uniform draw: True with probability :attr:`occurrence`."""
+        return bool(rng.random() < cls.occurrence)
+
+    @classmethod
+    def draw_values(cls, rng: np.random.Generator, *skip: str) -> dict[str, Any]:
+        """Draw every field except ``skip`` uniformly (log-uniformly) in its paper range."""
+        return {s.name: sample_uniform(s, rng) for s in param_specs(cls) if s.name not in skip}
+
+    @classmethod
+    def sample(cls: type[O], rng: np.random.Generator) -> O:
+        """Draw ``enabled`` with probability ``occurrence``, values uniformly.
+
+        Every field is drawn even when the layer comes out disabled, so the
+        number of random draws, and thus the stream, does not depend on it.
+        """
+        if cls.enabled_drawn_last:
+            values = cls.draw_values(rng)
+            return cls(enabled=cls.draw_enabled(rng), **values).validate()
+        enabled = cls.draw_enabled(rng)
+        return cls(enabled=enabled, **cls.draw_values(rng)).validate()

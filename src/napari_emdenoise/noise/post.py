@@ -19,13 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 from scipy import ndimage
 
-from .._validation import as_float_image
+from ._checks import MIN_SIZE as MIN_SIZE  # re-exported: smallest accepted image side
+from ._checks import check_layer_call
 from ._layer import Layer
-from ._params import LayerParams, param
+from ._params import OccurringParams, param
 
 __all__ = [
     "POST_LAYERS",
@@ -40,51 +42,16 @@ __all__ = [
     "gaussian_blur",
 ]
 
-#: Smallest accepted image side, in pixels.
-MIN_SIZE = 4
-
-
-def _check(image: object, *, stack: bool) -> np.ndarray:
-    """Validate a float image ``(H, W)`` (or a stack ``(N, H, W)``); float32 copy.
-
-    Returns a 3-D array ``(N, H, W)`` when ``stack`` is True.
-    """
-    arr = np.asarray(image)
-    if arr.dtype.kind in "biu":
-        raise ValueError(
-            f"image has integer dtype {arr.dtype}; the noise model works on float images "
-            "in the [0, 1] intensity scale (convert with skimage.util.img_as_float32)"
-        )
-    out = as_float_image(arr, ndim=(2, 3) if stack else 2, name="image")
-    if min(out.shape[-2:]) < MIN_SIZE:
-        raise ValueError(
-            f"image of shape {out.shape} is too small: height and width need at least "
-            f"{MIN_SIZE} pixels"
-        )
-    return out[None] if out.ndim == 2 and stack else out
-
-
-def _check_call(params: LayerParams, params_type: type, rng: object) -> None:
-    """Type-check a layer call's parameters and generator, then validate the values."""
-    if not isinstance(params, params_type):
-        raise TypeError(f"expected {params_type.__name__}, got {type(params).__name__}")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(
-            "rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), "
-            f"got {type(rng).__name__}"
-        )
-    params.validate()
-
-
-def _occurs(params: LayerParams, rng: np.random.Generator, p: float) -> LayerParams:
-    return params.replace(enabled=bool(rng.random() < p)).validate()
+def _slices(x: np.ndarray) -> np.ndarray:
+    """View an ``(H, W)`` image or an ``(N, H, W)`` stack as a stack of slices."""
+    return x[None] if x.ndim == 2 else x
 
 
 # ---------------------------------------------------------------------------
 # affine interpolation
 # ---------------------------------------------------------------------------
 @dataclass
-class AffineInterpolationParams(LayerParams):
+class AffineInterpolationParams(OccurringParams):
     """A linear transform near identity, about the image centre.
 
     The forward map (image → result) in display coordinates (x right, y
@@ -116,10 +83,9 @@ class AffineInterpolationParams(LayerParams):
         0.0, -0.5, 0.5, hard_min=-1e4, hard_max=1e4, unit="pixels", doc="Translation along y"
     )  # fmt: skip
 
-    @classmethod
-    def sample(cls, rng: np.random.Generator) -> AffineInterpolationParams:
-        """Occurs with p = 0.15 (our choice); values drawn in their ranges."""
-        return _occurs(super().sample(rng), rng, 0.15)
+    #: Our choice; ``sample`` draws every value in its range, then ``enabled``.
+    occurrence: ClassVar[float] = 0.15
+    enabled_drawn_last: ClassVar[bool] = True
 
 
 def affine_matrix(params: AffineInterpolationParams) -> np.ndarray:
@@ -167,10 +133,10 @@ def affine_interpolation(
     numpy.ndarray
         New float32 array of the input's shape.
     """
-    stack = _check(image, stack=True)
-    _check_call(params, AffineInterpolationParams, rng)
+    x = check_layer_call(image, params, AffineInterpolationParams, rng, stack=True)
     if not params.enabled:
-        return stack.reshape(np.shape(image))
+        return x
+    stack = _slices(x)
     fwd = affine_matrix(params)
     inv = np.linalg.inv(fwd)
     centre = (np.array(stack.shape[-2:], dtype=np.float64) - 1.0) / 2.0
@@ -182,14 +148,14 @@ def affine_interpolation(
         ndimage.affine_transform(
             sl, inv, offset=offset, order=3, mode="reflect", output=out[i], prefilter=True
         )
-    return out.reshape(np.shape(image))
+    return out.reshape(x.shape)
 
 
 # ---------------------------------------------------------------------------
 # Gaussian blur
 # ---------------------------------------------------------------------------
 @dataclass
-class GaussianBlurParams(LayerParams):
+class GaussianBlurParams(OccurringParams):
     """Isotropic Gaussian smoothing of the distorted image."""
 
     enabled: bool = False
@@ -198,10 +164,9 @@ class GaussianBlurParams(LayerParams):
         doc="Standard deviation of the Gaussian kernel",
     )  # fmt: skip
 
-    @classmethod
-    def sample(cls, rng: np.random.Generator) -> GaussianBlurParams:
-        """Occurs with p = 0.3 (our choice); σ uniform in [0, 1] pixel (paper)."""
-        return _occurs(super().sample(rng), rng, 0.3)
+    #: Our choice; ``sample`` draws σ uniform in [0, 1] pixel (paper), then ``enabled``.
+    occurrence: ClassVar[float] = 0.3
+    enabled_drawn_last: ClassVar[bool] = True
 
 
 def gaussian_blur(
@@ -223,8 +188,7 @@ def gaussian_blur(
     numpy.ndarray
         New float32 image.
     """
-    img = _check(image, stack=False)
-    _check_call(params, GaussianBlurParams, rng)
+    img = check_layer_call(image, params, GaussianBlurParams, rng)
     if not params.enabled or params.sigma == 0:
         return img
     return ndimage.gaussian_filter(img, params.sigma, mode="reflect", truncate=4.0)
@@ -237,7 +201,7 @@ _ANNOTATION_KINDS = ("text", "arrow", "line", "rectangle", "ellipse", "scale_bar
 
 
 @dataclass
-class AnnotationsParams(LayerParams):
+class AnnotationsParams(OccurringParams):
     """Burnt-in annotations: text-like glyphs, arrows, lines, boxes, circles
     and scale bars drawn with one intensity ``value``."""
 
@@ -255,13 +219,18 @@ class AnnotationsParams(LayerParams):
         doc="Typical annotation size relative to the shorter image side",
     )  # fmt: skip
 
+    occurrence: ClassVar[float] = 0.1
+
     @classmethod
     def sample(cls, rng: np.random.Generator) -> AnnotationsParams:
-        """Occurs with p = 0.1 (our choice); white (p 0.6), black (p 0.3) or grey strokes."""
-        params = super().sample(rng)
+        """Occurs with p = 0.1 (our choice); white (p 0.6), black (p 0.3) or grey strokes.
+
+        Draw order: every field, the stroke value, then ``enabled``.
+        """
+        values = cls.draw_values(rng)
         u = rng.random()
-        value = 1.0 if u < 0.6 else 0.0 if u < 0.9 else float(rng.uniform(0.2, 0.8))
-        return _occurs(params.replace(value=value), rng, 0.1)
+        values["value"] = 1.0 if u < 0.6 else 0.0 if u < 0.9 else float(rng.uniform(0.2, 0.8))
+        return cls(enabled=cls.draw_enabled(rng), **values).validate()
 
 
 def _stroke(mask: np.ndarray, p0: np.ndarray, p1: np.ndarray, width: float) -> None:
@@ -371,20 +340,19 @@ def annotations(
     numpy.ndarray
         New float32 array; only the annotation pixels differ from the input.
     """
-    stack = _check(image, stack=True)
-    _check_call(params, AnnotationsParams, rng)
+    x = check_layer_call(image, params, AnnotationsParams, rng, stack=True)
     if not params.enabled:
-        return stack.reshape(np.shape(image))
-    mask = _annotation_mask(stack.shape[-2:], params, rng)
-    stack[:, mask] = np.float32(params.value)
-    return stack.reshape(np.shape(image))
+        return x
+    mask = _annotation_mask(x.shape[-2:], params, rng)
+    _slices(x)[:, mask] = np.float32(params.value)
+    return x
 
 
 # ---------------------------------------------------------------------------
 # crops
 # ---------------------------------------------------------------------------
 @dataclass
-class CropsParams(LayerParams):
+class CropsParams(OccurringParams):
     """Cropped border regions filled with a constant, the median or the mid-range.
 
     Regions are bands along an edge or triangles cut off a corner (as left by
@@ -408,10 +376,9 @@ class CropsParams(LayerParams):
         doc="Area of the central rectangle that is never cropped (paper: 50 %)",
     )  # fmt: skip
 
-    @classmethod
-    def sample(cls, rng: np.random.Generator) -> CropsParams:
-        """Occurs with p = 0.1 (our choice); 1–3 regions, fill mode and value drawn."""
-        return _occurs(super().sample(rng), rng, 0.1)
+    #: Our choice; ``sample`` draws 1–3 regions, the fill mode and value, then ``enabled``.
+    occurrence: ClassVar[float] = 0.1
+    enabled_drawn_last: ClassVar[bool] = True
 
 
 def _crop_mask(shape: tuple[int, int], params: CropsParams, rng: np.random.Generator) -> np.ndarray:
@@ -474,12 +441,11 @@ def crops(image: np.ndarray, params: CropsParams, rng: np.random.Generator) -> n
     numpy.ndarray
         New float32 array; only the cropped pixels differ from the input.
     """
-    stack = _check(image, stack=True)
-    _check_call(params, CropsParams, rng)
+    x = check_layer_call(image, params, CropsParams, rng, stack=True)
     if not params.enabled:
-        return stack.reshape(np.shape(image))
-    mask = _crop_mask(stack.shape[-2:], params, rng)
-    for sl in stack:
+        return x
+    mask = _crop_mask(x.shape[-2:], params, rng)
+    for sl in _slices(x):
         if params.fill == "median":
             fill = np.median(sl)
         elif params.fill == "mid_range":
@@ -487,7 +453,7 @@ def crops(image: np.ndarray, params: CropsParams, rng: np.random.Generator) -> n
         else:
             fill = params.value
         sl[mask] = np.float32(fill)
-    return stack.reshape(np.shape(image))
+    return x
 
 
 # ---------------------------------------------------------------------------

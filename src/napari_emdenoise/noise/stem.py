@@ -14,8 +14,11 @@ quantisation are the same equations as the TEM eqs 39–40 and are reused from
 Intensity convention: the clean image is float32 with max 1 (eq 26) and every
 layer keeps that scale; additive amplitudes are in units of that intensity.
 Every layer returns a new float32 array of the input's shape (an unchanged
-copy when its parameters say ``enabled=False``) and rejects non-finite,
-integer-typed, non-2-D or smaller than 4×4 pixel images with ``ValueError``.
+copy when its parameters say ``enabled=False``). Inputs are checked by
+:func:`~napari_emdenoise.noise._checks.check_layer_call`: integer images are
+converted to float32; non-finite, non-2-D or smaller than 2×2 pixel images
+raise ``ValueError``. Scan jitter lives in :mod:`.scan_jitter` and is
+re-exported here.
 
 Occurrence probabilities used by the ``sample`` class methods: scan jitter 0.9
 and its modes x/y/xy 0.25/0.25/0.5 come from the paper; the others are our
@@ -28,14 +31,22 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import scipy.fft
-from numpy.lib.stride_tricks import sliding_window_view
 
-from .._validation import as_float_image
+from ._checks import MIN_SIZE as MIN_SIZE  # re-exported: smallest accepted image side
+from ._checks import check_layer_call
 from ._layer import Layer
-from ._params import LayerParams, param
+from ._params import OccurringParams, param
+from .scan_jitter import (
+    ScanJitterParams,
+    _reflect_index,  # noqa: F401  (kept importable from here for existing callers)
+    apply_scan_displacements,
+    ar1_series,
+    scan_jitter,
+)
 from .tem import QuantisationParams, UpperClipParams, quantisation, sample_dose, upper_clip
 
 __all__ = [
@@ -59,9 +70,6 @@ __all__ = [
     "zingers",
 ]
 
-#: Smallest accepted image side, in pixels.
-MIN_SIZE = 4
-
 #: Relative level (of the kernel's peak) below which PSF tails are cut.
 _PSF_TAIL = 1e-4
 
@@ -72,55 +80,6 @@ _PSF_MAX_LEN = 4096
 # ---------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------
-def _check_call(params: LayerParams, params_type: type, rng: object) -> None:
-    """Type-check a layer call's parameters and generator, then validate the values."""
-    if not isinstance(params, params_type):
-        raise TypeError(f"expected {params_type.__name__}, got {type(params).__name__}")
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(
-            "rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), "
-            f"got {type(rng).__name__}"
-        )
-    params.validate()
-
-
-def _check_image(image: object, name: str = "image") -> np.ndarray:
-    """Validate a 2-D floating-point image and return a float32 copy."""
-    kind = np.asarray(image).dtype.kind
-    if kind in "biu":
-        raise ValueError(
-            f"{name} has integer dtype {np.asarray(image).dtype}; the noise model works on "
-            "float images in the [0, 1] intensity scale (convert with "
-            "skimage.util.img_as_float32 or divide by the maximum)"
-        )
-    return as_float_image(image, ndim=2, min_size=MIN_SIZE, name=name)
-
-
-def _reflect_index(index: np.ndarray, n: int) -> np.ndarray:
-    """Fold integer indices into ``[0, n)`` by half-sample symmetric reflection.
-
-    Matches ``scipy.ndimage`` mode ``"reflect"`` (``d c b a | a b c d | d c b a``)
-    for any distance outside the array.
-    """
-    m = np.mod(index, 2 * n)
-    return np.where(m >= n, 2 * n - 1 - m, m)
-
-
-def _cubic_weights(t: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Catmull–Rom (Keys, a = -0.5) weights of the samples at -1, 0, +1, +2.
-
-    ``t`` is the fractional position in ``[0, 1)`` between samples 0 and 1.
-    The four weights sum to 1 exactly, so constants are reproduced.
-    """
-    t2 = t * t
-    t3 = t2 * t
-    w0 = 0.5 * (-t3 + 2.0 * t2 - t)
-    w1 = 0.5 * (3.0 * t3 - 5.0 * t2 + 2.0)
-    w2 = 0.5 * (-3.0 * t3 + 4.0 * t2 + t)
-    w3 = 0.5 * (t3 - t2)
-    return w0, w1, w2, w3
-
-
 def _fft_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
@@ -153,222 +112,34 @@ def _streaks(
     return rows[keep], cols[keep], point[keep]
 
 
-# ---------------------------------------------------------------------------
-# 1. scan jitter, eqs 41-42
-# ---------------------------------------------------------------------------
-def ar1_series(n: int, sigma: float, phi: float, rng: np.random.Generator) -> np.ndarray:
-    """Stationary AR(1) displacement series in the Yule–Walker form of eq 41.
+def _random_streaks(
+    shape: tuple[int, int],
+    density: float,
+    max_length: int,
+    value_range: tuple[float, float],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Streaks of black pixels or zingers (eqs 52–53) with one value per streak.
 
-    ``Δ¹ = a¹ / sqrt(1 − φ²)`` and ``Δᵏ = φ Δᵏ⁻¹ + aᵏ`` for ``k > 1``, with
-    innovations ``aᵏ ~ N(0, σ)``.
-
-    Parameters
-    ----------
-    n : int
-        Length of the series (number of scan lines).
-    sigma : float
-        Standard deviation σ of the *innovations* aᵏ (the paper's σₜ), in the
-        unit the caller wants the displacements in. Because of the Yule–Walker
-        start the series is stationary: every Δᵏ has standard deviation
-        ``σ / sqrt(1 − φ²)``, which is larger than σ when φ > 0.
-    phi : float
-        Lag-1 correlation coefficient φ, ``0 <= φ < 1``; the lag-1
-        autocorrelation of the series equals φ.
-    rng : numpy.random.Generator
-        Source of randomness.
+    The number of streaks is Poisson with mean ``density·H·W`` (density in
+    1/pixel); each gets a value uniform in ``value_range``. Draw order:
+    count, streaks (:func:`_streaks`), values.
 
     Returns
     -------
-    numpy.ndarray
-        float64 array of shape ``(n,)``.
-
-    Raises
-    ------
-    ValueError
-        If ``n < 1``, ``sigma < 0`` or ``phi`` is outside ``[0, 1)``.
+    rows, cols : numpy.ndarray
+        Pixel coordinates of every streak pixel.
+    values : numpy.ndarray
+        float32 value of each pixel's streak.
     """
-    from scipy.signal import lfilter  # scipy.signal is slow to import
-
-    n = int(n)
-    if n < 1:
-        raise ValueError(f"ar1_series needs n >= 1, got {n}")
-    if not (math.isfinite(sigma) and sigma >= 0):
-        raise ValueError(f"ar1_series needs a finite sigma >= 0, got {sigma}")
-    if not (0.0 <= phi < 1.0):
-        raise ValueError(f"ar1_series needs 0 <= phi < 1, got {phi}")
-    a = rng.normal(0.0, sigma, n) if sigma > 0 else np.zeros(n)
-    a[0] /= math.sqrt(1.0 - phi * phi)
-    if phi == 0.0:
-        return a
-    return lfilter([1.0], [1.0, -phi], a)
-
-
-def apply_scan_displacements(
-    image: np.ndarray,
-    dx: np.ndarray | None = None,
-    dy: np.ndarray | None = None,
-) -> np.ndarray:
-    """Resample an image on a grid displaced scan line by scan line (eq 42).
-
-    Pixel ``(r, c)`` of the result is the input evaluated at
-    ``(r + dy[r], c + dx[r])`` by bicubic (Catmull–Rom) interpolation with
-    ``"reflect"`` boundaries. Rows are resampled first (slow axis), then each
-    row along the fast axis; because every displacement depends only on the
-    row, this equals 2-D bicubic interpolation on the displaced grid.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        2-D float image, shape ``(H, W)``.
-    dx, dy : numpy.ndarray or None
-        Per-row displacements along the fast (x, columns) and slow (y, rows)
-        axis, in pixels, shape ``(H,)``; ``None`` means no displacement.
-        A positive ``dx[r]`` makes row ``r`` show the specimen ``dx[r]`` pixels
-        further right, i.e. its content moves left.
-
-    Returns
-    -------
-    numpy.ndarray
-        New float32 image of the same shape.
-    """
-    img = _check_image(image)
-    h, w = img.shape
-    out = img
-    if dy is not None:
-        dy = _per_row(dy, h, "dy")
-        pos = np.arange(h) + dy
-        base = np.floor(pos)
-        wts = _cubic_weights((pos - base).astype(np.float32))
-        base = base.astype(np.int64)
-        acc = np.zeros_like(img)
-        for j, wj in enumerate(wts):
-            acc += wj[:, None] * img[_reflect_index(base + (j - 1), h)]
-        out = acc
-    if dx is not None:
-        dx = _per_row(dx, h, "dx")
-        base = np.floor(dx)
-        wts = _cubic_weights((dx - base).astype(np.float32))
-        # "reflect" is periodic with period 2W: fold the shifts into [0, 2W) so the
-        # padding below stays at most 3W wide whatever the displacement.
-        base = np.mod(base.astype(np.int64), 2 * w)
-        # Reflect-pad the columns once, then read each row's 4 taps as contiguous
-        # windows of the padded rows (no per-pixel index arithmetic).
-        lo = int(base.min()) - 1
-        padded = out[:, _reflect_index(np.arange(lo, int(base.max()) + 2 + w), w)]
-        windows = sliding_window_view(padded, w, axis=1)
-        rows = np.arange(h)
-        start = base - lo - 1
-        acc = np.zeros_like(out)
-        for j, wj in enumerate(wts):
-            acc += wj[:, None] * windows[rows, start + j]
-        out = acc
-    return out if out is not img else img.copy()
-
-
-def _per_row(d: np.ndarray, h: int, name: str) -> np.ndarray:
-    d = np.asarray(d, dtype=np.float64)
-    if d.shape != (h,):
-        raise ValueError(f"{name} must have one value per row, shape ({h},), got {d.shape}")
-    if not np.isfinite(d).all():
-        raise ValueError(f"{name} contains NaN or infinite displacements")
-    return d
-
-
-@dataclass
-class ScanJitterParams(LayerParams):
-    """Scan-jitter parameters (eqs 41–42).
-
-    ``sigma_x``/``sigma_y`` are the standard deviations of the AR(1)
-    innovations aᵏ (the paper's σₜ), in Å; the resulting per-line displacement
-    has standard deviation ``σ / sqrt(1 − φ²)``. They are converted to pixels
-    with ``pixel_size``; set it to the clean image's pixel size when known
-    (``params.replace(pixel_size=...)``), :meth:`sample` otherwise draws it in
-    the simulator's range.
-    """
-
-    mode: str = param(
-        "xy",
-        choices=("x", "y", "xy"),
-        doc="Jitter along the fast scan (x), the slow scan (y) or both",
-    )  # fmt: skip
-    sigma_x: float = param(
-        0.1, 0.0025, 0.8, hard_min=0.0, hard_max=20.0, unit="Å",
-        doc="Std of the fast-scan (x) AR(1) innovations σₓ",
-    )  # fmt: skip
-    phi_x: float = param(
-        0.5, 0.0, 0.7, hard_min=0.0, hard_max=0.99,
-        doc="Line-to-line correlation φₓ of the x displacements",
-    )  # fmt: skip
-    sigma_y: float = param(
-        0.1, 0.0025, 0.8, hard_min=0.0, hard_max=20.0, unit="Å",
-        doc="Std of the slow-scan (y) AR(1) innovations σ_y",
-    )  # fmt: skip
-    phi_y: float = param(
-        0.5, 0.0, 0.7, hard_min=0.0, hard_max=0.99,
-        doc="Line-to-line correlation φ_y of the y displacements",
-    )  # fmt: skip
-    pixel_size: float = param(
-        0.2, 0.025, 0.9, hard_min=1e-4, hard_max=1e4, unit="Å/pixel", log=True,
-        doc="Pixel size used to convert σ from Å to pixels",
-    )  # fmt: skip
-
-    @classmethod
-    def sample(cls, rng: np.random.Generator) -> ScanJitterParams:
-        """Paper's draw: occurs with p = 0.9; modes x/y/xy with p = 0.25/0.25/0.5;
-        σ uniform in [0.0025, 0.8] Å, φ uniform in [0, 0.7]; pixel size
-        log-uniform in [0.025, 0.9] Å (the clean-image simulator's range)."""
-        enabled = bool(rng.random() < 0.9)
-        mode = ("x", "y", "xy")[int(rng.choice(3, p=[0.25, 0.25, 0.5]))]
-        return cls(
-            enabled=enabled,
-            mode=mode,
-            sigma_x=float(rng.uniform(0.0025, 0.8)),
-            phi_x=float(rng.uniform(0.0, 0.7)),
-            sigma_y=float(rng.uniform(0.0025, 0.8)),
-            phi_y=float(rng.uniform(0.0, 0.7)),
-            pixel_size=float(math.exp(rng.uniform(math.log(0.025), math.log(0.9)))),
-        ).validate()
-
-
-def scan_jitter(
-    image: np.ndarray, params: ScanJitterParams, rng: np.random.Generator
-) -> np.ndarray:
-    """Scan-line jitter along the fast and/or slow scan direction (eqs 41–42).
-
-    One AR(1) displacement per scan line (:func:`ar1_series`) for x (a
-    sideways shift of the whole row) and/or y (the row is recorded at a
-    displaced height: stretching, squishing and line interchanges), converted
-    from Å to pixels and applied by bicubic interpolation
-    (:func:`apply_scan_displacements`).
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        2-D float image, shape ``(H, W)``, intensity scale [0, 1].
-    params : ScanJitterParams
-        Jitter mode, σ (Å), φ and pixel size (Å/pixel).
-    rng : numpy.random.Generator
-        Source of randomness.
-
-    Returns
-    -------
-    numpy.ndarray
-        New float32 image of the same shape.
-    """
-    img = _check_image(image)
-    _check_call(params, ScanJitterParams, rng)
-    if not params.enabled:
-        return img
-    h = img.shape[0]
-    dx = dy = None
-    if "x" in params.mode:
-        dx = ar1_series(h, params.sigma_x / params.pixel_size, params.phi_x, rng)
-    if "y" in params.mode:
-        dy = ar1_series(h, params.sigma_y / params.pixel_size, params.phi_y, rng)
-    return apply_scan_displacements(img, dx=dx, dy=dy)
+    n = int(rng.poisson(density * (shape[0] * shape[1])))
+    rows, cols, point = _streaks(shape, n, int(max_length), rng)
+    values = rng.uniform(value_range[0], value_range[1], n).astype(np.float32)
+    return rows, cols, values[point]
 
 
 # ---------------------------------------------------------------------------
+# 1. scan jitter, eqs 41-42: see .scan_jitter
 # 2. detector noise, eqs 43-46
 # ---------------------------------------------------------------------------
 def pmt_sigma(
@@ -421,7 +192,7 @@ def pmt_sigma(
 
 
 @dataclass
-class DetectorNoiseParams(LayerParams):
+class DetectorNoiseParams(OccurringParams):
     """Scintillator/PMT detector noise parameters (eqs 45–46).
 
     The dose scale α of eq 45 is ``dose / mean(x)``, so ``dose`` is the mean
@@ -490,8 +261,7 @@ def detector_noise(
     ValueError
         On bad input, a non-positive dose or an image whose mean is not positive.
     """
-    img = _check_image(image)
-    _check_call(params, DetectorNoiseParams, rng)
+    img = check_layer_call(image, params, DetectorNoiseParams, rng)
     if not params.enabled:
         return img
     np.maximum(img, 0.0, out=img)
@@ -559,7 +329,7 @@ def readout_psf_norm(beta: float, gamma: float, theta: float) -> float:
 
 
 @dataclass
-class FastScanBlurParams(LayerParams):
+class FastScanBlurParams(OccurringParams):
     """Fast-scan PSF parameters (eqs 48–49), lengths in pixels along the scan.
 
     The paper fitted these to experimental images and varied them at random
@@ -587,11 +357,9 @@ class FastScanBlurParams(LayerParams):
         doc="Phase θ of the readout oscillation",
     )  # fmt: skip
 
-    @classmethod
-    def sample(cls, rng: np.random.Generator) -> FastScanBlurParams:
-        """Occurs with p = 0.8 (our choice); every value uniform in its range."""
-        params = super().sample(rng)
-        return params.replace(enabled=bool(rng.random() < 0.8)).validate()
+    #: Our choice; ``sample`` draws every value uniformly in its range, then ``enabled``.
+    occurrence: ClassVar[float] = 0.8
+    enabled_drawn_last: ClassVar[bool] = True
 
 
 def _lorentzian_bins(alpha: float) -> np.ndarray:
@@ -677,8 +445,7 @@ def fast_scan_blur(
     numpy.ndarray
         New float32 image of the same shape.
     """
-    img = _check_image(image)
-    _check_call(params, FastScanBlurParams, rng)
+    img = check_layer_call(image, params, FastScanBlurParams, rng)
     if not params.enabled:
         return img
     kernel = fast_scan_psf(params)
@@ -699,7 +466,7 @@ def fast_scan_blur(
 # 4. row lines, eq 51
 # ---------------------------------------------------------------------------
 @dataclass
-class RowLinesParams(LayerParams):
+class RowLinesParams(OccurringParams):
     """Row-line (detector non-response) parameters (eq 51)."""
 
     n_lines: int = param(
@@ -727,12 +494,14 @@ class RowLinesParams(LayerParams):
             )
         return self
 
+    occurrence: ClassVar[float] = 0.25
+
     @classmethod
     def sample(cls, rng: np.random.Generator) -> RowLinesParams:
         """Occurs with p = 0.25 (our choice); 1–20 lines, longest 5–100 % of
         the width; factors fixed to the paper's [0.5, 1.5]."""
         return cls(
-            enabled=bool(rng.random() < 0.25),
+            enabled=cls.draw_enabled(rng),
             n_lines=int(rng.integers(1, 21)),
             max_length=float(rng.uniform(0.05, 1.0)),
         ).validate()
@@ -761,8 +530,7 @@ def row_lines(image: np.ndarray, params: RowLinesParams, rng: np.random.Generato
     numpy.ndarray
         New float32 image; only the segments' pixels differ from the input.
     """
-    img = _check_image(image)
-    _check_call(params, RowLinesParams, rng)
+    img = check_layer_call(image, params, RowLinesParams, rng)
     if not params.enabled:
         return img
     h, w = img.shape
@@ -782,7 +550,7 @@ def row_lines(image: np.ndarray, params: RowLinesParams, rng: np.random.Generato
 # 5. black pixels, eq 52
 # ---------------------------------------------------------------------------
 @dataclass
-class BlackPixelsParams(LayerParams):
+class BlackPixelsParams(OccurringParams):
     """S(T)EM black-pixel parameters (eq 52).
 
     Points are placed uniformly; each is a streak of 1..``max_length`` pixels
@@ -803,11 +571,9 @@ class BlackPixelsParams(LayerParams):
         doc="Largest sensitivity S of a black pixel (0 = fully black)",
     )  # fmt: skip
 
-    @classmethod
-    def sample(cls, rng: np.random.Generator) -> BlackPixelsParams:
-        """Occurs with p = 0.2 (our choice); values drawn in their ranges."""
-        params = super().sample(rng)
-        return params.replace(enabled=bool(rng.random() < 0.2)).validate()
+    #: Our choice; ``sample`` draws every value in its range, then ``enabled``.
+    occurrence: ClassVar[float] = 0.2
+    enabled_drawn_last: ClassVar[bool] = True
 
 
 def black_pixels(
@@ -832,23 +598,21 @@ def black_pixels(
     numpy.ndarray
         New float32 image.
     """
-    img = _check_image(image)
-    _check_call(params, BlackPixelsParams, rng)
+    img = check_layer_call(image, params, BlackPixelsParams, rng)
     if not params.enabled:
         return img
-    out = img.copy()
-    n = int(rng.poisson(params.density * img.size))
-    rows, cols, point = _streaks(img.shape, n, int(params.max_length), rng)
-    sens = rng.uniform(0.0, params.max_sensitivity, n).astype(np.float32)
-    out[rows, cols] = img[rows, cols] * sens[point]
-    return out
+    rows, cols, sens = _random_streaks(
+        img.shape, params.density, params.max_length, (0.0, params.max_sensitivity), rng
+    )
+    img[rows, cols] = img[rows, cols] * sens
+    return img
 
 
 # ---------------------------------------------------------------------------
 # 6. zingers, eq 53
 # ---------------------------------------------------------------------------
 @dataclass
-class ZingersParams(LayerParams):
+class ZingersParams(OccurringParams):
     """S(T)EM zinger parameters (eq 53), amplitudes in image intensity units."""
 
     density: float = param(
@@ -877,11 +641,9 @@ class ZingersParams(LayerParams):
             )
         return self
 
-    @classmethod
-    def sample(cls, rng: np.random.Generator) -> ZingersParams:
-        """Occurs with p = 0.2 (our choice); values drawn in their ranges."""
-        params = super().sample(rng)
-        return params.replace(enabled=bool(rng.random() < 0.2)).validate()
+    #: Our choice; ``sample`` draws every value in its range, then ``enabled``.
+    occurrence: ClassVar[float] = 0.2
+    enabled_drawn_last: ClassVar[bool] = True
 
 
 def zingers(image: np.ndarray, params: ZingersParams, rng: np.random.Generator) -> np.ndarray:
@@ -908,16 +670,15 @@ def zingers(image: np.ndarray, params: ZingersParams, rng: np.random.Generator) 
     numpy.ndarray
         New float32 image.
     """
-    img = _check_image(image)
-    _check_call(params, ZingersParams, rng)
+    img = check_layer_call(image, params, ZingersParams, rng)
     if not params.enabled:
         return img
-    out = img.copy()
-    n = int(rng.poisson(params.density * img.size))
-    rows, cols, point = _streaks(img.shape, n, int(params.max_length), rng)
-    amp = rng.uniform(params.amplitude_min, params.amplitude_max, n).astype(np.float32)
-    np.add.at(out, (rows, cols), amp[point])
-    return out
+    rows, cols, amp = _random_streaks(
+        img.shape, params.density, params.max_length,
+        (params.amplitude_min, params.amplitude_max), rng,
+    )  # fmt: skip
+    np.add.at(img, (rows, cols), amp)
+    return img
 
 
 # ---------------------------------------------------------------------------

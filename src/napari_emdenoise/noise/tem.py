@@ -32,15 +32,15 @@ from __future__ import annotations
 import functools
 import math
 from dataclasses import dataclass
-from typing import ClassVar, TypeVar
+from typing import ClassVar
 
 import numpy as np
 import scipy.fft
 
-from .._validation import as_float_image
+from ._checks import check_layer_call
 from ._layer import Layer
 from ._masks import random_walk_mask
-from ._params import LayerParams, param, param_specs, sample_uniform
+from ._params import OccurringParams, param
 
 __all__ = [
     "TEM_LAYERS",
@@ -72,109 +72,16 @@ __all__ = [
     "zingers",
 ]
 
-P = TypeVar("P", bound="_OccurringParams")
-
 # FFT/DCT threads. None defers to the caller's ``scipy.fft.set_workers`` context
 # (1 thread by default): a 512² transform takes < 1 ms on one core, and training
 # data loaders already run one process per core.
 _FFT_WORKERS: int | None = None
-# Smallest accepted image side, in pixels (a 1-pixel axis has no spectrum).
-_MIN_SIZE = 2
 # Paper's dose range (eq 30), in e⁻/pixel, and its exponential scale.
 _DOSE_RANGE = (0.5, 750.0)
 _DOSE_SCALE = 0.5
 
 
 # -- shared machinery ---------------------------------------------------------
-@dataclass
-class _OccurringParams(LayerParams):
-    """Parameters of a layer that a random pipeline enables with a probability.
-
-    Attributes
-    ----------
-    occurrence : float
-        Class constant: probability with which :meth:`sample` draws
-        ``enabled=True``.
-    """
-
-    occurrence: ClassVar[float] = 1.0
-
-    def validate(self: P) -> P:
-        """Check types, then the limits declared with :func:`param`.
-
-        Raises
-        ------
-        ValueError
-            If a numeric field holds a non-number (or a non-integer where an
-            integer is declared), or a value outside its limits.
-        """
-        name = type(self).__name__
-        if not isinstance(self.enabled, (bool, np.bool_)):
-            raise ValueError(f"{name}.enabled must be True or False, got {self.enabled!r}")
-        for spec in param_specs(self):
-            value = getattr(self, spec.name)
-            if spec.choices is not None:
-                continue
-            if spec.type is int and (
-                isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer))
-            ):
-                raise ValueError(f"{name}.{spec.name} must be an integer, got {value!r}")
-            if spec.type is float and (
-                isinstance(value, (bool, np.bool_))
-                or not isinstance(value, (int, float, np.integer, np.floating))
-            ):
-                raise ValueError(f"{name}.{spec.name} must be a real number, got {value!r}")
-        return super().validate()
-
-    @classmethod
-    def sample(cls: type[P], rng: np.random.Generator) -> P:
-        """Draw ``enabled`` with probability ``occurrence``, values uniformly.
-
-        Every field is drawn even when the layer comes out disabled, so the
-        number of random draws, and thus the stream, does not depend on it.
-        """
-        enabled = _draw_enabled(cls, rng)
-        return cls(enabled=enabled, **_draw_uniform(cls, rng)).validate()
-
-
-def _draw_enabled(cls: type[_OccurringParams], rng: np.random.Generator) -> bool:
-    return bool(rng.random() < cls.occurrence)
-
-
-def _draw_uniform(cls: type[LayerParams], rng: np.random.Generator, *skip: str) -> dict:
-    """Draw every field except ``skip`` uniformly (log-uniformly) in its range."""
-    return {s.name: sample_uniform(s, rng) for s in param_specs(cls) if s.name not in skip}
-
-
-def _prepare(
-    image: np.ndarray,
-    params: LayerParams,
-    params_type: type[LayerParams],
-    rng: np.random.Generator,
-    *,
-    stack: bool = False,
-) -> np.ndarray:
-    """Check the arguments of a layer function; return a float32 copy of ``image``."""
-    if not isinstance(params, params_type):
-        raise TypeError(
-            f"expected {params_type.__name__}, got {type(params).__name__}; "
-            f"build one with {params_type.__name__}(...) or {params_type.__name__}.sample(rng)"
-        )
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError(
-            f"rng must be a numpy.random.Generator (numpy.random.default_rng(seed)), "
-            f"got {type(rng).__name__}"
-        )
-    params.validate()
-    x = as_float_image(image, ndim=(2, 3) if stack else 2, name="image")
-    if min(x.shape[-2:]) < _MIN_SIZE:  # a stack may hold a single slice
-        raise ValueError(
-            f"image of shape {x.shape} is too small: height and width need at least "
-            f"{_MIN_SIZE} pixels"
-        )
-    return x
-
-
 def _alpha(x: np.ndarray, dose: float, layer: str) -> float:
     """Dose scale factor α = dose / E{x} in counts per unit intensity (eq 30)."""
     mean = float(np.mean(np.maximum(x, 0.0), dtype=np.float64))
@@ -227,7 +134,7 @@ def mtf_is_monotone(a: float, b: float, c: float) -> bool:
 
 
 @dataclass
-class CameraMTFParams(_OccurringParams):
+class CameraMTFParams(OccurringParams):
     """Camera modulation-transfer function (seed 001, eqs 28–29).
 
     Ranges are our choice (the paper gives none): they span MTFs at Nyquist
@@ -265,9 +172,9 @@ class CameraMTFParams(_OccurringParams):
     @classmethod
     def sample(cls, rng: np.random.Generator) -> CameraMTFParams:
         """Redraw ``(a, b, c)`` uniformly until ``MTF_r`` passes the paper's test."""
-        enabled = _draw_enabled(cls, rng)
+        enabled = cls.draw_enabled(rng)
         for _ in range(1000):  # acceptance rate is > 2/3; the cap is a safeguard
-            values = _draw_uniform(cls, rng)
+            values = cls.draw_values(rng)
             if mtf_is_monotone(values["a"], values["b"], values["c"]):
                 return cls(enabled=enabled, **values).validate()
         return cls(enabled=enabled).validate()  # pragma: no cover
@@ -313,7 +220,7 @@ def camera_mtf(image: np.ndarray, params: CameraMTFParams, rng: np.random.Genera
     numpy.ndarray
         Blurred float32 copy, same shape.
     """
-    x = _prepare(image, params, CameraMTFParams, rng, stack=True)
+    x = check_layer_call(image, params, CameraMTFParams, rng, stack=True)
     if not params.enabled:
         return x
     h, w = x.shape[-2:]
@@ -371,7 +278,7 @@ def sample_dose(
 
 
 @dataclass
-class ShotNoiseParams(_OccurringParams):
+class ShotNoiseParams(OccurringParams):
     """Poisson counting noise (seed 001, eq 30). Always occurs."""
 
     dose: float = param(
@@ -391,7 +298,7 @@ class ShotNoiseParams(_OccurringParams):
     @classmethod
     def sample(cls, rng: np.random.Generator) -> ShotNoiseParams:
         """Draw the dose with :func:`sample_dose`."""
-        enabled = _draw_enabled(cls, rng)
+        enabled = cls.draw_enabled(rng)
         return cls(enabled=enabled, dose=sample_dose(rng)).validate()
 
 
@@ -420,7 +327,7 @@ def shot_noise(image: np.ndarray, params: ShotNoiseParams, rng: np.random.Genera
     numpy.ndarray
         Noisy float32 copy.
     """
-    x = _prepare(image, params, ShotNoiseParams, rng)
+    x = check_layer_call(image, params, ShotNoiseParams, rng)
     if not params.enabled:
         return x
     np.maximum(x, 0.0, out=x)
@@ -441,7 +348,7 @@ def shot_noise(image: np.ndarray, params: ShotNoiseParams, rng: np.random.Genera
 
 # -- fixed-pattern noise (eq 31) ---------------------------------------------
 @dataclass
-class FixedPatternNoiseParams(_OccurringParams):
+class FixedPatternNoiseParams(OccurringParams):
     """Residual pixel-gain mismatch after flat-field correction (seed 001, eq 31).
 
     Range and occurrence (0.5) are our choice: 0.1–5 % residual gain spread.
@@ -464,7 +371,7 @@ def fixed_pattern_noise(
     sensor from ``rng`` (the same seed gives the same pattern). The added
     noise has standard deviation ``σ_fpn·|x|``: its variance scales with x².
     """
-    x = _prepare(image, params, FixedPatternNoiseParams, rng)
+    x = check_layer_call(image, params, FixedPatternNoiseParams, rng)
     if not params.enabled:
         return x
     gain = rng.standard_normal(x.shape, dtype=np.float32)
@@ -476,7 +383,7 @@ def fixed_pattern_noise(
 
 # -- dark current (eqs 32–33) ------------------------------------------------
 @dataclass
-class DarkCurrentParams(_OccurringParams):
+class DarkCurrentParams(OccurringParams):
     """Dark-current non-uniformity and its shot noise (seed 001, eqs 32–33).
 
     Dark counts are electrons, independent of the signal, so they are given
@@ -515,9 +422,9 @@ class DarkCurrentParams(_OccurringParams):
     @classmethod
     def sample(cls, rng: np.random.Generator) -> DarkCurrentParams:
         """Dose as :func:`sample_dose`, the rest uniformly (log-uniformly)."""
-        enabled = _draw_enabled(cls, rng)
+        enabled = cls.draw_enabled(rng)
         dose = sample_dose(rng)
-        return cls(enabled=enabled, dose=dose, **_draw_uniform(cls, rng, "dose")).validate()
+        return cls(enabled=enabled, dose=dose, **cls.draw_values(rng, "dose")).validate()
 
 
 def dark_count_map(
@@ -567,7 +474,7 @@ def dark_current(
     ValueError
         If the image has no positive intensity (α is undefined).
     """
-    x = _prepare(image, params, DarkCurrentParams, rng)
+    x = check_layer_call(image, params, DarkCurrentParams, rng)
     if not params.enabled:
         return x
     alpha = _alpha(x, params.dose, "dark_current")
@@ -579,7 +486,7 @@ def dark_current(
 
 # -- readout noise (eqs 34–36) -----------------------------------------------
 @dataclass
-class ThermalNoiseParams(_OccurringParams):
+class ThermalNoiseParams(OccurringParams):
     """White Gaussian readout noise (seed 001, eq 34). Range, occurrence 0.5: ours."""
 
     sigma: float = param(
@@ -597,7 +504,7 @@ def thermal_noise(
 
     ``σ`` is in units of the image intensity (the clean maximum is 1).
     """
-    x = _prepare(image, params, ThermalNoiseParams, rng)
+    x = check_layer_call(image, params, ThermalNoiseParams, rng)
     if not params.enabled:
         return x
     noise = rng.standard_normal(x.shape, dtype=np.float32)
@@ -607,7 +514,7 @@ def thermal_noise(
 
 
 @dataclass
-class FlickerNoiseParams(_OccurringParams):
+class FlickerNoiseParams(OccurringParams):
     """1/f readout noise (seed 001, eq 35). Range, occurrence 0.25: ours."""
 
     sigma: float = param(
@@ -642,7 +549,7 @@ def flicker_noise(
     the image and is rescaled so its standard deviation is exactly ``σ``
     (image-intensity units).
     """
-    x = _prepare(image, params, FlickerNoiseParams, rng)
+    x = check_layer_call(image, params, FlickerNoiseParams, rng)
     if not params.enabled:
         return x
     h, w = x.shape
@@ -656,7 +563,7 @@ def flicker_noise(
 
 
 @dataclass
-class ResetNoiseParams(_OccurringParams):
+class ResetNoiseParams(OccurringParams):
     """Row-wise reset noise (seed 001, eq 36). Range, occurrence 0.25: ours."""
 
     sigma: float = param(
@@ -674,7 +581,7 @@ def reset_noise(
 
     Rows are the first array axis (horizontal lines in napari).
     """
-    x = _prepare(image, params, ResetNoiseParams, rng)
+    x = check_layer_call(image, params, ResetNoiseParams, rng)
     if not params.enabled:
         return x
     offsets = rng.standard_normal((x.shape[0], 1), dtype=np.float32)
@@ -684,7 +591,7 @@ def reset_noise(
 
 # -- defect masks (eqs 37–38) ------------------------------------------------
 @dataclass
-class BlackPixelsParams(_OccurringParams):
+class BlackPixelsParams(OccurringParams):
     """Black pixels and regions (seed 001, eq 37). Ranges, occurrence 0.25: ours."""
 
     n_points: int = param(
@@ -712,7 +619,7 @@ def black_pixels(
     :func:`~napari_emdenoise.noise._masks.random_walk_mask` (drawn first from
     ``rng``) and exactly 1 elsewhere: only masked pixels change.
     """
-    x = _prepare(image, params, BlackPixelsParams, rng)
+    x = check_layer_call(image, params, BlackPixelsParams, rng)
     if not params.enabled:
         return x
     mask = random_walk_mask(x.shape, params.n_points, params.max_steps, rng)
@@ -721,7 +628,7 @@ def black_pixels(
 
 
 @dataclass
-class ZingersParams(_OccurringParams):
+class ZingersParams(OccurringParams):
     """Zingers: bright spots and streaks (seed 001, eq 38). Ranges, occurrence 0.25: ours."""
 
     n_points: int = param(
@@ -750,7 +657,7 @@ def zingers(image: np.ndarray, params: ZingersParams, rng: np.random.Generator) 
     (``level`` × 1 if the image has no positive value); all other pixels are
     unchanged. A following :func:`upper_clip` may saturate them.
     """
-    x = _prepare(image, params, ZingersParams, rng)
+    x = check_layer_call(image, params, ZingersParams, rng)
     if not params.enabled:
         return x
     mask = random_walk_mask(x.shape, params.n_points, params.max_steps, rng)
@@ -761,7 +668,7 @@ def zingers(image: np.ndarray, params: ZingersParams, rng: np.random.Generator) 
 
 # -- upper clip and quantisation (eqs 39–40) ---------------------------------
 @dataclass
-class UpperClipParams(_OccurringParams):
+class UpperClipParams(OccurringParams):
     """Saturation (seed 001, eq 39). Range, occurrence 0.25: ours.
 
     The threshold is a quantile of the image rather than a fraction of its
@@ -782,7 +689,7 @@ def upper_clip(image: np.ndarray, params: UpperClipParams, rng: np.random.Genera
     Pixels below ``T_u`` are unchanged and no output pixel exceeds it;
     ``quantile = 1`` leaves the image as it is. Deterministic.
     """
-    x = _prepare(image, params, UpperClipParams, rng)
+    x = check_layer_call(image, params, UpperClipParams, rng)
     if not params.enabled:
         return x
     threshold = np.float32(np.quantile(x, params.quantile))
@@ -791,7 +698,7 @@ def upper_clip(image: np.ndarray, params: UpperClipParams, rng: np.random.Genera
 
 
 @dataclass
-class QuantisationParams(_OccurringParams):
+class QuantisationParams(OccurringParams):
     """Analog-to-digital quantisation (seed 001, eq 40). Range, occurrence 0.5: ours."""
 
     gain: float = param(
@@ -811,7 +718,7 @@ def quantisation(
     normalised intensity scale, so ``out·g`` is integer-valued (to float32
     precision) and ``|out − x| <= 1/(2g)``. Deterministic.
     """
-    x = _prepare(image, params, QuantisationParams, rng)
+    x = check_layer_call(image, params, QuantisationParams, rng)
     if not params.enabled:
         return x
     g = np.float32(params.gain)

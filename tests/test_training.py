@@ -1,0 +1,152 @@
+"""The headless trainer: learning, checkpoints, stop/resume, export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_emdenoise.noise.pipeline import NoiseParams
+from napari_emdenoise.training.checkpoints import load_checkpoint, save_checkpoint
+from napari_emdenoise.training.datasets import PairConfig, SyntheticPairs, make_training_pair
+from napari_emdenoise.training.trainer import (
+    CheckpointEvent,
+    DoneEvent,
+    StepEvent,
+    TrainConfig,
+    Trainer,
+    ValidationEvent,
+)
+
+
+def _config(tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        name="unit",
+        model_config="tiny",
+        pairs=PairConfig(patch_size=32, noise=NoiseParams.default("stem"), clean_pool=8,
+                         pool_image_size=64, seed=1),
+        steps=40,
+        batch_size=4,
+        lr=3e-3,
+        loss_weights={"adversarial": 0.0},
+        val_size=4,
+        val_every=20,
+        checkpoint_every=10,
+        num_workers=0,
+        out_dir=str(tmp_path / "run"),
+    )
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_pairs_are_deterministic_and_splits_disjoint():
+    cfg = PairConfig(patch_size=32, seed=3)
+    a = make_training_pair(cfg, 5, "train")
+    b = make_training_pair(cfg, 5, "train")
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    v = make_training_pair(cfg, 5, "val")
+    assert not np.array_equal(a[1], v[1])
+    x, y = SyntheticPairs(cfg)[2]
+    assert tuple(x.shape) == (1, 32, 32) and tuple(y.shape) == (1, 32, 32)
+
+
+def test_loss_decreases_and_run_exports_a_loadable_model(tmp_path):
+    from napari_emdenoise.models.registry import load_model
+
+    events = list(Trainer(_config(tmp_path), resume=False).run())
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert [e.step for e in steps] == list(range(1, 41))
+    l1 = np.array([e.losses["l1"] for e in steps])
+    assert l1[-10:].mean() < 0.8 * l1[:10].mean()
+    vals = [e for e in events if isinstance(e, ValidationEvent)]
+    assert [v.step for v in vals] == [20, 40]
+    assert vals[-1].psnr > vals[-1].psnr_input  # it learned to denoise the fixed noise
+    done = events[-1]
+    assert isinstance(done, DoneEvent) and not done.stopped and done.step == 40
+    model, card = load_model(done.model_path)
+    assert card.training["steps"] == 40 and card.metrics["val_psnr"] == pytest.approx(vals[-1].psnr)
+    assert sum(isinstance(e, CheckpointEvent) for e in events) == 4
+
+
+def test_stop_keeps_a_checkpoint_and_resume_continues_from_it(tmp_path):
+    cfg = _config(tmp_path, steps=30)
+    trainer = Trainer(cfg, resume=False)
+    seen = []
+    for event in trainer.run():
+        seen.append(event)
+        if isinstance(event, StepEvent) and event.step == 7:
+            trainer.stop()
+    done = seen[-1]
+    assert isinstance(done, DoneEvent) and done.stopped and done.step == 7
+    state, config = load_checkpoint(done.checkpoint)
+    assert state["step"] == 7 and config["steps"] == 30
+
+    resumed = list(Trainer(cfg, resume=True).run())
+    steps = [e.step for e in resumed if isinstance(e, StepEvent)]
+    assert steps == list(range(8, 31))
+    assert resumed[-1].step == 30
+
+
+def test_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    """Pairs depend only on their index, so stop + resume trains on exactly the same data."""
+    import torch
+
+    full = list(Trainer(_config(tmp_path / "a", steps=12), resume=False).run())
+    cfg_b = _config(tmp_path / "b", steps=12)
+    first = Trainer(cfg_b, resume=False)
+    for event in first.run():
+        if isinstance(event, StepEvent) and event.step == 6:
+            first.stop()
+    rest = list(Trainer(cfg_b, resume=True).run())
+    loss_full = [e.losses["l1"] for e in full if isinstance(e, StepEvent)][6:]
+    loss_rest = [e.losses["l1"] for e in rest if isinstance(e, StepEvent)]
+    np.testing.assert_allclose(loss_rest, loss_full, rtol=1e-4)
+    sa, _ = load_checkpoint(tmp_path / "a" / "run" / "checkpoint.pt")
+    sb, _ = load_checkpoint(tmp_path / "b" / "run" / "checkpoint.pt")
+    for k in sa["generator"]:
+        torch.testing.assert_close(sa["generator"][k], sb["generator"][k], rtol=1e-4, atol=1e-5)
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
+    import torch
+
+    from napari_emdenoise.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cgrdn", "tiny").eval()
+    x = torch.rand(2, 1, 24, 30)
+    path = save_checkpoint(tmp_path / "c.pt", {"step": 3, "generator": model.state_dict()},
+                           {"a": 1})
+    state, config = load_checkpoint(path)
+    other = build_model("cgrdn", "tiny").eval()
+    other.load_state_dict(state["generator"])
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), other(x), rtol=0, atol=0)
+    assert config == {"a": 1} and state["step"] == 3
+
+
+def test_malicious_checkpoint_is_refused(tmp_path):
+    import pickle
+
+    sentinel = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            import os
+
+            return (os.system, (f"touch {sentinel}",))
+
+    path = tmp_path / "evil.pt"
+    path.write_bytes(pickle.dumps({"config_json": "{}", "x": Evil()}))
+    with pytest.raises(ValueError, match="not a loadable"):
+        load_checkpoint(path)
+    assert not sentinel.exists()
+
+
+def test_bad_configs_are_rejected():
+    with pytest.raises(ValueError, match="steps"):
+        TrainConfig(steps=0)
+    with pytest.raises(ValueError, match="patch_size"):
+        PairConfig(patch_size=4)
+    with pytest.raises(ValueError, match="noise settings"):
+        PairConfig(modality="stem", noise=NoiseParams.default("tem"))
