@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import tifffile
 
 from napari_emdenoise.cli import main
@@ -96,3 +97,58 @@ def test_console_script_runs():
         check=True,
     )
     assert "simulate" in res.stdout
+
+
+@pytest.fixture
+def tiny_user_model(tmp_path, monkeypatch):
+    import torch
+
+    from napari_emdenoise.models.registry import ModelCard, build_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model("cgrdn", "tiny")
+    card = ModelCard(name="tinycli", arch="cgrdn", config=model.config.to_dict(),
+                     modality="stem", kind="hr", training={"steps": 0}, metrics={},
+                     created="2026-11-22T00:00:00+00:00", notes="test")
+    folder = tmp_path / "models"
+    save_model(model, card, folder)
+    monkeypatch.setenv("EMDENOISE_MODELS_DIR", str(folder))
+    return "tinycli"
+
+
+def test_restore_reads_writes_and_keeps_the_pixel_size(tmp_path, tiny_user_model):
+    from napari_emdenoise.engine.predictor import restore
+    from napari_emdenoise.io.readers import read_em
+    from napari_emdenoise.io.writers import write_tif
+
+    data = (np.random.default_rng(1).random((45, 61)) * 3000).astype(np.uint16)
+    src = tmp_path / "in.tif"
+    write_tif(src, data, {"scale": (0.02, 0.02), "units": ("nm", "nm")})
+    dst = tmp_path / "out.tif"
+    assert main(["restore", str(src), "-o", str(dst), "--model", tiny_user_model,
+                 "--residual"]) == 0
+    (out, meta), = read_em(dst)
+    assert out.shape == data.shape
+    assert tuple(meta["scale"]) == pytest.approx((0.02, 0.02))
+    np.testing.assert_allclose(out, restore(data, model=tiny_user_model), rtol=1e-5, atol=1e-3)
+    assert (tmp_path / "out_residual.tif").exists()
+    np.testing.assert_array_equal(read_em(src)[0][0], data)  # input untouched
+
+
+def test_restore_refuses_to_overwrite(tmp_path, tiny_user_model, capsys):
+    src = tmp_path / "in.tif"
+    tifffile.imwrite(src, np.ones((16, 16), np.float32))
+    assert main(["restore", str(src), "-o", str(src), "--model", tiny_user_model]) == 2
+    assert "must not overwrite the input" in capsys.readouterr().err
+    other = tmp_path / "other.tif"
+    tifffile.imwrite(other, np.zeros((4, 4), np.float32))
+    assert main(["restore", str(src), "-o", str(other), "--model", tiny_user_model]) == 2
+    np.testing.assert_array_equal(tifffile.imread(other), np.zeros((4, 4), np.float32))
+
+
+def test_restore_reports_corrupt_files(tmp_path, tiny_user_model, capsys):
+    bad = tmp_path / "bad.dm4"
+    bad.write_bytes(b"not a dm4 file at all" * 10)
+    assert main(["restore", str(bad), "-o", str(tmp_path / "o.tif"),
+                 "--model", tiny_user_model]) == 2
+    assert "error" in capsys.readouterr().err

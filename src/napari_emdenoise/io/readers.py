@@ -155,19 +155,23 @@ def _structured_to_channels(data: Any) -> tuple[Any, bool]:
     return np.stack([array[name] for name in names], axis=-1), True
 
 
+Calibration = tuple[Sequence[float], Sequence[float], Sequence[str]]
+"""Per-axis ``(scales, translates, units)`` of one dataset."""
+
+
 def _metadata(
     *,
     name: str,
-    scales: Sequence[float],
-    translates: Sequence[float],
-    units: Sequence[str],
+    calibration: Calibration,
     axis_names: Sequence[str],
     rgb: bool,
     source: Path,
     fmt: str,
-    original: Mapping[str, Any] | None = None,
+    original: object = None,
     **extra: Any,
 ) -> dict[str, Any]:
+    """Reader metadata of one dataset; ``original`` is the raw metadata tree (flattened here)."""
+    scales, translates, units = calibration
     meta: dict[str, Any] = {
         "name": name,
         "scale": tuple(float(s) for s in scales),
@@ -177,7 +181,7 @@ def _metadata(
         "rgb": bool(rgb),
         "source": str(source),
         "format": fmt,
-        "original_metadata": dict(original or {}),
+        "original_metadata": _flatten_metadata(original) if original is not None else {},
     }
     meta.update(extra)
     return meta
@@ -266,14 +270,12 @@ def _from_rsciio_signal(
     sig = (signal.get("metadata") or {}).get("Signal", {}) or {}
     meta = _metadata(
         name=_dataset_name(general.get("title"), path, index, count),
-        scales=scales,
-        translates=translates,
-        units=units,
-        axis_names=names,
+        calibration=(scales, translates, units),
+                axis_names=names,
         rgb=rgb,
         source=path,
         fmt=fmt,
-        original=_flatten_metadata(original),
+        original=original,
         signal_type=str(sig.get("signal_type") or ""),
         quantity=str(sig.get("quantity") or ""),
     )
@@ -353,14 +355,12 @@ def _read_plain_tiff(tif: Any, path: Path) -> list[tuple[Any, dict]]:
         names = [_TIFF_AXIS_NAMES.get(a, "") for a in (axes[:-1] if rgb else axes)]
         meta = _metadata(
             name=_dataset_name(None, path, index, len(series_list)),
-            scales=scales,
-            translates=translates,
-            units=units,
-            axis_names=names,
+            calibration=(scales, translates, units),
+                        axis_names=names,
             rgb=rgb,
             source=path,
             fmt="TIFF",
-            original=_flatten_metadata({t.name: t.value for t in series.pages[0].tags}),
+            original={t.name: t.value for t in series.pages[0].tags},
         )
         out.append((data, meta))
     return out
@@ -387,14 +387,12 @@ def _read_imagej(tif: Any, path: Path) -> tuple[Any, dict]:
     if saved is not None:
         return data, _metadata(
             name=str(saved.get("name") or path.stem),
-            scales=saved["scale"],
-            translates=saved["translate"],
-            units=saved["units"],
-            axis_names=saved.get("axis_names") if any(saved.get("axis_names") or ()) else names,
+            calibration=(saved["scale"], saved["translate"], saved["units"]),
+                        axis_names=saved.get("axis_names") if any(saved.get("axis_names") or ()) else names,
             rgb=rgb,
             source=path,
             fmt="TIFF (ImageJ)",
-            original=_flatten_metadata(original),
+            original=original,
         )
 
     unit = ij.get("unit")
@@ -420,14 +418,12 @@ def _read_imagej(tif: Any, path: Path) -> tuple[Any, dict]:
         units.append(axis_unit)
     return data, _metadata(
         name=path.stem,
-        scales=scales,
-        translates=translates,
-        units=units,
-        axis_names=names,
+        calibration=(scales, translates, units),
+                axis_names=names,
         rgb=rgb,
         source=path,
         fmt="TIFF (ImageJ)",
-        original=_flatten_metadata(original),
+        original=original,
     )
 
 
@@ -467,14 +463,12 @@ def _read_ome(tif: Any, path: Path) -> list[tuple[Any, dict]]:
                 data,
                 _metadata(
                     name=_dataset_name(title, path, index, len(series_list)),
-                    scales=scales,
-                    translates=translates,
-                    units=units,
-                    axis_names=[_TIFF_AXIS_NAMES.get(a, "") for a in spatial_axes],
+                    calibration=(scales, translates, units),
+                                        axis_names=[_TIFF_AXIS_NAMES.get(a, "") for a in spatial_axes],
                     rgb=rgb,
                     source=path,
                     fmt="TIFF (OME)",
-                    original=_flatten_metadata({"Pixels": attrs}),
+                    original={"Pixels": attrs},
                 ),
             )
         )
@@ -500,10 +494,8 @@ def _read_npy(path: Path, lazy: bool) -> list[tuple[Any, dict]]:
             data,
             _metadata(
                 name=path.stem,
-                scales=scales,
-                translates=translates,
-                units=units,
-                axis_names=[""] * len(scales),
+                calibration=(scales, translates, units),
+                                axis_names=[""] * len(scales),
                 rgb=rgb,
                 source=path,
                 fmt="numpy",
@@ -546,16 +538,12 @@ def _read_zarr(path: Path, lazy: bool) -> list[tuple[Any, dict]]:
                 data,
                 _metadata(
                     name=_dataset_name(title, path, index, len(arrays)),
-                    scales=scales,
-                    translates=translates,
-                    units=units,
-                    axis_names=names,
+                    calibration=(scales, translates, units),
+                                        axis_names=names,
                     rgb=False,
                     source=path,
                     fmt="zarr",
-                    original=_flatten_metadata(
-                        {k: v for k, v in attrs.items() if k != CALIBRATION_KEY}
-                    ),
+                    original={k: v for k, v in attrs.items() if k != CALIBRATION_KEY},
                 ),
             )
         )

@@ -80,6 +80,13 @@ _PSF_MAX_LEN = 4096
 # ---------------------------------------------------------------------------
 # shared helpers
 # ---------------------------------------------------------------------------
+def _check_ordered(params: OccurringParams, low: str, high: str) -> None:
+    """Raise ``ValueError`` if the range field ``low`` exceeds ``high``."""
+    lo, hi = getattr(params, low), getattr(params, high)
+    if lo > hi:
+        raise ValueError(f"{type(params).__name__}.{low} ({lo}) exceeds {high} ({hi})")
+
+
 def _fft_workers() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
@@ -487,11 +494,7 @@ class RowLinesParams(OccurringParams):
 
     def validate(self) -> RowLinesParams:
         super().validate()
-        if self.factor_min > self.factor_max:
-            raise ValueError(
-                f"RowLinesParams.factor_min ({self.factor_min}) exceeds factor_max "
-                f"({self.factor_max})"
-            )
+        _check_ordered(self, "factor_min", "factor_max")
         return self
 
     occurrence: ClassVar[float] = 0.25
@@ -634,11 +637,7 @@ class ZingersParams(OccurringParams):
 
     def validate(self) -> ZingersParams:
         super().validate()
-        if self.amplitude_min > self.amplitude_max:
-            raise ValueError(
-                f"ZingersParams.amplitude_min ({self.amplitude_min}) exceeds amplitude_max "
-                f"({self.amplitude_max})"
-            )
+        _check_ordered(self, "amplitude_min", "amplitude_max")
         return self
 
     #: Our choice; ``sample`` draws every value in its range, then ``enabled``.

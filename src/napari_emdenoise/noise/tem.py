@@ -93,6 +93,31 @@ def _alpha(x: np.ndarray, dose: float, layer: str) -> float:
     return dose / mean
 
 
+def _add_gaussian(
+    x: np.ndarray, shape: tuple[int, ...], sigma: float, rng: np.random.Generator
+) -> None:
+    """Add ``N(0, σ)`` noise of ``shape`` (broadcast over ``x``) to ``x`` in place."""
+    noise = rng.standard_normal(shape, dtype=np.float32)
+    noise *= np.float32(sigma)
+    x += noise
+
+
+def _defect_mask(
+    image: np.ndarray,
+    params: BlackPixelsParams | ZingersParams,
+    params_type: type[BlackPixelsParams | ZingersParams],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """Checked float32 copy of ``image`` and its random-walk defect mask (eqs 37–38).
+
+    The mask is ``None`` when the layer is disabled (no random draw is made).
+    """
+    x = check_layer_call(image, params, params_type, rng)
+    if not params.enabled:
+        return x, None
+    return x, random_walk_mask(x.shape, params.n_points, params.max_steps, rng)
+
+
 # -- camera MTF (eqs 27–29) --------------------------------------------------
 def radial_mtf(g: np.ndarray | float, a: float, b: float, c: float) -> np.ndarray:
     """Rotationally symmetric part of the camera MTF (seed 001, eq 29).
@@ -505,11 +530,8 @@ def thermal_noise(
     ``σ`` is in units of the image intensity (the clean maximum is 1).
     """
     x = check_layer_call(image, params, ThermalNoiseParams, rng)
-    if not params.enabled:
-        return x
-    noise = rng.standard_normal(x.shape, dtype=np.float32)
-    noise *= np.float32(params.sigma)
-    x += noise
+    if params.enabled:
+        _add_gaussian(x, x.shape, params.sigma, rng)
     return x
 
 
@@ -582,10 +604,8 @@ def reset_noise(
     Rows are the first array axis (horizontal lines in napari).
     """
     x = check_layer_call(image, params, ResetNoiseParams, rng)
-    if not params.enabled:
-        return x
-    offsets = rng.standard_normal((x.shape[0], 1), dtype=np.float32)
-    x += offsets * np.float32(params.sigma)
+    if params.enabled:
+        _add_gaussian(x, (x.shape[0], 1), params.sigma, rng)
     return x
 
 
@@ -619,11 +639,9 @@ def black_pixels(
     :func:`~napari_emdenoise.noise._masks.random_walk_mask` (drawn first from
     ``rng``) and exactly 1 elsewhere: only masked pixels change.
     """
-    x = check_layer_call(image, params, BlackPixelsParams, rng)
-    if not params.enabled:
-        return x
-    mask = random_walk_mask(x.shape, params.n_points, params.max_steps, rng)
-    x[mask] *= np.float32(params.sensitivity)
+    x, mask = _defect_mask(image, params, BlackPixelsParams, rng)
+    if mask is not None:
+        x[mask] *= np.float32(params.sensitivity)
     return x
 
 
@@ -657,12 +675,10 @@ def zingers(image: np.ndarray, params: ZingersParams, rng: np.random.Generator) 
     (``level`` × 1 if the image has no positive value); all other pixels are
     unchanged. A following :func:`upper_clip` may saturate them.
     """
-    x = check_layer_call(image, params, ZingersParams, rng)
-    if not params.enabled:
-        return x
-    mask = random_walk_mask(x.shape, params.n_points, params.max_steps, rng)
-    peak = float(x.max())
-    x[mask] = np.float32(params.level * (peak if peak > 0.0 else 1.0))
+    x, mask = _defect_mask(image, params, ZingersParams, rng)
+    if mask is not None:
+        peak = float(x.max())
+        x[mask] = np.float32(params.level * (peak if peak > 0.0 else 1.0))
     return x
 
 
