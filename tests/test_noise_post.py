@@ -112,8 +112,7 @@ BAD = {
     "nan": np.full((16, 16), np.nan, np.float32),
     "4d": np.zeros((1, 2, 16, 16), np.float32),
     "empty": np.zeros((16, 0), np.float32),
-    "tiny": np.ones((16, 3), np.float32),
-    "integer": np.ones((16, 16), np.int32),
+    "tiny": np.ones((16, 1), np.float32),
 }
 
 
@@ -122,6 +121,16 @@ BAD = {
 def test_bad_input_raises_value_error(layer, bad):
     with pytest.raises(ValueError):
         layer.func(BAD[bad], _active_params(layer), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("layer", POST_LAYERS, ids=lambda layer: layer.name)
+def test_integer_images_are_accepted_as_float32(layer):
+    image = np.round(_random((32, 40)) * 200).astype(np.int32)
+    p = _active_params(layer)
+    expected = layer.func(image.astype(np.float32), p, np.random.default_rng(3))
+    out = layer.func(image, p, np.random.default_rng(3))
+    assert out.dtype == np.float32 and out.shape == image.shape
+    np.testing.assert_array_equal(out, expected)
 
 
 def test_bad_params_raise_value_error():

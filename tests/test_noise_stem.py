@@ -32,7 +32,8 @@ from napari_emdenoise.noise.stem import (
     zingers,
 )
 
-OWN_LAYERS = [layer for layer in STEM_LAYERS if layer.func.__module__ == stem.__name__]
+# S(T)EM-specific layers (scan jitter lives in noise/scan_jitter.py, re-exported by stem).
+OWN_LAYERS = [layer for layer in STEM_LAYERS if layer.func.__module__ != tem.__name__]
 
 
 def _textured(shape=(64, 80), seed=0) -> np.ndarray:
@@ -137,8 +138,7 @@ BAD_IMAGES = {
     "3d": np.zeros((2, 16, 16), np.float32),
     "1d": np.zeros(16, np.float32),
     "empty": np.zeros((0, 16), np.float32),
-    "tiny": np.ones((2, 2), np.float32),
-    "integer": np.ones((16, 16), np.uint8),
+    "tiny": np.ones((1, 16), np.float32),
     "strings": np.full((16, 16), "a"),
 }
 
@@ -148,6 +148,15 @@ BAD_IMAGES = {
 def test_bad_images_raise_value_error(layer, bad):
     with pytest.raises(ValueError):
         layer.func(BAD_IMAGES[bad], layer.params_type(), np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("layer", OWN_LAYERS, ids=lambda layer: layer.name)
+def test_integer_images_are_accepted_as_float32(layer):
+    image = np.round(_textured((32, 40)) * 200).astype(np.uint8)
+    expected = layer.func(image.astype(np.float32), layer.params_type(), np.random.default_rng(3))
+    out = layer.func(image, layer.params_type(), np.random.default_rng(3))
+    assert out.dtype == np.float32 and out.shape == image.shape
+    np.testing.assert_array_equal(out, expected)
 
 
 @pytest.mark.parametrize(

@@ -271,7 +271,7 @@ def _from_rsciio_signal(
     meta = _metadata(
         name=_dataset_name(general.get("title"), path, index, count),
         calibration=(scales, translates, units),
-                axis_names=names,
+        axis_names=names,
         rgb=rgb,
         source=path,
         fmt=fmt,
@@ -351,12 +351,11 @@ def _read_plain_tiff(tif: Any, path: Path) -> list[tuple[Any, dict]]:
         raise ValueError(f"{path} contains no image")
     for index, series in enumerate(series_list):
         data, axes, rgb = _series_data(series, path)
-        scales, translates, units = _uncalibrated(data, rgb)
         names = [_TIFF_AXIS_NAMES.get(a, "") for a in (axes[:-1] if rgb else axes)]
         meta = _metadata(
             name=_dataset_name(None, path, index, len(series_list)),
-            calibration=(scales, translates, units),
-                        axis_names=names,
+            calibration=_uncalibrated(data, rgb),
+            axis_names=names,
             rgb=rgb,
             source=path,
             fmt="TIFF",
@@ -388,7 +387,7 @@ def _read_imagej(tif: Any, path: Path) -> tuple[Any, dict]:
         return data, _metadata(
             name=str(saved.get("name") or path.stem),
             calibration=(saved["scale"], saved["translate"], saved["units"]),
-                        axis_names=saved.get("axis_names") if any(saved.get("axis_names") or ()) else names,
+            axis_names=saved.get("axis_names") if any(saved.get("axis_names") or ()) else names,
             rgb=rgb,
             source=path,
             fmt="TIFF (ImageJ)",
@@ -419,7 +418,7 @@ def _read_imagej(tif: Any, path: Path) -> tuple[Any, dict]:
     return data, _metadata(
         name=path.stem,
         calibration=(scales, translates, units),
-                axis_names=names,
+        axis_names=names,
         rgb=rgb,
         source=path,
         fmt="TIFF (ImageJ)",
@@ -464,7 +463,7 @@ def _read_ome(tif: Any, path: Path) -> list[tuple[Any, dict]]:
                 _metadata(
                     name=_dataset_name(title, path, index, len(series_list)),
                     calibration=(scales, translates, units),
-                                        axis_names=[_TIFF_AXIS_NAMES.get(a, "") for a in spatial_axes],
+                    axis_names=[_TIFF_AXIS_NAMES.get(a, "") for a in spatial_axes],
                     rgb=rgb,
                     source=path,
                     fmt="TIFF (OME)",
@@ -488,14 +487,14 @@ def _read_npy(path: Path, lazy: bool) -> list[tuple[Any, dict]]:
     if not isinstance(data, np.ndarray):
         raise ValueError(f"{path} holds no single array (use .npy, not .npz)")
     data, rgb = _structured_to_channels(data)
-    scales, translates, units = _uncalibrated(data, rgb)
+    calibration = _uncalibrated(data, rgb)
     return [
         (
             data,
             _metadata(
                 name=path.stem,
-                calibration=(scales, translates, units),
-                                axis_names=[""] * len(scales),
+                calibration=calibration,
+                axis_names=[""] * len(calibration[0]),
                 rgb=rgb,
                 source=path,
                 fmt="numpy",
@@ -528,18 +527,18 @@ def _read_zarr(path: Path, lazy: bool) -> list[tuple[Any, dict]]:
         saved = attrs.get(CALIBRATION_KEY)
         saved = _saved_calibration(json.dumps(saved), array.ndim) if saved else None
         if saved is None:
-            scales, translates, units = _uncalibrated(data, False)
+            calibration = _uncalibrated(data, False)
             names, title = [""] * array.ndim, None
         else:
-            scales, translates, units = saved["scale"], saved["translate"], saved["units"]
+            calibration = (saved["scale"], saved["translate"], saved["units"])
             names, title = saved.get("axis_names") or [""] * array.ndim, saved.get("name")
         out.append(
             (
                 data,
                 _metadata(
                     name=_dataset_name(title, path, index, len(arrays)),
-                    calibration=(scales, translates, units),
-                                        axis_names=names,
+                    calibration=calibration,
+                    axis_names=names,
                     rgb=False,
                     source=path,
                     fmt="zarr",

@@ -192,15 +192,7 @@ def _write_imagej(tifffile: Any, path: Path, array: np.ndarray, calib: dict, rgb
             meta["spacing"] = scale[axes.index("Z")]
     if "T" in axes and units[axes.index("T")] == "s":
         meta["finterval"] = scale[axes.index("T")]
-    tifffile.imwrite(
-        path,
-        array,
-        imagej=True,
-        resolution=resolution,
-        metadata=meta,
-        photometric="rgb" if rgb else "minisblack",
-        software="napari-emdenoise",
-    )
+    _imwrite(tifffile, path, array, rgb, imagej=True, resolution=resolution, metadata=meta)
 
 
 def _write_ome(tifffile: Any, path: Path, array: np.ndarray, calib: dict, rgb: bool) -> None:
@@ -220,13 +212,17 @@ def _write_ome(tifffile: Any, path: Path, array: np.ndarray, calib: dict, rgb: b
     if "T" in letters and calib["units"][letters.index("T")] == "s":
         meta["TimeIncrement"] = calib["scale"][letters.index("T")]
         meta["TimeIncrementUnit"] = "s"
+    _imwrite(tifffile, path, array, rgb, ome=True, metadata=meta)
+
+
+def _imwrite(tifffile: Any, path: Path, array: np.ndarray, rgb: bool, **options: Any) -> None:
+    """``tifffile.imwrite`` with the photometric interpretation and software tag we always set."""
     tifffile.imwrite(
         path,
         array,
-        ome=True,
-        metadata=meta,
         photometric="rgb" if rgb else "minisblack",
         software="napari-emdenoise",
+        **options,
     )
 
 

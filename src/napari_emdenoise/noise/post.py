@@ -42,6 +42,7 @@ __all__ = [
     "gaussian_blur",
 ]
 
+
 def _slices(x: np.ndarray) -> np.ndarray:
     """View an ``(H, W)`` image or an ``(N, H, W)`` stack as a stack of slices."""
     return x[None] if x.ndim == 2 else x

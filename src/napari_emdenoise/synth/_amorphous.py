@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ._random import matern_hard_core
-from ._sites import Sites, split_slab_weight
+from ._sites import Sites, slab_sites
 
 __all__ = ["amorphous_slab", "approximate_atomic_mass", "individual_points"]
 
@@ -88,18 +88,7 @@ def amorphous_slab(
         min_distance,
         max_candidates=budget,
     )
-    scale = thickness / t_eff
-    depth = pts[:, 2] * scale
-    sharp, smooth = split_slab_weight(scale)
-    sites = Sites(
-        pts[:, 0],
-        pts[:, 1],
-        depth,
-        depth.copy(),
-        np.full(len(pts), int(z), dtype=np.int64),
-        np.full(len(pts), sharp),
-        np.full(len(pts), smooth),
-    )
+    sites = slab_sites(pts, np.full(len(pts), int(z), dtype=np.int64), thickness, t_eff)
     info = {
         "number_density_per_A3": round(float(number_density), 6),
         "slab_thickness_A": round(t_eff, 4),

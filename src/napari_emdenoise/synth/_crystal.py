@@ -20,7 +20,7 @@ import numpy as np
 
 from ._profiles import Z_MAX
 from ._random import log_uniform, random_rotation_matrix
-from ._sites import Sites, split_slab_weight
+from ._sites import Sites, slab_sites
 
 __all__ = [
     "CrystalRecipe",
@@ -407,18 +407,7 @@ def random_orientation_slab(
         & (pos[:, 2] <= t_eff)
     )
     pos, z_num = pos[inside], z_num[inside]
-    scale = thickness / t_eff if t_eff > 0 else 1.0
-    depth = pos[:, 2] * scale
-    sharp, smooth = split_slab_weight(scale)
-    sites = Sites(
-        pos[:, 0],
-        pos[:, 1],
-        depth,
-        depth.copy(),
-        z_num,
-        np.full(len(pos), sharp),
-        np.full(len(pos), smooth),
-    )
+    sites = slab_sites(pos, z_num, thickness, t_eff)
     info = {
         "orientation": "random",
         "rotation_matrix": rotation.round(6).tolist(),

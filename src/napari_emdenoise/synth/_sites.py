@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["Sites", "occupied_fraction", "split_slab_weight"]
+__all__ = ["Sites", "occupied_fraction", "slab_sites", "split_slab_weight"]
 
 
 @dataclass
@@ -135,3 +135,43 @@ def split_slab_weight(k: float) -> tuple[float, float]:
     """
     root = float(np.sqrt(k))
     return root, float(k) - root
+
+
+def slab_sites(
+    positions: np.ndarray, z_number: np.ndarray, thickness: float, t_eff: float
+) -> Sites:
+    """Single-atom sites of a thin slab standing for a layer of full thickness.
+
+    Each atom of the slab of thickness ``t_eff`` stands for k = t / t_eff
+    atoms: its depth is stretched by k and its weight split into sharp and
+    smooth parts by :func:`split_slab_weight`.
+
+    Parameters
+    ----------
+    positions : numpy.ndarray
+        ``(n, 3)`` atom coordinates ``(x, y, depth)`` in the slab, in Å.
+    z_number : numpy.ndarray
+        ``(n,)`` atomic numbers.
+    thickness : float
+        True layer thickness t, in Å.
+    t_eff : float
+        Simulated slab thickness, in Å (k = 1 if it is not positive).
+
+    Returns
+    -------
+    Sites
+        One site per atom, ``z_lo == z_hi``.
+    """
+    scale = thickness / t_eff if t_eff > 0 else 1.0
+    depth = positions[:, 2] * scale
+    sharp, smooth = split_slab_weight(scale)
+    n = len(positions)
+    return Sites(
+        positions[:, 0],
+        positions[:, 1],
+        depth,
+        depth.copy(),
+        z_number,
+        np.full(n, sharp),
+        np.full(n, smooth),
+    )
