@@ -37,7 +37,7 @@ from napari_emdenoise.training.datasets import PairConfig, make_training_pair  #
 
 DOSE_BINS = ((0.0, 5.0, "< 5"), (5.0, 50.0, "5–50"), (50.0, np.inf, "≥ 50"))
 GAUSS_SIGMAS = (0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 4.0)
-NLM_FACTORS = (0.4, 0.6, 0.8, 1.0, 1.3)
+NLM_FACTORS = (0.4, 0.6, 0.8, 1.0, 1.3, 1.7, 2.2)
 
 
 def dose_of(params) -> float:

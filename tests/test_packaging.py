@@ -78,6 +78,9 @@ def test_wheel_ships_the_manifest_and_is_discovered(tmp_path):
         assert manifest.startswith("name: napari-emdenoise")  # a real file, not a link
         ep = next(n for n in names if n.endswith("entry_points.txt"))
         assert "napari_emdenoise:napari.yaml" in zf.read(ep).decode()
+        for model in ("hrstem", "hrtem"):  # bundled default models ship in the wheel
+            assert f"napari_emdenoise/weights/{model}.safetensors" in names
+            assert f"napari_emdenoise/weights/{model}.json" in names
     # install it into a fresh environment that shadows the editable install
     env_dir = tmp_path / "env"
     venv.create(env_dir, system_site_packages=True, with_pip=True)

@@ -7,6 +7,7 @@ happen inside the sub-command that needs them.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import signal
 import sys
@@ -108,6 +109,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     cfg = PairConfig(modality=card.modality, kind=card.kind, patch_size=args.size)
     # the benchmarks' held-out stream: never seen in training or validation
     distorted, target, params = make_training_pair(cfg, args.index, "test", return_params=True)
+    if args.dose is not None:  # same clean image and noise stream, chosen dose
+        params = params.with_dose(args.dose)
+        cfg = dataclasses.replace(cfg, noise=params)
+        distorted, target = make_training_pair(cfg, args.index, "test")
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     restored = restore(distorted, model=args.model, device=args.device)
@@ -115,9 +120,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         tifffile.imwrite(out_dir / f"{name}.tif", img.astype(np.float32))
     (out_dir / "noise_params.json").write_text(json.dumps(params.to_dict(), indent=2))
     _save_triptych(out_dir / "demo.png", distorted, restored, target)
+    dose = next((p.dose for p in params.layers.values() if hasattr(p, "dose")), float("nan"))
     print(
         f"{card.kind.upper()}-{card.modality.upper()} test image #{args.index} "
-        f"({args.size}x{args.size}), model {args.model}:"
+        f"({args.size}x{args.size}, dose {dose:.3g} e-/pixel), model {args.model}:"
     )
     print(
         f"  distorted: PSNR {psnr(distorted, target):6.2f} dB  SSIM {ssim(distorted, target):.3f}"
@@ -128,12 +134,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _save_triptych(path: Path, *images) -> None:
-    """Side-by-side 8-bit PNG, each panel scaled by the clean reference's 0.5–99.5 % range."""
+    """Side-by-side 8-bit PNG, each panel scaled to its own 0.5–99.5 % range."""
     import numpy as np
     from PIL import Image
 
-    lo, hi = np.percentile(images[-1], [0.5, 99.5])
-    panels = [np.clip((im - lo) / max(hi - lo, 1e-6), 0, 1) for im in images]
+    panels = []
+    for im in images:
+        lo, hi = np.percentile(im, [0.5, 99.5])
+        panels.append(np.clip((im - lo) / max(hi - lo, 1e-6), 0, 1))
     gap = np.ones((images[0].shape[0], 8))
     row = np.concatenate(
         [p for pair in zip(panels, [gap] * len(panels)) for p in pair][:-1], axis=1
@@ -281,6 +289,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--model", default="hrstem")
     dm.add_argument("--size", type=int, default=512)
     dm.add_argument("--index", type=int, default=0, help="which held-out test image")
+    dm.add_argument("--dose", type=float, default=None,
+                    help="electron dose in e-/pixel (default: drawn as in training)")
     dm.add_argument("--device", default=None)
     dm.add_argument("--out", type=Path, default=Path("demo_out"))
     dm.set_defaults(func=_cmd_demo)

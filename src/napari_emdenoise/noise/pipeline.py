@@ -124,6 +124,14 @@ class NoiseParams:
         new[name] = params
         return NoiseParams(self.modality, new)
 
+    def with_dose(self, dose: float) -> NoiseParams:
+        """Copy with every layer's ``dose`` (e⁻/pixel, shot/detector noise and dark current) set."""
+        new = {
+            name: p.replace(dose=float(dose)) if hasattr(p, "dose") else p
+            for name, p in self.layers.items()
+        }
+        return NoiseParams(self.modality, new).validate()
+
     def validate(self) -> NoiseParams:
         """Validate every layer's parameters (raises ``ValueError``)."""
         for p in self.layers.values():
