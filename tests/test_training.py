@@ -150,3 +150,14 @@ def test_bad_configs_are_rejected():
         PairConfig(patch_size=4)
     with pytest.raises(ValueError, match="noise settings"):
         PairConfig(modality="stem", noise=NoiseParams.default("tem"))
+
+
+def test_adversarial_training_steps_the_discriminator(tmp_path):
+    cfg = _config(tmp_path, steps=3, loss_weights={"adversarial": 5e-4}, disc_channels=8,
+                  val_every=3)
+    trainer = Trainer(cfg, resume=False)
+    events = list(trainer.run())
+    steps = [e for e in events if isinstance(e, StepEvent)]
+    assert all({"discriminator", "adversarial", "l1"} <= set(e.losses) for e in steps)
+    state, _ = load_checkpoint(events[-1].checkpoint)
+    assert "discriminator" in state and "opt_d" in state

@@ -182,6 +182,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         batch_size=args.batch,
         lr=args.lr,
         loss_weights=weights,
+        disc_channels=args.disc_channels,
         val_size=args.val_size,
         val_every=args.val_every,
         checkpoint_every=args.checkpoint_every,
@@ -321,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="adversarial loss weight (0 disables the discriminator)",
     )
+    tr.add_argument("--disc-channels", type=int, default=64,
+                    help="base channels of the patch discriminator")
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument(
         "--clean-pool",

@@ -58,6 +58,9 @@ class TrainConfig:
         ``lr * lr_final_fraction``.
     disc_lr : float
         Discriminator learning rate.
+    disc_channels : int
+        Base channels of the 70×70 patch discriminator (64 in the paper; 16–32
+        keeps adversarial training affordable on a CPU).
     loss_weights : dict
         Overrides of :class:`napari_emdenoise.losses.LossWeights` fields
         (``{"l1": 10, "adversarial": 5e-4, ...}``); adversarial > 0 trains the
@@ -88,6 +91,7 @@ class TrainConfig:
     lr: float = 2e-4
     lr_final_fraction: float = 0.1
     disc_lr: float = 1e-4
+    disc_channels: int = 64
     loss_weights: dict[str, float] = field(default_factory=dict)
     val_size: int = 16
     val_every: int = 100
@@ -220,7 +224,8 @@ class Trainer:
         self.disc = None
         self.opt_d = None
         if self.weights.adversarial > 0:
-            self.disc = PatchDiscriminator().to(self.device).train()
+            self.disc = PatchDiscriminator(base_channels=cfg.disc_channels)
+            self.disc.to(self.device).train()
             self.opt_d = torch.optim.Adam(
                 self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999)
             )
