@@ -470,3 +470,17 @@ def test_dncnn_tiled_equals_whole_image() -> None:
     ref = _reference(net, img)
     tiled = restore(img, model=net, tile_size=48, overlap=16)
     assert _rel_err(tiled, ref) < 1e-4 and net.normalize is True
+
+
+def test_balanced_tile_covers_with_the_fewest_smallest_tiles():
+    import math
+
+    from napari_emdenoise.engine.tiling import TileGrid, balanced_tile
+
+    for length in (600, 1000, 2048, 4097):
+        t = balanced_tile(length, 512, 32)
+        assert t <= 512
+        n_max = math.ceil((length - 32) / (512 - 32))
+        assert len(TileGrid((length, 64), (t, 64), 32)) == n_max  # no extra tiles
+        assert (n_max * (t - 32) + 32) >= length  # covers
+    assert balanced_tile(300, 512, 32) == 300

@@ -37,7 +37,7 @@ import torch
 
 from .._validation import as_float_image
 from .device import autocast_context, is_oom_error, resolve_device
-from .tiling import TileBlender, TileGrid
+from .tiling import TileBlender, TileGrid, balanced_tile
 
 __all__ = [
     "Cancelled",
@@ -58,7 +58,9 @@ CancelCallback = Callable[[], bool]
 _STD_FLOOR = 0.1
 
 #: Largest frame (pixels) run as one tile when ``tile_size`` is None.
-_WHOLE_IMAGE_BUDGET = {"cuda": 4096 * 4096, "mps": 2048 * 2048, "cpu": 1024 * 1024}
+# Measured on the 2-core CPU (benchmarks/restore_speed.py): one 1024² pass is slower
+# than 512-pixel tiles (cache-bound), so the CPU budget for a single pass is small.
+_WHOLE_IMAGE_BUDGET = {"cuda": 4096 * 4096, "mps": 2048 * 2048, "cpu": 640 * 640}
 _DEFAULT_TILE = 512
 _DEFAULT_OVERLAP = 32
 _MIN_TILE = 16
@@ -536,7 +538,8 @@ def restore(
         for a name/path.
     tile_size : int or tuple of int, optional
         Tile size in pixels. None: the whole frame in one pass if it has at
-        most 1024² pixels (CPU) / 4096² (CUDA), else 512-pixel tiles.
+        most 640² pixels (CPU) / 4096² (CUDA), else tiles of at most 512 pixels,
+        sized so that the fewest tiles cover the frame with the least overlap.
     overlap : int, optional
         Overlap between tiles in pixels (default 32).
     batch_size : int, optional
@@ -591,7 +594,9 @@ def restore(
         if frame_shape[0] * frame_shape[1] <= budget:
             tile_size = (max(frame_shape[0], 2), max(frame_shape[1], 2))
         else:
-            tile_size = _DEFAULT_TILE
+            tile_size = tuple(
+                balanced_tile(n, _DEFAULT_TILE, _DEFAULT_OVERLAP) for n in frame_shape
+            )
     if overlap is None:
         overlap = min(_DEFAULT_OVERLAP, max(0, min(_as_pair(tile_size, "tile_size")) // 2 - 1))
     if batch_size is None:

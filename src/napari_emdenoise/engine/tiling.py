@@ -26,6 +26,8 @@ Pure numpy.
 
 from __future__ import annotations
 
+import math
+
 import functools
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -367,3 +369,17 @@ def assemble(tile_outputs: Iterable[np.ndarray], grid: TileGrid) -> np.ndarray:
     if count != len(grid):
         raise ValueError(f"got {count} tile outputs for a grid of {len(grid)} tiles")
     return blender.result()
+
+
+def balanced_tile(length: int, max_tile: int, overlap: int) -> int:
+    """Smallest tile ≤ ``max_tile`` that covers ``length`` with the fewest tiles.
+
+    With ``n = ceil((length − overlap) / (max_tile − overlap))`` tiles, each needs
+    only ``ceil((length − overlap) / n) + overlap`` pixels: e.g. 2048 px with
+    512-px tiles and 32 px overlap needs 5 tiles, which can be 436 px wide
+    instead of 512 (27 % fewer pixels to compute).
+    """
+    if length <= max_tile:
+        return length
+    n = math.ceil((length - overlap) / (max_tile - overlap))
+    return math.ceil((length - overlap) / n) + overlap

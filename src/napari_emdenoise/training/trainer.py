@@ -355,7 +355,7 @@ class Trainer:
                 "patch_size": cfg.pairs.patch_size,
                 "lr": cfg.lr,
                 "seed": cfg.pairs.seed,
-                "loss_weights": dataclasses.asdict(self.weights),
+                "loss_weights": self.weights.to_dict(),
                 "noise": "random (seed 001 ranges)"
                 if cfg.pairs.noise is None
                 else cfg.pairs.noise.to_dict(),
