@@ -83,8 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--kind", default="hr", choices=["hr", "lr"])
     ap.add_argument("--n", type=int, default=24, help="test images per modality")
     ap.add_argument("--size", type=int, default=256)
-    ap.add_argument("--models", nargs="*", default=None,
-                    help="model names (default: the bundled model of each modality)")
+    ap.add_argument(
+        "--models",
+        nargs="*",
+        default=None,
+        help="model names (default: the bundled model of each modality)",
+    )
     ap.add_argument("--no-bm3d", action="store_true")
     ap.add_argument("--out", type=Path, default=Path("bench_out/restore_quality.json"))
     args = ap.parse_args(argv)
@@ -101,13 +105,24 @@ def main(argv: list[str] | None = None) -> int:
         have_bm3d = False
         print("bm3d not installed: BM3D column skipped (pip install bm3d)")
 
-    report: dict = {"benchmark": "restore_quality", "size": args.size, "n": args.n,
-                    "kind": args.kind, "split": "test", "seed": 0, "results": {}}
+    report: dict = {
+        "benchmark": "restore_quality",
+        "size": args.size,
+        "n": args.n,
+        "kind": args.kind,
+        "split": "test",
+        "seed": 0,
+        "results": {},
+    }
     for modality in args.modalities:
         cfg = PairConfig(modality=modality, kind=args.kind, patch_size=args.size, seed=0)
-        models = args.models if args.models is not None else [
-            name for name, c in cards.items() if c.modality == modality and c.kind == args.kind
-        ]
+        models = (
+            args.models
+            if args.models is not None
+            else [
+                name for name, c in cards.items() if c.modality == modality and c.kind == args.kind
+            ]
+        )
         factor = tune_nlm(cfg)
         methods = ["raw", "gaussian (best σ)", f"nlm (h={factor}σ̂)"]
         if have_bm3d:
@@ -154,13 +169,21 @@ def main(argv: list[str] | None = None) -> int:
                 per_bin[label] = v
                 cells.append(f"{v:.2f}")
             table.append(cells)
-            summary[method] = {"psnr": p_all, "ssim": s_all, "psnr_by_dose": per_bin,
-                               "seconds_per_image": timings[method] / args.n}
-        print(f"\n### {args.kind.upper()}-{modality.upper()}: {args.n} held-out "
-              f"{args.size}² test images\n")
+            summary[method] = {
+                "psnr": p_all,
+                "ssim": s_all,
+                "psnr_by_dose": per_bin,
+                "seconds_per_image": timings[method] / args.n,
+            }
+        print(
+            f"\n### {args.kind.upper()}-{modality.upper()}: {args.n} held-out "
+            f"{args.size}² test images\n"
+        )
         print(markdown_table(header, table))
-        best_classic = max((m for m in methods if not m.startswith("model:") and m != "raw"),
-                           key=lambda m: summary[m]["psnr"])
+        best_classic = max(
+            (m for m in methods if not m.startswith("model:") and m != "raw"),
+            key=lambda m: summary[m]["psnr"],
+        )
         for m in methods:
             if m.startswith("model:"):
                 gain = summary[m]["psnr"] - summary[best_classic]["psnr"]
@@ -168,8 +191,7 @@ def main(argv: list[str] | None = None) -> int:
                 if have_bm3d:
                     g = summary[m]["psnr"] - summary["bm3d (true σ)"]["psnr"]
                     print(f"{m}: {g:+.2f} dB vs BM3D (paper's margin: +6.51 dB)")
-        report["results"][modality] = {"summary": summary, "per_image": rows,
-                                       "nlm_factor": factor}
+        report["results"][modality] = {"summary": summary, "per_image": rows, "nlm_factor": factor}
     path = write_json(args.out, report)
     print(f"\nwrote {path}")
     return 0

@@ -32,7 +32,8 @@ from napari_emdenoise.engine.device import resolve_device
 from napari_emdenoise.engine.predictor import restore
 from napari_emdenoise.models.registry import build_model, load_model
 
-model_name, size, device_name, repeats = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+model_name, size = sys.argv[1], int(sys.argv[2])
+device_name, repeats = sys.argv[3], int(sys.argv[4])
 device = resolve_device(device_name)
 if model_name == "cgrdn-full":
     torch.manual_seed(0)
@@ -93,8 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="hrstem")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--full-cgrdn", action="store_true",
-                    help="also time the full 7.04 M-parameter CGRDN (random weights)")
+    ap.add_argument(
+        "--full-cgrdn",
+        action="store_true",
+        help="also time the full 7.04 M-parameter CGRDN (random weights)",
+    )
     ap.add_argument("--out", type=Path, default=Path("bench_out/restore_speed.json"))
     args = ap.parse_args(argv)
 
@@ -106,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
         repeats = args.repeats if size <= 2048 else 1
         res = subprocess.run(
             [sys.executable, "-c", CHILD, model, str(size), args.device, str(repeats)],
-            capture_output=True, text=True,
+            capture_output=True,
+            text=True,
         )
         if res.returncode != 0:
             print(f"{model} {size}²: failed\n{res.stderr[-2000:]}", file=sys.stderr)
@@ -115,12 +120,34 @@ def main(argv: list[str] | None = None) -> int:
         results.append(r)
         print(f"  {model} {size}²: {r['seconds']:.3f} s", file=sys.stderr)
 
-    rows = [[r["model"], f"{r['size']}²", r["device"], f"{r['seconds']:.3f}",
-             f"{r['peak_mib']:.0f}", f"{r['conv_gflops_per_s']:.1f}",
-             f"{r['gemm_gflops_per_s']:.1f}", f"{100 * r['fraction_of_gemm']:.0f} %"]
-            for r in results]
-    print(markdown_table(["model", "size", "device", "s / image", "peak MiB",
-                          "conv GFLOP/s", "GEMM GFLOP/s", "conv / GEMM"], rows))
+    rows = [
+        [
+            r["model"],
+            f"{r['size']}²",
+            r["device"],
+            f"{r['seconds']:.3f}",
+            f"{r['peak_mib']:.0f}",
+            f"{r['conv_gflops_per_s']:.1f}",
+            f"{r['gemm_gflops_per_s']:.1f}",
+            f"{100 * r['fraction_of_gemm']:.0f} %",
+        ]
+        for r in results
+    ]
+    print(
+        markdown_table(
+            [
+                "model",
+                "size",
+                "device",
+                "s / image",
+                "peak MiB",
+                "conv GFLOP/s",
+                "GEMM GFLOP/s",
+                "conv / GEMM",
+            ],
+            rows,
+        )
+    )
     path = write_json(args.out, {"benchmark": "restore_speed", "results": results})
     print(f"wrote {path}")
     return 0

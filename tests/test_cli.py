@@ -107,9 +107,17 @@ def tiny_user_model(tmp_path, monkeypatch):
 
     torch.manual_seed(0)
     model = build_model("cgrdn", "tiny")
-    card = ModelCard(name="tinycli", arch="cgrdn", config=model.config.to_dict(),
-                     modality="stem", kind="hr", training={"steps": 0}, metrics={},
-                     created="2026-11-22T00:00:00+00:00", notes="test")
+    card = ModelCard(
+        name="tinycli",
+        arch="cgrdn",
+        config=model.config.to_dict(),
+        modality="stem",
+        kind="hr",
+        training={"steps": 0},
+        metrics={},
+        created="2026-11-22T00:00:00+00:00",
+        notes="test",
+    )
     folder = tmp_path / "models"
     save_model(model, card, folder)
     monkeypatch.setenv("EMDENOISE_MODELS_DIR", str(folder))
@@ -125,9 +133,10 @@ def test_restore_reads_writes_and_keeps_the_pixel_size(tmp_path, tiny_user_model
     src = tmp_path / "in.tif"
     write_tif(src, data, {"scale": (0.02, 0.02), "units": ("nm", "nm")})
     dst = tmp_path / "out.tif"
-    assert main(["restore", str(src), "-o", str(dst), "--model", tiny_user_model,
-                 "--residual"]) == 0
-    (out, meta), = read_em(dst)
+    assert (
+        main(["restore", str(src), "-o", str(dst), "--model", tiny_user_model, "--residual"]) == 0
+    )
+    ((out, meta),) = read_em(dst)
     assert out.shape == data.shape
     assert tuple(meta["scale"]) == pytest.approx((0.02, 0.02))
     np.testing.assert_allclose(out, restore(data, model=tiny_user_model), rtol=1e-5, atol=1e-3)
@@ -149,6 +158,7 @@ def test_restore_refuses_to_overwrite(tmp_path, tiny_user_model, capsys):
 def test_restore_reports_corrupt_files(tmp_path, tiny_user_model, capsys):
     bad = tmp_path / "bad.dm4"
     bad.write_bytes(b"not a dm4 file at all" * 10)
-    assert main(["restore", str(bad), "-o", str(tmp_path / "o.tif"),
-                 "--model", tiny_user_model]) == 2
+    assert (
+        main(["restore", str(bad), "-o", str(tmp_path / "o.tif"), "--model", tiny_user_model]) == 2
+    )
     assert "error" in capsys.readouterr().err

@@ -22,8 +22,13 @@ def _config(tmp_path, **kw) -> TrainConfig:
     base = dict(
         name="unit",
         model_config="tiny",
-        pairs=PairConfig(patch_size=32, noise=NoiseParams.default("stem"), clean_pool=8,
-                         pool_image_size=64, seed=1),
+        pairs=PairConfig(
+            patch_size=32,
+            noise=NoiseParams.default("stem"),
+            clean_pool=8,
+            pool_image_size=64,
+            seed=1,
+        ),
         steps=40,
         batch_size=4,
         lr=3e-3,
@@ -115,8 +120,9 @@ def test_checkpoint_round_trip_gives_identical_outputs(tmp_path):
     torch.manual_seed(0)
     model = build_model("cgrdn", "tiny").eval()
     x = torch.rand(2, 1, 24, 30)
-    path = save_checkpoint(tmp_path / "c.pt", {"step": 3, "generator": model.state_dict()},
-                           {"a": 1})
+    path = save_checkpoint(
+        tmp_path / "c.pt", {"step": 3, "generator": model.state_dict()}, {"a": 1}
+    )
     state, config = load_checkpoint(path)
     other = build_model("cgrdn", "tiny").eval()
     other.load_state_dict(state["generator"])
@@ -153,8 +159,9 @@ def test_bad_configs_are_rejected():
 
 
 def test_adversarial_training_steps_the_discriminator(tmp_path):
-    cfg = _config(tmp_path, steps=3, loss_weights={"adversarial": 5e-4}, disc_channels=8,
-                  val_every=3)
+    cfg = _config(
+        tmp_path, steps=3, loss_weights={"adversarial": 5e-4}, disc_channels=8, val_every=3
+    )
     trainer = Trainer(cfg, resume=False)
     events = list(trainer.run())
     steps = [e for e in events if isinstance(e, StepEvent)]

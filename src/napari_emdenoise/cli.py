@@ -290,8 +290,12 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--model", default="hrstem")
     dm.add_argument("--size", type=int, default=512)
     dm.add_argument("--index", type=int, default=0, help="which held-out test image")
-    dm.add_argument("--dose", type=float, default=None,
-                    help="electron dose in e-/pixel (default: drawn as in training)")
+    dm.add_argument(
+        "--dose",
+        type=float,
+        default=None,
+        help="electron dose in e-/pixel (default: drawn as in training)",
+    )
     dm.add_argument("--device", default=None)
     dm.add_argument("--out", type=Path, default=Path("demo_out"))
     dm.set_defaults(func=_cmd_demo)
@@ -322,8 +326,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="adversarial loss weight (0 disables the discriminator)",
     )
-    tr.add_argument("--disc-channels", type=int, default=64,
-                    help="base channels of the patch discriminator")
+    tr.add_argument(
+        "--disc-channels", type=int, default=64, help="base channels of the patch discriminator"
+    )
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument(
         "--clean-pool",
@@ -340,8 +345,11 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--init-from", default=None, help="model name or .safetensors to fine-tune")
     tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     tr.add_argument("--log-every", type=int, default=10)
-    tr.add_argument("--install", action="store_true",
-                    help="copy the trained model into the user-model folder (listed in napari)")
+    tr.add_argument(
+        "--install",
+        action="store_true",
+        help="copy the trained model into the user-model folder (listed in napari)",
+    )
     tr.add_argument("--out", type=Path, required=True)
     tr.set_defaults(func=_cmd_train)
     return parser

@@ -26,9 +26,8 @@ Pure numpy.
 
 from __future__ import annotations
 
-import math
-
 import functools
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
