@@ -26,3 +26,29 @@ def pytest_configure(config):
     import tempfile
 
     os.environ["EMDENOISE_MODELS_DIR"] = tempfile.mkdtemp(prefix="emdenoise-test-models-")
+
+
+@pytest.fixture
+def tiny_user_model(tmp_path, monkeypatch):
+    """A tiny random CGRDN saved as a user model (listed next to the bundled ones); its name."""
+    import torch
+
+    from napari_emdenoise.models.registry import ModelCard, build_model, save_model
+
+    torch.manual_seed(0)
+    model = build_model("cgrdn", "tiny")
+    card = ModelCard(
+        name="tinytest",
+        arch="cgrdn",
+        config=model.config.to_dict(),
+        modality="stem",
+        kind="hr",
+        training={"steps": 0},
+        metrics={},
+        created="2026-11-22T00:00:00+00:00",
+        notes="test",
+    )
+    folder = tmp_path / "user_models"
+    save_model(model, card, folder)
+    monkeypatch.setenv("EMDENOISE_MODELS_DIR", str(folder))
+    return "tinytest"

@@ -99,31 +99,6 @@ def test_console_script_runs():
     assert "simulate" in res.stdout
 
 
-@pytest.fixture
-def tiny_user_model(tmp_path, monkeypatch):
-    import torch
-
-    from napari_emdenoise.models.registry import ModelCard, build_model, save_model
-
-    torch.manual_seed(0)
-    model = build_model("cgrdn", "tiny")
-    card = ModelCard(
-        name="tinycli",
-        arch="cgrdn",
-        config=model.config.to_dict(),
-        modality="stem",
-        kind="hr",
-        training={"steps": 0},
-        metrics={},
-        created="2026-11-22T00:00:00+00:00",
-        notes="test",
-    )
-    folder = tmp_path / "models"
-    save_model(model, card, folder)
-    monkeypatch.setenv("EMDENOISE_MODELS_DIR", str(folder))
-    return "tinycli"
-
-
 def test_restore_reads_writes_and_keeps_the_pixel_size(tmp_path, tiny_user_model):
     from napari_emdenoise.engine.predictor import restore
     from napari_emdenoise.io.readers import read_em

@@ -5,34 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from napari_emdenoise.models.registry import ModelCard, build_model, save_model
-
 
 @pytest.fixture
-def user_model(tmp_path, monkeypatch):
-    """A tiny random CGRDN saved as a user model, listed next to the bundled ones."""
-    import torch
-
-    torch.manual_seed(0)
-    model = build_model("cgrdn", "tiny")
-    card = ModelCard(
-        name="tinytest",
-        arch="cgrdn",
-        config=model.config.to_dict(),
-        modality="stem",
-        kind="hr",
-        training={"steps": 0},
-        metrics={},
-        created="2026-11-22T00:00:00+00:00",
-        notes="test",
-    )
-    save_model(model, card, tmp_path)
-    monkeypatch.setenv("EMDENOISE_MODELS_DIR", str(tmp_path))
-    return "tinytest"
-
-
-@pytest.fixture
-def restore_widget(make_napari_viewer, user_model):
+def restore_widget(make_napari_viewer, tiny_user_model):
     from napari_emdenoise._widgets.restore import RestoreWidget
 
     viewer = make_napari_viewer()
@@ -40,8 +15,8 @@ def restore_widget(make_napari_viewer, user_model):
     viewer.add_image(data, name="micrograph", scale=(0.25, 0.25), translate=(3.0, 4.0))
     widget = RestoreWidget(viewer)
     viewer.window.add_dock_widget(widget)
-    assert user_model in widget.model.choices  # user models are listed next to bundled ones
-    widget.model.value = user_model
+    assert tiny_user_model in widget.model.choices  # user models are listed next to bundled ones
+    widget.model.value = tiny_user_model
     return viewer, widget, data
 
 
