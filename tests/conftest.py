@@ -52,3 +52,16 @@ def tiny_user_model(tmp_path, monkeypatch):
     save_model(model, card, folder)
     monkeypatch.setenv("EMDENOISE_MODELS_DIR", str(folder))
     return "tinytest"
+
+
+@pytest.fixture
+def playground(make_napari_viewer, qtbot):
+    """A docked noise-model playground on a small synthetic image, first update shown."""
+    from napari_emdenoise._widgets.playground import PlaygroundWidget
+
+    viewer = make_napari_viewer()
+    widget = PlaygroundWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.size.value = 64  # small and fast
+    qtbot.waitUntil(lambda: widget.n_updates >= 1 and widget._worker is None, timeout=60000)
+    return viewer, widget, qtbot

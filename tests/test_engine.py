@@ -484,3 +484,15 @@ def test_balanced_tile_covers_with_the_fewest_smallest_tiles():
         assert len(TileGrid((length, 64), (t, 64), 32)) == n_max  # no extra tiles
         assert (n_max * (t - 32) + 32) >= length  # covers
     assert balanced_tile(300, 512, 32) == 300
+
+
+@pytest.mark.parametrize("shape", [(67, 45), (301, 257), (66, 47)])
+def test_odd_frames_under_the_budget_run_in_one_pass(shape):
+    """Regression: the padded frame used to be split into blended tiles."""
+    from napari_emdenoise.engine.predictor import restore
+
+    x = np.random.default_rng(0).random(shape).astype(np.float32)
+    calls = []
+    one_pass = restore(x, "hrstem", progress=lambda done, total: calls.append(total))
+    assert calls and set(calls) == {1}
+    np.testing.assert_array_equal(one_pass, restore(x, "hrstem", tile_size=4096, overlap=0))

@@ -168,3 +168,51 @@ def test_adversarial_training_steps_the_discriminator(tmp_path):
     assert all({"discriminator", "adversarial", "l1"} <= set(e.losses) for e in steps)
     state, _ = load_checkpoint(events[-1].checkpoint)
     assert "discriminator" in state and "opt_d" in state
+
+
+def test_bad_worker_start_method_is_rejected():
+    with pytest.raises(ValueError, match="worker_start_method"):
+        TrainConfig(worker_start_method="thread")
+
+
+def test_checkpoint_on_request_and_preview_of_a_user_image(tmp_path):
+    cfg = _config(tmp_path, steps=6, val_every=3, checkpoint_every=1000)
+    trainer = Trainer(cfg, resume=False)
+    image = np.random.default_rng(3).poisson(30.0, (400, 41)).astype(np.uint16)
+    trainer.set_preview_image(image)
+    events = []
+    for event in trainer.run():
+        events.append(event)
+        if isinstance(event, StepEvent) and event.step == 2:
+            trainer.request_checkpoint()
+    checkpoints = [e for e in events if isinstance(e, CheckpointEvent)]
+    assert [e.step for e in checkpoints] == [2]  # only the requested one (every 1000 steps)
+    vals = [e for e in events if isinstance(e, ValidationEvent)]
+    assert [v.step for v in vals] == [3, 6]
+    for v in vals:
+        shown, restored = v.user_preview
+        np.testing.assert_array_equal(shown, image[72:328].astype(np.float32))  # centred crop
+        assert restored.shape == (256, 41) and np.isfinite(restored).all()
+    assert trainer.model.training  # previewing does not leave the network in eval mode
+    with pytest.raises(ValueError, match="preview image"):
+        trainer.set_preview_image(np.zeros((3, 4, 5)))
+
+
+def test_spawned_data_workers_give_the_same_batches(tmp_path):
+    losses = {}
+    for method in (None, "spawn"):
+        cfg = _config(tmp_path / str(method), steps=2, num_workers=1, worker_start_method=method)
+        events = list(Trainer(cfg, resume=False).run())
+        losses[method] = [e.losses["total"] for e in events if isinstance(e, StepEvent)]
+    np.testing.assert_allclose(losses["spawn"], losses[None], rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["dncnn", "dncnn_bf"])
+def test_the_deep_cnn_of_seed_002_trains_and_exports(tmp_path, arch):
+    from napari_emdenoise.models.registry import load_model
+
+    cfg = _config(tmp_path, arch=arch, steps=3, val_every=3, name=f"unit_{arch}")
+    done = list(Trainer(cfg, resume=False).run())[-1]
+    model, card = load_model(done.model_path)
+    assert card.arch == arch and card.training["steps"] == 3
+    assert np.isfinite(done.metrics["val_psnr"])

@@ -9,18 +9,6 @@ from napari_emdenoise.noise.pipeline import NoiseParams, distort, layers_for
 from napari_emdenoise.simulate import simulation_rngs
 
 
-@pytest.fixture
-def playground(make_napari_viewer, qtbot):
-    from napari_emdenoise._widgets.playground import PlaygroundWidget
-
-    viewer = make_napari_viewer()
-    widget = PlaygroundWidget(viewer)
-    viewer.window.add_dock_widget(widget)
-    widget.size.value = 64  # small and fast
-    qtbot.waitUntil(lambda: widget.n_updates >= 1 and widget._worker is None, timeout=60000)
-    return viewer, widget, qtbot
-
-
 def _wait_next(widget, qtbot, n):
     qtbot.waitUntil(lambda: widget.n_updates > n and widget._worker is None, timeout=60000)
 

@@ -149,6 +149,33 @@ def _save_triptych(path: Path, *images) -> None:
     Image.fromarray((255 * row).astype(np.uint8)).save(path)
 
 
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from .models.onnx_export import OnnxExportError, export_onnx, onnx_card_path
+
+    try:
+        path = export_onnx(
+            args.model,
+            args.out,
+            opset=args.opset,
+            check=not args.no_check,
+            overwrite=args.overwrite,
+        )
+    except (ImportError, OnnxExportError) as exc:
+        print(f"emdenoise export-onnx: error: {exc}", file=sys.stderr)
+        return 1
+    card = onnx_card_path(path)
+    info = json.loads(card.read_text(encoding="utf-8"))["onnx"]
+    diff = info["max_abs_diff_vs_torch"]
+    compared = (
+        "not run against torch (onnxruntime missing or --no-check)"
+        if diff is None
+        else f"max |onnx - torch| = {diff:.2g} on inputs {info['check_shapes']}"
+    )
+    print(f"wrote {path} (opset {info['opset']}) and its card {card}; {compared}")
+    print(f"graph: {info['contract']}")
+    return 0
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .noise.pipeline import NoiseParams
     from .training.datasets import PairConfig
@@ -216,7 +243,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
                 print(f"step {event.step} checkpoint {event.path}", flush=True)
             elif isinstance(event, DoneEvent):
                 if args.install:
-                    installed = _install_model(event.model_path)
+                    from .models.registry import install_model
+
+                    installed = install_model(event.model_path)
                     print(f"installed as a user model: {installed}", flush=True)
                 print(
                     f"done at step {event.step}: model {event.model_path} "
@@ -229,17 +258,45 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _install_model(weights: Path) -> Path:
-    """Copy ``<name>.safetensors`` + ``<name>.json`` into the user-model folder."""
-    import shutil
+def _cmd_fit_noise(args: argparse.Namespace) -> int:
+    import numpy as np
 
-    from .models.registry import user_models_dir
+    from .io.readers import read_em
+    from .noise.fit import fit_noise
+    from .noise.pipeline import NoiseParams
 
-    target = user_models_dir()
-    target.mkdir(parents=True, exist_ok=True)
-    for src in (weights, weights.with_suffix(".json")):
-        shutil.copy2(src, target / src.name)
-    return target / weights.name
+    datasets = read_em(args.image)
+    if args.dataset >= len(datasets):
+        raise ValueError(
+            f"{args.image} holds {len(datasets)} dataset(s); "
+            f"--dataset {args.dataset} is out of range"
+        )
+    data = np.asarray(datasets[args.dataset][0])
+    if data.ndim != 2:
+        raise ValueError(
+            f"dataset {args.dataset} of {args.image} has shape {data.shape}; fit-noise needs one "
+            "2-D image (save a single frame)"
+        )
+    fit = fit_noise(data, modality=args.modality, offset=args.offset, block=args.block)
+    print(f"{args.image}: {fit.summary()}")
+    print(
+        f"  gain a = {fit.gain:.6g} ± {fit.gain_stderr:.2g} per e-, read variance b = "
+        f"{fit.read_variance:.6g} ± {fit.read_variance_stderr:.2g}, offset {fit.offset:g}, "
+        f"image mean {fit.image_mean:.6g}, fast-axis noise correlation {fit.noise_correlation:.2f}"
+    )
+    rows = fit.rows
+    if rows.n_lines:
+        print(
+            f"  row lines: {rows.n_lines} in {rows.n_rows} rows, factors "
+            f"{rows.factor_min:.2f}-{rows.factor_max:.2f}, longest {rows.max_length:.0%} of a row"
+        )
+    if fit.message:
+        print(f"  note: {fit.message}")
+    if args.out is not None:
+        base = NoiseParams.load(args.base) if args.base else None
+        params = fit.to_noise_params(args.modality, base=base, clean_mean=args.clean_mean)
+        print(f"wrote {params.save(args.out)} (for emdenoise train --noise / simulate --params)")
+    return 0
 
 
 #: Bundled model names and the (modality, kind) they are trained for.
@@ -299,6 +356,31 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--device", default=None)
     dm.add_argument("--out", type=Path, default=Path("demo_out"))
     dm.set_defaults(func=_cmd_demo)
+
+    ox = sub.add_parser(
+        "export-onnx", help="export a model to ONNX (dynamic batch/height/width) plus its card"
+    )
+    ox.add_argument("model", help="model name (bundled or user) or .safetensors path")
+    ox.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    ox.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 18; default: torch's)")
+    ox.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    ox.add_argument("--overwrite", action="store_true")
+    ox.set_defaults(func=_cmd_export_onnx)
+
+    fn = sub.add_parser(
+        "fit-noise", help="fit the noise model (dose, read noise, row lines) to a micrograph"
+    )
+    fn.add_argument("image", type=Path, help="dm3/dm4/emd/ser/mrc/tif/npy file with a 2-D image")
+    fn.add_argument("--modality", choices=["stem", "tem", "sem"], default="stem")
+    fn.add_argument("--offset", type=float, default=0.0, help="detector dark level (image units)")
+    fn.add_argument("--block", type=int, default=16, help="tile size in pixels")
+    fn.add_argument("--dataset", type=int, default=0, help="dataset index in multi-dataset files")
+    fn.add_argument(
+        "--clean-mean", type=float, default=0.5, help="mean of the clean [0, 1] training images"
+    )
+    fn.add_argument("--base", type=Path, default=None, help="settings JSON to start from")
+    fn.add_argument("--out", type=Path, default=None, help="write the noise settings JSON here")
+    fn.set_defaults(func=_cmd_fit_noise)
 
     tr = sub.add_parser("train", help="train a restoration network on synthetic pairs")
     tr.add_argument(

@@ -5,6 +5,11 @@ in a worker thread and shows the result: the clean input, the distorted image,
 and (optionally) one layer per stage plus the difference each stage made. The
 editors for every parameter are generated from the parameter dataclasses by
 :class:`~napari_emdenoise._widgets._param_form.LayerParamsForm`.
+
+*Fit noise to image* estimates dose, read noise and row lines of a real
+micrograph (optionally only inside the shapes of a Shapes layer) with
+:func:`napari_emdenoise.noise.fit.fit_noise` and loads the result into the
+sliders (:meth:`PlaygroundWidget.fit_to_layer`).
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 
+from ..noise.fit import NoiseFit, fit_noise
 from ..noise.pipeline import MODALITIES, NoiseParams, distort, layers_for, sample_params
 from ..simulate import simulation_rngs
 from ..synth import generate_clean
@@ -28,6 +34,7 @@ __all__ = ["PlaygroundWidget"]
 
 _PREFIX = "playground"
 _SYNTHETIC = "synthetic"
+_WHOLE_IMAGE = "whole image"
 
 
 def normalise_to_unit(image: np.ndarray) -> np.ndarray:
@@ -55,6 +62,8 @@ class PlaygroundWidget(mw.Container):
         self.n_updates = 0
         #: Last error message shown, or "".
         self.last_error = ""
+        #: Result of the last *Fit noise to image*, or None.
+        self.last_fit: NoiseFit | None = None
 
         self.source = mw.ComboBox(label="clean input", choices=self._source_choices)
         self.kind = mw.ComboBox(label="kind", choices=["hr", "lr"], value="hr")
@@ -86,8 +95,17 @@ class PlaygroundWidget(mw.Container):
         files = mw.Container(
             widgets=[self.save_button, self.load_button], layout="horizontal", labels=False
         )
+        self.fit_layer = mw.ComboBox(label="fit to", choices=self._fit_choices, nullable=True)
+        self.fit_region = mw.ComboBox(label="region", choices=self._region_choices)
+        self.fit_button = mw.PushButton(text="Fit noise to image")
+        self.fit_status = mw.Label(value="")
+        self.fit_status.native.setWordWrap(True)
+        fit_box = mw.Container(
+            widgets=[self.fit_layer, self.fit_region, self.fit_button, self.fit_status],
+            labels=True,
+        )
         self.forms_box = mw.Container(labels=False)
-        self.extend([header, toggles, buttons, files, self.status])
+        self.extend([header, toggles, buttons, files, fit_box, self.status])
         # The forms of ~12 layers are taller than a laptop screen: they scroll, the header
         # stays. (magicgui's own scrollable container is lost when napari docks `.native`.)
         from qtpy.QtWidgets import QScrollArea
@@ -111,6 +129,7 @@ class PlaygroundWidget(mw.Container):
         )
         self.save_button.changed.connect(lambda *_: self._save_dialog())
         self.load_button.changed.connect(lambda *_: self._load_dialog())
+        self.fit_button.changed.connect(lambda *_: self._fit_clicked())
         viewer.layers.events.inserted.connect(self._refresh_sources)
         viewer.layers.events.removed.connect(self._refresh_sources)
         self.native.destroyed.connect(lambda *_: self._stop_worker())
@@ -197,6 +216,15 @@ class PlaygroundWidget(mw.Container):
     def _refresh_sources(self, *_: object) -> None:
         with self.source.changed.blocked():
             self.source.reset_choices()
+        self.fit_layer.reset_choices()
+        self.fit_region.reset_choices()
+
+    def _fit_choices(self, *_: object) -> list[str]:
+        return self._source_choices()[1:]
+
+    def _region_choices(self, *_: object) -> list[str]:
+        shapes = [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Shapes"]
+        return [_WHOLE_IMAGE, *shapes]
 
     def _clean_input(self) -> tuple[np.ndarray, dict]:
         if self.source.value == _SYNTHETIC:
@@ -211,6 +239,67 @@ class PlaygroundWidget(mw.Container):
             "scale": tuple(layer.scale),
             "translate": tuple(layer.translate),
         }
+
+    # -- fit to a micrograph ----------------------------------------------------
+    def fit_to_layer(self, layer_name: str, region_name: str | None = None) -> NoiseFit:
+        """Fit the noise model to an image layer and load the result into the sliders.
+
+        Parameters
+        ----------
+        layer_name : str
+            A 2-D image layer (never modified).
+        region_name : str, optional
+            A Shapes layer: only pixels inside its shapes are used
+            (``None`` or ``"whole image"``: every pixel).
+
+        Returns
+        -------
+        NoiseFit
+            The fit; its one-line summary is shown under the button.
+
+        Raises
+        ------
+        ValueError
+            If the layer is missing or not a 2-D image, the region selects no
+            pixels, or the fit fails (see :func:`~napari_emdenoise.noise.fit.fit_noise`).
+        """
+        if layer_name not in self.viewer.layers:
+            raise ValueError(f"no layer named {layer_name!r}")
+        layer = self.viewer.layers[layer_name]
+        if (
+            type(layer).__name__ != "Image"
+            or getattr(layer, "multiscale", False)
+            or getattr(layer, "rgb", False)
+            or layer.ndim != 2
+        ):
+            raise ValueError(f"{layer_name!r} is not a 2-D grey-scale image layer")
+        data = np.asarray(layer.data)
+        mask = None
+        if region_name not in (None, "", _WHOLE_IMAGE):
+            mask = _shapes_mask(self.viewer, region_name, layer, data.shape)
+        modality = self.modality.value
+        fit = fit_noise(data, mask, modality=modality)
+        clean_mean = float(np.mean(self._clean_input()[0]))
+        if not clean_mean > 0:
+            raise ValueError("the clean input is black: choose another clean input first")
+        self.set_params(fit.to_noise_params(modality, base=self.params, clean_mean=clean_mean))
+        self.last_fit = fit
+        self.fit_status.value = fit.summary()
+        return fit
+
+    def _fit_clicked(self) -> None:
+        name = self.fit_layer.value
+        if not name:
+            self._show_fit_error("open a 2-D image layer to fit to first")
+            return
+        try:
+            self.fit_to_layer(name, self.fit_region.value)
+        except (ValueError, KeyError) as exc:
+            self._show_fit_error(str(exc))
+
+    def _show_fit_error(self, message: str) -> None:
+        self.last_error = message
+        self.fit_status.value = f"⚠ {message}"
 
     # -- computation ----------------------------------------------------------
     def _request_update(self, *_: object) -> None:
@@ -293,6 +382,37 @@ class PlaygroundWidget(mw.Container):
             f"({distorted.shape[1]}×{distorted.shape[0]} px)"
         )
         self.n_updates += 1
+
+
+def _shapes_mask(
+    viewer: napari.viewer.Viewer, region_name: str, image_layer: Any, shape: tuple[int, ...]
+) -> np.ndarray:
+    """Union of the shapes of a Shapes layer as a boolean mask on the image's pixel grid.
+
+    Vertices are mapped through both layers' scale and translate (world
+    coordinates), so a region drawn on a calibrated image lands on the right
+    pixels. Rotation and shear of either layer are not taken into account.
+    """
+    from napari.layers import Shapes
+
+    if region_name not in viewer.layers:
+        raise ValueError(f"no layer named {region_name!r}")
+    region = viewer.layers[region_name]
+    if type(region).__name__ != "Shapes":
+        raise ValueError(f"{region_name!r} is not a Shapes layer")
+    if len(region.data) == 0:
+        raise ValueError(f"the Shapes layer {region_name!r} has no shapes")
+    s_scale, s_trans = np.asarray(region.scale)[-2:], np.asarray(region.translate)[-2:]
+    i_scale, i_trans = np.asarray(image_layer.scale)[-2:], np.asarray(image_layer.translate)[-2:]
+    vertices = [
+        ((np.asarray(v)[:, -2:] * s_scale + s_trans) - i_trans) / i_scale for v in region.data
+    ]
+    on_image = Shapes(vertices, shape_type=list(region.shape_type))
+    masks = on_image.to_masks(mask_shape=tuple(shape))
+    mask = np.any(masks, axis=0)
+    if not mask.any():
+        raise ValueError(f"the shapes of {region_name!r} do not cover any pixel of the image")
+    return mask
 
 
 def _compute(clean: np.ndarray, params: NoiseParams, seed: int) -> tuple:

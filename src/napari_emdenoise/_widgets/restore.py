@@ -122,7 +122,21 @@ class RestoreWidget(mw.Container):
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         viewer.layers.events.inserted.connect(lambda *_: self.layer.reset_choices())
         viewer.layers.events.removed.connect(lambda *_: self.layer.reset_choices())
-        self.native.destroyed.connect(lambda *_: self._cancel.set())
+        from ..models.registry import on_models_changed
+
+        unsubscribe = on_models_changed(self.refresh_models)
+        self.native.destroyed.connect(lambda *_: (self._cancel.set(), unsubscribe()))
+        self._show_card()
+
+    def refresh_models(self) -> None:
+        """Re-read the bundled and user models (called when a model is installed)."""
+        from ..models.registry import list_models
+
+        self.cards = list_models()
+        current = self.model.value
+        names = sorted(self.cards) or [""]
+        self.model.choices = names
+        self.model.value = current if current in names else names[0]
         self._show_card()
 
     def _layer_choices(self, *_: object) -> list[str]:

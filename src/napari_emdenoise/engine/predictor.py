@@ -287,11 +287,12 @@ class TiledPredictor:
         """
         m = self.size_multiple
         padded = self._padded_shape(shape)
-        # An axis no longer than the tile is one piece (the padded length);
-        # otherwise tiles and strides sit on the network's stride grid.
+        # An axis no longer than the tile (both rounded up to the stride) is one
+        # piece, the padded length, whether ``shape`` is the frame or the padded
+        # frame; otherwise tiles and strides sit on the network's stride grid.
         tile = tuple(
-            p if t >= s else max(m, (t // m) * m)
-            for t, s, p in zip(self.tile_size, shape, padded, strict=True)
+            p if _round_up(t, m) >= p else max(m, (t // m) * m)
+            for t, p in zip(self.tile_size, padded, strict=True)
         )
         overlap = _round_up(self.overlap, m) if self.overlap else 0
         needs_tiles = [t < p for t, p in zip(tile, padded, strict=True)]

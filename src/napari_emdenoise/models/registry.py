@@ -40,9 +40,11 @@ __all__ = [
     "ModelCard",
     "build_model",
     "bundled_weights_dir",
+    "install_model",
     "list_models",
     "load_model",
     "named_configs",
+    "on_models_changed",
     "save_model",
     "standard_model_name",
 ]
@@ -364,6 +366,84 @@ def list_models(extra_dirs: list[Path] | None = None) -> dict[str, ModelCard]:
             card.weights_path = weights
             found[card.name] = card
     return found
+
+
+_MODELS_CHANGED: list[Callable[[], Callable[[], None] | None]] = []
+
+
+def on_models_changed(callback: Callable[[], None]) -> Callable[[], None]:
+    """Call ``callback()`` whenever :func:`install_model` adds or replaces a model.
+
+    A bound method is held by a weak reference, so a subscribed widget can
+    still be garbage-collected.
+
+    Returns
+    -------
+    callable
+        Call it to unsubscribe (e.g. when a widget closes).
+    """
+    import weakref
+
+    if hasattr(callback, "__self__") and hasattr(callback, "__func__"):
+        ref: Callable[[], Callable[[], None] | None] = weakref.WeakMethod(callback)
+    else:
+
+        def ref() -> Callable[[], None]:
+            return callback
+
+    _MODELS_CHANGED.append(ref)
+
+    def unsubscribe() -> None:
+        if ref in _MODELS_CHANGED:
+            _MODELS_CHANGED.remove(ref)
+
+    return unsubscribe
+
+
+def _notify_models_changed() -> None:
+    for ref in list(_MODELS_CHANGED):
+        callback = ref()
+        if callback is None:  # its widget is gone
+            _MODELS_CHANGED.remove(ref)
+            continue
+        try:
+            callback()
+        except Exception as exc:  # noqa: BLE001 - a broken subscriber must not break saving
+            warnings.warn(f"model-change callback failed: {exc}", stacklevel=3)
+
+
+def install_model(weights: str | Path, directory: str | Path | None = None) -> Path:
+    """Copy ``<name>.safetensors`` + its ``<name>.json`` card into the user-model folder.
+
+    Parameters
+    ----------
+    weights : str or pathlib.Path
+        The ``.safetensors`` file written by :func:`save_model`.
+    directory : str or pathlib.Path, optional
+        Target folder (default :func:`user_models_dir`).
+
+    Returns
+    -------
+    pathlib.Path
+        The installed weights file. Subscribers of :func:`on_models_changed`
+        are notified.
+    """
+    import shutil
+
+    weights = Path(weights)
+    card = weights.with_suffix(_CARD_SUFFIX)
+    if weights.suffix != _WEIGHTS_SUFFIX or not weights.is_file() or not card.is_file():
+        raise ValueError(
+            f"{weights} is not a saved model: expected <name>{_WEIGHTS_SUFFIX} with "
+            f"<name>{_CARD_SUFFIX} beside it"
+        )
+    ModelCard.from_json(card.read_text(encoding="utf-8"))  # refuse a broken card early
+    target = Path(directory) if directory is not None else user_models_dir()
+    target.mkdir(parents=True, exist_ok=True)
+    for src in (weights, card):
+        _atomic_write(target / src.name, lambda tmp, src=src: shutil.copyfile(src, tmp))
+    _notify_models_changed()
+    return target / weights.name
 
 
 def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:

@@ -25,6 +25,9 @@ from ..metrics import psnr, ssim
 from .checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
 from .datasets import PairConfig, SyntheticPairs
 
+#: Longest side (pixels) of the user-image preview restored at every validation.
+PREVIEW_MAX_SIDE = 256
+
 __all__ = [
     "CheckpointEvent",
     "DoneEvent",
@@ -72,6 +75,9 @@ class TrainConfig:
         Steps between checkpoints.
     num_workers : int
         Data-loader worker processes (0: draw pairs in the training thread).
+    worker_start_method : {"fork", "spawn", "forkserver"} or None
+        How the data-loader workers are started (None: the platform default).
+        Inside a GUI process with running threads use ``"spawn"``.
     threads : int or None
         ``torch.set_num_threads`` for the training process (None: leave).
     device : str or None
@@ -97,6 +103,7 @@ class TrainConfig:
     val_every: int = 100
     checkpoint_every: int = 200
     num_workers: int = 1
+    worker_start_method: str | None = None
     threads: int | None = None
     device: str | None = None
     init_from: str | None = None
@@ -112,6 +119,11 @@ class TrainConfig:
             raise ValueError("learning rates must be positive")
         if self.num_workers < 0:
             raise ValueError("num_workers must be ≥ 0")
+        if self.worker_start_method not in (None, "fork", "spawn", "forkserver"):
+            raise ValueError(
+                "worker_start_method must be None, 'fork', 'spawn' or 'forkserver', "
+                f"got {self.worker_start_method!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable form (stored in checkpoints and model cards)."""
@@ -142,7 +154,9 @@ class StepEvent:
 class ValidationEvent:
     """Validation on the fixed held-out pairs.
 
-    ``preview`` is ``(distorted, target, restored)`` of the first validation pair.
+    ``preview`` is ``(distorted, target, restored)`` of the first validation pair;
+    ``user_preview`` is ``(image, restored)`` of the image given to
+    :meth:`Trainer.set_preview_image` (None if none was given).
     """
 
     step: int
@@ -150,6 +164,7 @@ class ValidationEvent:
     ssim: float
     psnr_input: float
     preview: tuple[np.ndarray, np.ndarray, np.ndarray]
+    user_preview: tuple[np.ndarray, np.ndarray] | None = None
 
 
 @dataclass
@@ -187,10 +202,47 @@ class Trainer:
         self.out_dir = Path(config.out_dir)
         self.checkpoint_path = self.out_dir / CHECKPOINT_NAME
         self._stop = False
+        self._checkpoint_requested = False
+        self._preview_image: np.ndarray | None = None
 
     def stop(self) -> None:
         """Ask the run to end after the current step (the checkpoint is kept)."""
         self._stop = True
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stop
+
+    def request_checkpoint(self) -> None:
+        """Write a checkpoint after the current step (thread-safe; yields a CheckpointEvent)."""
+        self._checkpoint_requested = True
+
+    @property
+    def preview_image(self) -> np.ndarray | None:
+        """The (cropped, float32) image restored at every validation, or None."""
+        return self._preview_image
+
+    def set_preview_image(self, image: np.ndarray | None, max_side: int = PREVIEW_MAX_SIDE) -> None:
+        """Restore (a centred crop of) ``image`` at every validation as a live preview.
+
+        Parameters
+        ----------
+        image : numpy.ndarray or None
+            A 2-D image in any intensity scale (the network normalises each
+            image itself); ``None`` switches the preview off.
+        max_side : int
+            Longest side of the centred crop, in pixels (keeps previews cheap).
+        """
+        if image is None:
+            self._preview_image = None
+            return
+        from .._validation import as_float_image
+
+        x = as_float_image(image, name="preview image", min_size=8)
+        h, w = x.shape
+        top, left = max((h - max_side) // 2, 0), max((w - max_side) // 2, 0)
+        self._preview_image = np.ascontiguousarray(x[top : top + max_side, left : left + max_side])
 
     # ------------------------------------------------------------------ setup
     def _build(self):
@@ -267,6 +319,7 @@ class Trainer:
             sampler=range(first, last),
             pin_memory=self.device.type == "cuda",
             generator=torch.Generator().manual_seed(cfg.pairs.seed),
+            multiprocessing_context=cfg.worker_start_method if cfg.num_workers > 0 else None,
             **kwargs,
         )
 
@@ -319,12 +372,19 @@ class Trainer:
             for i in range(0, len(self.val_x), 8):
                 xb = torch.from_numpy(self.val_x[i : i + 8, None]).to(self.device)
                 outs.append(self.model(xb).float().cpu().numpy()[:, 0])
+            user_preview = None
+            image = self._preview_image
+            if image is not None:
+                from ..engine.predictor import restore
+
+                user_preview = (image, restore(image, self.model, device=self.device))
         self.model.train()
         restored = np.concatenate(outs)
         p = float(np.mean([psnr(r, t) for r, t in zip(restored, self.val_y)]))
         s = float(np.mean([ssim(r, t) for r, t in zip(restored, self.val_y)]))
         p_in = float(np.mean([psnr(x, t) for x, t in zip(self.val_x, self.val_y)]))
-        return ValidationEvent(self.step, p, s, p_in, (self.val_x[0], self.val_y[0], restored[0]))
+        preview = (self.val_x[0], self.val_y[0], restored[0])
+        return ValidationEvent(self.step, p, s, p_in, preview, user_preview)
 
     def save(self) -> Path:
         """Write the resumable checkpoint now."""
@@ -391,7 +451,8 @@ class Trainer:
                 if self.step % cfg.val_every == 0 or self.step == cfg.steps:
                     last_val = self.validate()
                     yield last_val
-                if self.step % cfg.checkpoint_every == 0:
+                if self.step % cfg.checkpoint_every == 0 or self._checkpoint_requested:
+                    self._checkpoint_requested = False
                     yield CheckpointEvent(self.step, self.save())
                 t_last = time.perf_counter()  # do not count validation/saving as step time
         finally:

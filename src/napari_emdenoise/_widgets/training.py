@@ -1,0 +1,657 @@
+"""Train dock widget: train a restoration network for *your* microscope inside napari.
+
+The widget collects a :class:`~napari_emdenoise.training.trainer.TrainConfig`,
+runs :meth:`Trainer.run` in a napari generator worker and turns every yielded
+event into main-thread updates: the live :class:`LossPlot`, a progress bar with
+pairs/s and ETA, and preview layers of the current network's output on a fixed
+validation pair (and, optionally, on one of the user's image layers). Stop,
+pause/resume and "save checkpoint now" act on the trainer between steps; closing
+the widget or the viewer stops the run and keeps the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from magicgui import widgets as mw
+from qtpy.QtCore import QEvent, QObject, QTimer
+
+from ..losses import LossWeights
+from ..noise.pipeline import MODALITIES, NoiseParams
+from ._layers import OwnedLayers
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+    from ..training.trainer import TrainConfig, Trainer
+
+__all__ = ["TrainWidget"]
+
+RANDOM_NOISE = "random (paper ranges)"
+PLAYGROUND_NOISE = "playground (live settings)"
+FILE_NOISE = "settings file (JSON)"
+SCRATCH = "scratch"
+NO_PREVIEW = "none"
+#: Loss-weight fields shown as editors (all seed 001 terms, eqs 4–15).
+_WEIGHT_FIELDS = ("l1", "l2", "mlwt", "fourier", "mean", "std", "adversarial", "sigma_min")
+#: Most progress/plot refreshes per second, whatever the step rate.
+UI_REFRESH_HZ = 2.0
+#: How long closing the widget waits for the run to write its checkpoint, in seconds.
+CLOSE_TIMEOUT_S = 120.0
+
+
+def default_runs_dir() -> Path:
+    """Folder of training runs: ``runs/`` beside the user-model folder."""
+    from ..models.registry import user_models_dir
+
+    return user_models_dir().parent / "runs"
+
+
+#: Layer showing input | target | restored of the fixed validation pair.
+PREVIEW_LAYER = "training preview (input | target | restored)"
+#: Layer showing the current network's output on the user's chosen image.
+USER_PREVIEW_LAYER = "training preview on your image"
+
+
+def preview_montage(*panels: np.ndarray, gap: int = 2) -> np.ndarray:
+    """Place equally tall 2-D panels side by side, ``gap`` columns apart.
+
+    The separating columns take the panels' minimum: a dark line at any contrast.
+    """
+    panels = tuple(np.asarray(p, dtype=np.float32) for p in panels)
+    low = min(float(p.min()) for p in panels)
+    sep = np.full((panels[0].shape[0], gap), low, np.float32)
+    parts: list[np.ndarray] = []
+    for i, panel in enumerate(panels):
+        parts.extend([sep, panel] if i else [panel])
+    return np.concatenate(parts, axis=1)
+
+
+def _run_trainer(trainer: Trainer, done: threading.Event):
+    """Generator for the worker: the trainer's events; ``done`` is set when it ends."""
+    try:
+        yield from trainer.run()
+    finally:
+        done.set()
+
+
+def _format_eta(seconds: float) -> str:
+    if not seconds < float("inf"):
+        return "?"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def _weight_editors() -> dict[str, mw.FloatSpinBox]:
+    """One editor per loss weight, generated from :class:`LossWeights` (defaults, docs)."""
+    defaults = LossWeights()
+    docs = {
+        "l1": "contrast-weighted L1 (eqs 4–5)",
+        "l2": "contrast-weighted L2 (eqs 6–7)",
+        "mlwt": "multi-local whitening transform (eq 8)",
+        "fourier": "Fourier-space |F(y − y_g)|^γ (eq 9)",
+        "mean": "mean constraint (eq 10)",
+        "std": "std constraint (eq 11)",
+        "adversarial": "relativistic adversarial term (eq 12); > 0 trains the discriminator",
+        "sigma_min": "σ_min of eqs 5 and 7 [intensity]",
+    }
+    fields = {f.name: f for f in dataclasses.fields(LossWeights)}
+    editors = {}
+    for name in _WEIGHT_FIELDS:
+        assert name in fields, name  # the dataclass is the source of truth
+        editors[name] = mw.FloatSpinBox(
+            label=f"λ {name}" if name != "sigma_min" else "σ_min",
+            value=float(getattr(defaults, name)),
+            min=0.0 if name != "sigma_min" else 1e-6,
+            max=1e4,
+            step=1e-4,
+            tooltip=docs.get(name, ""),
+        )
+    return editors
+
+
+class _LifetimeFilter(QObject):
+    """Calls ``on_close()`` when, during a run, the widget is undocked or its window closes.
+
+    napari's ``remove_dock_widget`` (the dock's close button) un-parents the
+    widget without deleting it, and closing the viewer need not delete it
+    either: both are seen here, through public Qt events only.
+    """
+
+    def __init__(self, widget, on_close, is_running) -> None:
+        super().__init__(widget)
+        self._on_close = on_close
+        self._is_running = is_running
+        self._watched: set[int] = set()  # ids only: never keep the viewer's window alive
+
+    def watch_window(self) -> None:
+        """Also watch the top-level window the widget is in now (call when docked)."""
+        window = self.parent().window()
+        if window is not self.parent() and id(window) not in self._watched:
+            window.installEventFilter(self)
+            self._watched.add(id(window))
+
+    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
+        is_running = getattr(self, "_is_running", None)  # events may arrive during __init__
+        if is_running is None or not is_running():
+            return False
+        widget = self.parent()
+        kind = event.type()
+        if kind == QEvent.Type.ParentChange and obj is widget and widget.parent() is None:
+            self._on_close()
+        elif kind == QEvent.Type.Close and obj is not widget and obj is widget.window():
+            self._on_close()
+        return False
+
+
+class TrainWidget(mw.Container):
+    """Dock widget: configure, start, watch, pause, stop and save a training run."""
+
+    def __init__(self, viewer: napari.viewer.Viewer) -> None:
+        super().__init__(labels=False)
+        from ..engine.device import available_devices
+        from ..models.registry import ARCHITECTURES, named_configs
+
+        self.viewer = viewer
+        self.trainer: Trainer | None = None
+        self._worker: Any = None
+        self._done = threading.Event()
+        self._done.set()
+        self._closing = False
+        self._t_start = 0.0
+        self._step_start = 0
+        self._rate = 0.0
+        self.layers = OwnedLayers(viewer, "training")
+        #: Every event received on the main thread, by type name (tests read it).
+        self.event_counts: dict[str, int] = {}
+        #: The last DoneEvent, or None.
+        self.result: Any = None
+        self.last_error = ""
+
+        # -- model
+        self.model_name = mw.LineEdit(label="model name", value="my_model")
+        self.arch = mw.ComboBox(label="architecture", choices=sorted(ARCHITECTURES), value="cgrdn")
+        self.model_config = mw.ComboBox(
+            label="size", choices=lambda *_: sorted(named_configs(self.arch.value))
+        )
+        self.start_from = mw.ComboBox(label="start from", choices=self._start_choices)
+        # -- data
+        self.modality = mw.ComboBox(label="modality", choices=list(MODALITIES), value="stem")
+        self.kind = mw.ComboBox(label="kind", choices=["hr", "lr"], value="hr")
+        self.noise_source = mw.ComboBox(
+            label="noise", choices=[RANDOM_NOISE, PLAYGROUND_NOISE, FILE_NOISE]
+        )
+        self.noise_file = mw.FileEdit(label="settings", mode="r", filter="*.json", visible=False)
+        self.patch_size = mw.SpinBox(label="patch [px]", value=128, min=32, max=1024, step=16)
+        self.clean_pool = mw.SpinBox(
+            label="clean-image pool", value=64, min=0, max=100_000,
+            tooltip="0: a new clean image for every pair (paper); N: reuse N clean images",
+        )  # fmt: skip
+        self.seed = mw.SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        # -- loss
+        self.weights = _weight_editors()
+        self.disc_channels = mw.SpinBox(
+            label="discriminator width", value=32, min=4, max=128, step=4,
+            tooltip="base channels of the 70×70 patch discriminator (paper: 64)",
+        )  # fmt: skip
+        # -- optimisation
+        self.steps = mw.SpinBox(label="steps", value=2000, min=1, max=10_000_000, step=100)
+        self.batch_size = mw.SpinBox(label="batch", value=8, min=1, max=1024)
+        self.lr = mw.FloatSpinBox(label="learning rate", value=2e-4, min=1e-7, max=1.0, step=1e-5)
+        self.device = mw.ComboBox(label="device", choices=["auto", *available_devices()])
+        self.val_every = mw.SpinBox(label="preview every [steps]", value=50, min=1, max=1_000_000)
+        self.checkpoint_every = mw.SpinBox(
+            label="checkpoint every [steps]", value=200, min=1, max=1_000_000
+        )
+        self.workers = mw.SpinBox(label="data workers", value=1, min=0, max=64)
+        self.preview_layer = mw.ComboBox(label="preview on", choices=self._preview_choices)
+        self.out_dir = mw.FileEdit(label="runs folder", mode="d", value=str(default_runs_dir()))
+        self.resume = mw.CheckBox(text="continue from the run's checkpoint", value=True)
+        self.install = mw.CheckBox(text="list the model in Restore when done", value=True)
+        # -- controls
+        self.start_button = mw.PushButton(text="Start")
+        self.pause_button = mw.PushButton(text="Pause", enabled=False)
+        self.checkpoint_button = mw.PushButton(text="Save checkpoint now", enabled=False)
+        self.stop_button = mw.PushButton(text="Stop", enabled=False)
+        self.onnx_button = mw.PushButton(text="Export ONNX…", enabled=False)
+        self.progress = mw.ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = mw.Label(value="")
+
+        def box(title: str, widgets: list) -> mw.Container:
+            return mw.Container(widgets=[mw.Label(value=f"<b>{title}</b>"), *widgets], labels=True)
+
+        self.extend(
+            [
+                box("Model", [self.model_name, self.arch, self.model_config, self.start_from]),
+                box(
+                    "Data",
+                    [
+                        self.modality,
+                        self.kind,
+                        self.noise_source,
+                        self.noise_file,
+                        self.patch_size,
+                        self.clean_pool,
+                        self.seed,
+                    ],
+                ),  # fmt: skip
+                box("Loss (seed 001 eqs 4–15)", [*self.weights.values(), self.disc_channels]),
+                box(
+                    "Optimisation",
+                    [
+                        self.steps,
+                        self.batch_size,
+                        self.lr,
+                        self.device,
+                        self.val_every,
+                        self.checkpoint_every,
+                        self.workers,
+                        self.preview_layer,
+                        self.out_dir,
+                    ],
+                ),  # fmt: skip
+                self.resume,
+                self.install,
+                mw.Container(
+                    widgets=[self.start_button, self.pause_button, self.stop_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
+                mw.Container(
+                    widgets=[self.checkpoint_button, self.onnx_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
+                self.progress,
+                self.status,
+            ]
+        )
+        self.plot = self._make_plot()
+        self._last_step: Any = None
+        self._ui_timer = QTimer(self.native)
+        self._ui_timer.setSingleShot(True)
+        self._ui_timer.setInterval(int(1000 / UI_REFRESH_HZ))
+        self._ui_timer.timeout.connect(self._refresh_progress)
+
+        self.arch.changed.connect(self._on_arch)
+        self.start_from.changed.connect(self._on_start_from)
+        self.noise_source.changed.connect(self._on_noise_source)
+        self.weights["adversarial"].changed.connect(self._on_adversarial)
+        self.preview_layer.changed.connect(self._on_preview_layer)
+        self.start_button.changed.connect(lambda *_: self.start())
+        self.pause_button.changed.connect(lambda *_: self.toggle_pause())
+        self.stop_button.changed.connect(lambda *_: self.stop())
+        self.checkpoint_button.changed.connect(lambda *_: self.save_checkpoint())
+        self.onnx_button.changed.connect(lambda *_: self._onnx_dialog())
+        viewer.layers.events.inserted.connect(self._refresh_layers)
+        viewer.layers.events.removed.connect(self._refresh_layers)
+        self.native.destroyed.connect(lambda *_: self.shutdown())
+        self._lifetime = _LifetimeFilter(self.native, self.shutdown, lambda: self.running)
+        self.native.installEventFilter(self._lifetime)
+        self._on_adversarial()
+
+    # -- plot dock ------------------------------------------------------------
+    def _make_plot(self):
+        from .loss_plot import LossPlot
+
+        plot = LossPlot(max_redraw_hz=UI_REFRESH_HZ)
+        try:
+            self.viewer.window.add_dock_widget(plot, area="bottom", name="Training losses")
+        except (AttributeError, RuntimeError):  # a viewer without a window (headless use)
+            pass
+        return plot
+
+    # -- choices --------------------------------------------------------------
+    def _start_choices(self, *_: object) -> list[str]:
+        from ..models.registry import list_models
+
+        arch = self.arch.value if hasattr(self, "arch") else "cgrdn"
+        return [SCRATCH, *sorted(n for n, c in list_models().items() if c.arch == arch)]
+
+    def _preview_choices(self, *_: object) -> list[str]:
+        names = [
+            layer.name
+            for layer in self.viewer.layers
+            if layer.__class__.__name__ == "Image"
+            and layer.ndim == 2
+            and not getattr(layer, "rgb", False)
+            and layer.name not in self.layers
+        ]
+        return [NO_PREVIEW, *names]
+
+    def _refresh_layers(self, *_: object) -> None:
+        if not self._closing:
+            self.preview_layer.reset_choices()
+
+    def _on_arch(self, *_: object) -> None:
+        self.model_config.reset_choices()
+        self.start_from.reset_choices()
+
+    def _on_start_from(self, *_: object) -> None:
+        from ..models.registry import list_models
+
+        fine_tune = self.start_from.value not in (SCRATCH, None)
+        self.model_config.enabled = not fine_tune
+        if fine_tune:
+            card = list_models().get(self.start_from.value)
+            if card is not None and card.modality in MODALITIES:
+                self.modality.value = card.modality
+                self.kind.value = card.kind
+
+    def _on_noise_source(self, *_: object) -> None:
+        self.noise_file.visible = self.noise_source.value == FILE_NOISE
+
+    def _on_adversarial(self, *_: object) -> None:
+        self.disc_channels.enabled = self.weights["adversarial"].value > 0
+
+    def _on_preview_layer(self, *_: object) -> None:
+        if self.trainer is not None and not self._done.is_set():
+            try:
+                self.trainer.set_preview_image(self._preview_image())
+            except ValueError as exc:
+                self._show_error(str(exc))
+
+    # -- configuration --------------------------------------------------------
+    def _find_playground(self):
+        from .playground import PlaygroundWidget
+
+        window = getattr(self.viewer, "window", None)
+        for widget in getattr(window, "dock_widgets", {}).values():
+            if isinstance(widget, PlaygroundWidget):
+                return widget
+        return None
+
+    def noise_params(self) -> NoiseParams | None:
+        """The noise settings chosen: None (random per pair), the playground's, or a file's."""
+        source = self.noise_source.value
+        if source == RANDOM_NOISE:
+            return None
+        if source == PLAYGROUND_NOISE:
+            playground = self._find_playground()
+            if playground is None:
+                raise ValueError(
+                    "no Noise-model playground is open: open it (Plugins ▸ EM Denoise) "
+                    "or choose another noise source"
+                )
+            return playground.params
+        path = Path(self.noise_file.value)
+        if not path.is_file():
+            raise ValueError(f"choose a noise settings file (got {str(path)!r})")
+        return NoiseParams.load(path)
+
+    def config(self) -> TrainConfig:
+        """The :class:`TrainConfig` the widget currently describes (raises ValueError)."""
+        from ..models.registry import _NAME_RE
+        from ..training.datasets import PairConfig
+        from ..training.trainer import TrainConfig
+
+        name = self.model_name.value.strip()
+        if not _NAME_RE.match(name):
+            raise ValueError(
+                f"model name {name!r}: use letters, digits, '_', '-' or '.', starting with a "
+                "letter or digit"
+            )
+        noise = self.noise_params()
+        modality = noise.modality if noise is not None else self.modality.value
+        weights = {k: float(w.value) for k, w in self.weights.items()}
+        LossWeights(**weights)  # validate now, not in the worker
+        start = self.start_from.value
+        return TrainConfig(
+            name=name,
+            arch=self.arch.value,
+            model_config=self.model_config.value,
+            pairs=PairConfig(
+                modality=modality,
+                kind=self.kind.value,
+                patch_size=int(self.patch_size.value),
+                noise=noise,
+                seed=int(self.seed.value),
+                clean_pool=int(self.clean_pool.value),
+                pool_image_size=max(256, int(self.patch_size.value)),
+            ),
+            steps=int(self.steps.value),
+            batch_size=int(self.batch_size.value),
+            lr=float(self.lr.value),
+            disc_channels=int(self.disc_channels.value),
+            loss_weights=weights,
+            val_size=8,
+            val_every=int(self.val_every.value),
+            checkpoint_every=int(self.checkpoint_every.value),
+            num_workers=int(self.workers.value),
+            worker_start_method="spawn",
+            device=None if self.device.value == "auto" else self.device.value,
+            init_from=None if start in (SCRATCH, None) else start,
+            out_dir=str(Path(self.out_dir.value) / name),
+        )
+
+    def _preview_image(self):
+        name = self.preview_layer.value
+        if name in (NO_PREVIEW, None) or name not in self.viewer.layers:
+            return None
+        return self.viewer.layers[name].data
+
+    # -- run control ----------------------------------------------------------
+    @property
+    def running(self) -> bool:
+        """True while a training run is in progress."""
+        return not self._done.is_set()
+
+    def start(self) -> None:
+        """Start (or continue) training in a background worker."""
+        if self.running:
+            return
+        from napari.qt.threading import create_worker
+
+        from ..training.trainer import Trainer
+
+        try:
+            cfg = self.config()
+            trainer = Trainer(cfg, resume=bool(self.resume.value))
+            trainer.set_preview_image(self._preview_image())
+        except (ValueError, OSError) as exc:
+            self._show_error(str(exc))
+            return
+        self.trainer = trainer
+        self.result = None
+        self.last_error = ""
+        self.plot.clear()
+        self._done = threading.Event()
+        self._t_start = time.perf_counter()
+        self._step_start = -1
+        self._rate = 0.0
+        self._last_step = None
+        self.progress.max = cfg.steps
+        self.progress.value = 0
+        self.status.value = f"starting: {cfg.arch} ({cfg.model_config}) → {cfg.out_dir}"
+        self._worker = create_worker(_run_trainer, trainer, self._done, _start_thread=False)
+        self._worker.yielded.connect(self._on_event)
+        self._worker.errored.connect(self._on_error)
+        self._worker.finished.connect(self._on_finished)
+        self._prepare_preview_layers(cfg, trainer)
+        self._set_running(True)
+        self._lifetime.watch_window()
+        self._worker.start()
+
+    def _prepare_preview_layers(self, cfg: TrainConfig, trainer: Trainer) -> None:
+        """Create the preview layers now (click time), not at the first validation.
+
+        Adding an image layer costs the event loop a few hundred ms with software
+        OpenGL; during training only the data of existing layers is replaced.
+        """
+        n = cfg.pairs.patch_size
+        blank = np.zeros((n, n), np.float32)
+        if PREVIEW_LAYER not in self.layers.names:
+            self.layers.set(PREVIEW_LAYER, preview_montage(blank, blank, blank))
+        image = trainer.preview_image
+        if image is None:
+            self.layers.remove(USER_PREVIEW_LAYER)
+        elif USER_PREVIEW_LAYER not in self.layers.names:
+            self.layers.set(USER_PREVIEW_LAYER, np.zeros_like(image))
+
+    def stop(self) -> None:
+        """End the run after the current step; the checkpoint and model are written."""
+        if self.trainer is None or not self.running:
+            return
+        self.trainer.stop()
+        worker = self._worker
+        if worker is not None and getattr(worker, "is_paused", False):
+            worker.resume()
+        if not self._closing:
+            self.status.value = "stopping after the current step…"
+
+    def toggle_pause(self) -> None:
+        """Pause or resume the run (between steps)."""
+        worker = self._worker
+        if worker is None or not self.running:
+            return
+        if worker.is_paused:
+            worker.resume()
+            self.pause_button.text = "Pause"
+            self.status.value = "resumed"
+        else:
+            worker.pause()
+            self.pause_button.text = "Resume"
+            self.status.value = "paused"
+
+    def save_checkpoint(self) -> None:
+        """Write a checkpoint after the current step."""
+        if self.trainer is not None and self.running:
+            self.trainer.request_checkpoint()
+            worker = self._worker
+            if worker is not None and getattr(worker, "is_paused", False):
+                self.status.value = "checkpoint will be written when resumed"
+
+    def shutdown(self, timeout: float = CLOSE_TIMEOUT_S) -> bool:
+        """Stop the run and wait until its checkpoint is written (widget/viewer closing).
+
+        Returns
+        -------
+        bool
+            True if no run was left running.
+        """
+        if "_done" not in vars(self):  # already torn down by the garbage collector
+            return True
+        self._closing = True
+        self.stop()
+        return self._done.wait(timeout)
+
+    def _set_running(self, running: bool) -> None:
+        if self._closing:
+            return
+        self.start_button.enabled = not running
+        self.pause_button.enabled = running
+        self.stop_button.enabled = running
+        self.checkpoint_button.enabled = running
+        self.pause_button.text = "Pause"
+
+    # -- events (main thread) -------------------------------------------------
+    def _on_event(self, event: Any) -> None:
+        if self._closing:
+            return
+        kind = type(event).__name__
+        self.event_counts[kind] = self.event_counts.get(kind, 0) + 1
+        handler = getattr(self, f"_on_{kind}", None)
+        if handler is not None:
+            handler(event)
+
+    def _on_StepEvent(self, event: Any) -> None:  # noqa: N802 - named after the event class
+        # Only record here: repainting labels at every step costs the event loop (and,
+        # with software OpenGL, the training) far more than the numbers are worth.
+        self.plot.add_step(event.step, event.losses)
+        now = time.perf_counter()
+        if self._step_start < 0:  # the first step includes start-up: do not time it
+            self._step_start, self._t_start = event.step, now
+        elif event.step > self._step_start:
+            self._rate = (event.step - self._step_start) / (now - self._t_start)
+        self._last_step = event
+        if not self._ui_timer.isActive():
+            self._ui_timer.start()
+
+    def _refresh_progress(self) -> None:
+        """Show the latest step (called by a timer at most ``UI_REFRESH_HZ`` times a second)."""
+        event = self._last_step
+        if event is None or self._closing:
+            return
+        self.progress.value = min(event.step, self.progress.max)
+        eta = (event.total - event.step) / self._rate if self._rate > 0 else float("inf")
+        loss = event.losses.get("total", float("nan"))
+        self.status.value = (
+            f"step {event.step}/{event.total} · {self._rate:.2f} steps/s · ETA "
+            f"{_format_eta(eta)} · loss {loss:.4g}"
+        )
+
+    def _on_ValidationEvent(self, event: Any) -> None:  # noqa: N802
+        self.plot.add_validation(event.step, event.psnr, event.psnr_input)
+        # one layer, input | target | restored side by side: one layer to update
+        self.layers.set(PREVIEW_LAYER, preview_montage(*event.preview))
+        if event.user_preview is not None:
+            image, restored_user = event.user_preview
+            self.layers.set(USER_PREVIEW_LAYER, restored_user)
+        else:
+            self.layers.remove(USER_PREVIEW_LAYER)
+
+    def _on_CheckpointEvent(self, event: Any) -> None:  # noqa: N802
+        self.status.value = f"checkpoint at step {event.step}: {event.path}"
+
+    def _on_DoneEvent(self, event: Any) -> None:  # noqa: N802
+        from ..models.registry import install_model
+
+        self._ui_timer.stop()
+        self._refresh_progress()
+        self.result = event
+        message = (
+            f"{'stopped' if event.stopped else 'done'} at step {event.step}: "
+            f"validation PSNR {event.metrics['val_psnr']:.2f} dB "
+            f"(input {event.metrics['val_psnr_input']:.2f} dB)"
+        )
+        if self.install.value and event.model_path is not None:
+            try:
+                install_model(event.model_path)
+                message += f" · model {event.model_path.stem!r} listed in Restore"
+            except (ValueError, OSError) as exc:
+                message += f" · could not install the model: {exc}"
+        self.status.value = message
+        self.onnx_button.enabled = event.model_path is not None
+
+    def _on_error(self, exc: BaseException) -> None:
+        self._show_error(f"training failed: {exc}")
+
+    def _on_finished(self) -> None:
+        self._worker = None
+        self._set_running(False)
+        if not self._closing:
+            self.plot.redraw()
+
+    def _show_error(self, message: str) -> None:
+        self.last_error = message
+        if not self._closing:
+            self.status.value = f"⚠ {message}"
+
+    # -- model management -----------------------------------------------------
+    def export_onnx(self, path: str | Path) -> Path:
+        """Export the last trained model to ONNX (:mod:`napari_emdenoise.models.onnx_export`)."""
+        from ..models.onnx_export import export_onnx
+
+        if self.result is None or self.result.model_path is None:
+            raise ValueError("no trained model yet")
+        return export_onnx(self.result.model_path, path, overwrite=True)
+
+    def _onnx_dialog(self) -> None:
+        from qtpy.QtWidgets import QFileDialog
+
+        if self.result is None or self.result.model_path is None:
+            return
+        default = str(Path(self.result.model_path).with_suffix(".onnx"))
+        path, _ = QFileDialog.getSaveFileName(self.native, "Export ONNX", default, "ONNX (*.onnx)")
+        if path:
+            try:
+                self.status.value = f"exported {self.export_onnx(path)}"
+            except (ImportError, ValueError, OSError, RuntimeError) as exc:
+                self._show_error(f"ONNX export failed: {exc}")
