@@ -22,8 +22,14 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_configure(config):
-    """Keep the user's own trained models out of the tests (an empty user-model folder)."""
+    """Keep the user's own trained models out of the tests (an empty user-model folder);
+    make property-based tests reproducible (hypothesis draws from a fixed seed)."""
     import tempfile
+
+    from hypothesis import settings
+
+    settings.register_profile("reproducible", derandomize=True, print_blob=True)
+    settings.load_profile("reproducible")
 
     os.environ["EMDENOISE_MODELS_DIR"] = tempfile.mkdtemp(prefix="emdenoise-test-models-")
 

@@ -442,7 +442,10 @@ def test_fast_scan_kernel_sums_to_one_and_decays(alpha, beta, gamma, theta):
     k = fast_scan_psf(FastScanBlurParams(alpha=alpha, beta=beta, gamma=gamma, theta=theta))
     assert k.ndim == 1 and 1 <= k.size <= 4096
     assert k.sum() == pytest.approx(1.0, abs=1e-9)
-    assert np.abs(k[-5:]).max() < 1e-3 * np.abs(k).max()
+    # each factor is cut where it falls below 1e-4 of its peak: their convolution ends
+    # as small, and its last samples hold a negligible part of the mass
+    assert np.abs(k[-1]) < 1e-4 * np.abs(k).max()
+    assert np.abs(k[-5:]).sum() < 2e-3 * np.abs(k).sum()
 
 
 def test_wider_detector_psf_blurs_more():

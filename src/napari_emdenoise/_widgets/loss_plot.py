@@ -11,7 +11,7 @@ import csv
 from pathlib import Path
 
 import numpy as np
-from qtpy.QtCore import QTimer
+from qtpy.QtCore import Qt, QTimer
 from qtpy.QtWidgets import (
     QCheckBox,
     QDoubleSpinBox,
@@ -73,6 +73,13 @@ class _Series:
     @property
     def y(self) -> np.ndarray:
         return self._y[: self.n]
+
+
+#: Pens of the validation curves: the network's output bright, the noisy input grey, dashed.
+_VALIDATION_STYLE = {
+    "restored": {"color": (0, 190, 255)},
+    "input": {"color": (150, 150, 150), "style": Qt.PenStyle.DashLine},
+}
 
 
 class LossPlot(QWidget):
@@ -182,9 +189,15 @@ class LossPlot(QWidget):
             if log:
                 y = np.where(y > 0, y, np.nan)
             self._curve(self.loss_plot, self._curves, name, i).setData(s.x, y, connect="finite")
-        for i, (name, s) in enumerate(sorted(self.validation.items())):
-            curve = self._curve(self.val_plot, self._val_curves, name, i + 3)
-            curve.setData(s.x, s.y, symbol="o", symbolSize=5)
+        for name, s in sorted(self.validation.items()):
+            if name not in self._val_curves:
+                import pyqtgraph as pg
+
+                style = _VALIDATION_STYLE.get(name, {"color": (255, 255, 255)})
+                self._val_curves[name] = self.val_plot.plot(
+                    [], [], pen=pg.mkPen(**style, width=1.5), name=name
+                )
+            self._val_curves[name].setData(s.x, s.y, symbol="o", symbolSize=5)
         self.n_redraws += 1
 
     def _apply_log_scale(self, on: bool) -> None:

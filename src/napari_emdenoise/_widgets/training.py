@@ -225,40 +225,29 @@ class TrainWidget(mw.Container):
         self.status = mw.Label(value="")
 
         def box(title: str, widgets: list) -> mw.Container:
-            return mw.Container(widgets=[mw.Label(value=f"<b>{title}</b>"), *widgets], labels=True)
+            fields = mw.Container(widgets=widgets, labels=True)
+            return mw.Container(widgets=[mw.Label(value=f"<b>{title}</b>"), fields], labels=False)
 
+        model_box = box("Model", [self.model_name, self.arch, self.model_config, self.start_from])
+        data_box = box(
+            "Data",
+            [self.modality, self.kind, self.noise_source, self.noise_file, self.patch_size,
+             self.clean_pool, self.seed],
+        )  # fmt: skip
+        loss_box = box("Loss (seed 001 eqs 4–15)", [*self.weights.values(), self.disc_channels])
+        optim_box = box(
+            "Optimisation",
+            [self.steps, self.batch_size, self.lr, self.device, self.val_every,
+             self.checkpoint_every, self.workers, self.preview_layer, self.out_dir],
+        )  # fmt: skip
+        # the settings scroll (they are taller than a laptop screen); the controls stay
+        settings = mw.Container(
+            widgets=[model_box, data_box, loss_box, optim_box, self.resume, self.install],
+            labels=False,
+        )
         self.extend(
             [
-                box("Model", [self.model_name, self.arch, self.model_config, self.start_from]),
-                box(
-                    "Data",
-                    [
-                        self.modality,
-                        self.kind,
-                        self.noise_source,
-                        self.noise_file,
-                        self.patch_size,
-                        self.clean_pool,
-                        self.seed,
-                    ],
-                ),  # fmt: skip
-                box("Loss (seed 001 eqs 4–15)", [*self.weights.values(), self.disc_channels]),
-                box(
-                    "Optimisation",
-                    [
-                        self.steps,
-                        self.batch_size,
-                        self.lr,
-                        self.device,
-                        self.val_every,
-                        self.checkpoint_every,
-                        self.workers,
-                        self.preview_layer,
-                        self.out_dir,
-                    ],
-                ),  # fmt: skip
-                self.resume,
-                self.install,
+                settings,
                 mw.Container(
                     widgets=[self.start_button, self.pause_button, self.stop_button],
                     layout="horizontal",
@@ -273,6 +262,15 @@ class TrainWidget(mw.Container):
                 self.status,
             ]
         )
+        self.status.native.setWordWrap(True)
+        # (magicgui's own scrollable container is lost when napari docks `.native`)
+        from qtpy.QtWidgets import QScrollArea
+
+        scroll = QScrollArea()
+        scroll.setWidgetResizable(True)
+        scroll.setWidget(settings.native)
+        scroll.setMinimumHeight(250)
+        self.native.layout().insertWidget(0, scroll, 1)
         self.plot = self._make_plot()
         self._last_step: Any = None
         self._ui_timer = QTimer(self.native)
