@@ -31,26 +31,6 @@ from _common import markdown_table, write_json  # noqa: E402
 TICK_MS = 10
 
 
-def _config(args, out_dir: str, workers: int):
-    from napari_emdenoise.training.datasets import PairConfig
-    from napari_emdenoise.training.trainer import TrainConfig
-
-    return TrainConfig(
-        name="latency",
-        model_config=args.config,
-        pairs=PairConfig(patch_size=args.patch, clean_pool=16, seed=0),
-        steps=args.steps,
-        batch_size=args.batch,
-        loss_weights={"adversarial": 0.0},
-        val_size=8,
-        val_every=args.val_every,
-        checkpoint_every=10**9,
-        num_workers=workers,
-        worker_start_method="spawn" if workers else None,
-        out_dir=out_dir,
-    )
-
-
 def _steady_rate(step_times: list[float], skip: int) -> float:
     """Steps per second between the ``skip``-th and the last step."""
     if len(step_times) <= skip + 1:
@@ -58,14 +38,19 @@ def _steady_rate(step_times: list[float], skip: int) -> float:
     return (len(step_times) - 1 - skip) / (step_times[-1] - step_times[skip])
 
 
-def headless_rate(args) -> float:
-    """Steps/s of the trainer's generator in a plain loop (the CLI's way)."""
-    from napari_emdenoise.training.trainer import StepEvent, Trainer
+def headless_rate(config, skip: int) -> float:
+    """Steps/s of the trainer's generator in a plain loop (the CLI's way).
+
+    ``config`` is the one the Train widget used, so both runs do the same work; it
+    is rebuilt from its dictionary so that no cached clean images carry over.
+    """
+    from napari_emdenoise.training.trainer import StepEvent, TrainConfig, Trainer
 
     with tempfile.TemporaryDirectory() as tmp:
-        trainer = Trainer(_config(args, tmp, args.workers), resume=False)
+        fresh = TrainConfig.from_dict({**config.to_dict(), "out_dir": tmp})
+        trainer = Trainer(fresh, resume=False)
         times = [time.perf_counter() for e in trainer.run() if isinstance(e, StepEvent)]
-    return _steady_rate(times, args.skip)
+    return _steady_rate(times, skip)
 
 
 def viewer_run(args) -> dict:
@@ -156,6 +141,7 @@ def viewer_run(args) -> dict:
         startup = [v for v, t in zip(lateness, tick_times) if t <= first_step]
         training = [v for v, t in zip(lateness, tick_times) if t > first_step]
         error = widget.last_error
+        config = widget.trainer.config if widget.trainer is not None else None
     if args.verbose:
         marks = sorted([(t, f"stall {late:.0f} ms") for t, late in stalls] + events)
         for t, what in marks:
@@ -169,6 +155,7 @@ def viewer_run(args) -> dict:
         "training_lateness_ms": training,
         "step_times": step_times,
         "error": error,
+        "config": config,
     }
 
 
@@ -211,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"training in the viewer failed: {result['error']}", file=sys.stderr)
         return 1
     in_viewer = _steady_rate(result["step_times"], args.skip)
-    headless = headless_rate(args)
+    headless = headless_rate(result["config"], args.skip)
     idle, busy = _stats(result["idle_lateness_ms"]), _stats(result["training_lateness_ms"])
     startup = _stats(result["startup_lateness_ms"])
     ratio = in_viewer / headless if headless > 0 else float("nan")

@@ -102,3 +102,21 @@ def test_sample_data_opens(make_napari_viewer):
     names = [layer.name for layer in viewer.layers]
     assert "HR-STEM distorted" in names and "HR-STEM clean reference" in names
     assert viewer.layers["HR-STEM distorted"].data.shape == (512, 512)
+
+
+def test_a_user_layer_with_a_playground_name_is_never_touched_nor_duplicated(playground):
+    viewer, widget, qtbot = playground
+    # the user removes the playground's layer and adds their own under its name
+    viewer.layers.remove("playground distorted")
+    mine = np.arange(12.0).reshape(3, 4)
+    viewer.add_image(mine, name="playground distorted")
+    for _ in range(2):  # every update replaces the data of the one suffixed layer
+        n = widget.n_updates
+        widget.request_update(force=True)
+        _wait_next(widget, qtbot, n)
+    names = [layer.name for layer in viewer.layers]
+    assert names.count("playground distorted") == 1
+    assert names.count("playground distorted (playground)") == 1
+    assert not any(name.startswith("playground distorted (playground) ") for name in names)
+    np.testing.assert_array_equal(viewer.layers["playground distorted"].data, mine)
+    assert "playground distorted" in widget.source.choices  # still usable as a clean input

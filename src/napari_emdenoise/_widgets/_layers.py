@@ -29,20 +29,31 @@ class OwnedLayers:
     def __init__(self, viewer: napari.viewer.Viewer, suffix: str) -> None:
         self.viewer = viewer
         self.suffix = suffix
-        #: requested name → actual layer name
-        self.names: dict[str, str] = {}
+        #: requested name → the layer object created for it (identity, not name, says
+        #: which layer is ours: the user may remove ours and add one with its name)
+        self._layers: dict[str, Any] = {}
+
+    def get(self, name: str) -> Any:
+        """The owned layer requested as ``name`` if it is still in the viewer, else None."""
+        layer = self._layers.get(name)
+        if layer is not None and any(other is layer for other in self.viewer.layers):
+            return layer
+        return None
 
     def __contains__(self, layer_name: str) -> bool:
-        return layer_name in self.names.values()
+        """Whether a layer *currently called* ``layer_name`` is one of ours."""
+        return any(layer.name == layer_name for name in self._layers if (layer := self.get(name)))
 
     def set(
         self, name: str, data: np.ndarray, geometry: dict[str, Any] | None = None, **kwargs: Any
     ) -> Any:
-        """Create or update the owned layer ``name`` with ``data``; return the layer."""
+        """Create or update the owned layer ``name`` with ``data``; return the layer.
+
+        ``kwargs`` (e.g. ``visible``) only apply when the layer is created.
+        """
         geometry = geometry or {}
-        actual = self.names.get(name)
-        if actual is not None and actual in self.viewer.layers:
-            layer = self.viewer.layers[actual]
+        layer = self.get(name)
+        if layer is not None:
             layer.data = data
             for key, value in geometry.items():
                 setattr(layer, key, value)
@@ -50,16 +61,17 @@ class OwnedLayers:
             return layer
         actual = name if name not in self.viewer.layers else f"{name} ({self.suffix})"
         layer = self.viewer.add_image(data, name=actual, **geometry, **kwargs)
-        self.names[name] = layer.name
+        self._layers[name] = layer
         return layer
 
     def remove(self, name: str) -> None:
-        """Remove the owned layer ``name`` if it still exists."""
-        actual = self.names.pop(name, None)
-        if actual is not None and actual in self.viewer.layers:
-            self.viewer.layers.remove(actual)
+        """Remove the owned layer ``name`` if it is still in the viewer."""
+        layer = self.get(name)
+        self._layers.pop(name, None)
+        if layer is not None:
+            self.viewer.layers.remove(layer)
 
     def retain(self, keep: set[str]) -> None:
         """Remove every owned layer whose requested name is not in ``keep``."""
-        for name in sorted(set(self.names) - keep):
+        for name in sorted(set(self._layers) - keep):
             self.remove(name)

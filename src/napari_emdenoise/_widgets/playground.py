@@ -25,6 +25,7 @@ from ..noise.fit import NoiseFit, fit_noise
 from ..noise.pipeline import MODALITIES, NoiseParams, distort, layers_for, sample_params
 from ..simulate import simulation_rngs
 from ..synth import generate_clean
+from ._layers import OwnedLayers
 from ._param_form import LayerParamsForm
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -54,7 +55,7 @@ class PlaygroundWidget(mw.Container):
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         self.viewer = viewer
-        self._owned: set[str] = set()
+        self.layers = OwnedLayers(viewer, _PREFIX)
         self._worker: Any = None
         self._pending = False
         self._clean_cache: tuple[tuple, np.ndarray] | None = None
@@ -207,7 +208,7 @@ class PlaygroundWidget(mw.Container):
             layer.name
             for layer in self.viewer.layers
             if layer.__class__.__name__ == "Image"
-            and layer.name not in self._owned
+            and layer.name not in self.layers
             and layer.ndim == 2
             and not getattr(layer, "rgb", False)
         ]
@@ -346,19 +347,6 @@ class PlaygroundWidget(mw.Container):
         self.last_error = message
         self.status.value = f"⚠ {message}"
 
-    def _set_layer(self, name: str, data: np.ndarray, geometry: dict, visible: bool) -> None:
-        if name in self._owned and name in self.viewer.layers:
-            layer = self.viewer.layers[name]
-            layer.data = data
-            layer.scale = geometry["scale"]
-            layer.translate = geometry["translate"]
-            layer.reset_contrast_limits()
-        else:
-            if name in self.viewer.layers:  # a user layer has this name: never overwrite it
-                name = f"{name} ({_PREFIX})"
-            self.viewer.add_image(data, name=name, visible=visible, **geometry)
-            self._owned.add(name)
-
     def _show(self, result: tuple, geometry: dict) -> None:
         clean, distorted, stages, seconds = result
         wanted = [(f"{_PREFIX} clean", clean, False), (f"{_PREFIX} distorted", distorted, True)]
@@ -369,13 +357,9 @@ class PlaygroundWidget(mw.Container):
             if self.show_diffs.value:
                 wanted.append((f"{_PREFIX} Δ{i:02d} {name}", image - previous, False))
             previous = image
-        keep = {name for name, _, _ in wanted}
-        for name in sorted(self._owned - keep):
-            if name in self.viewer.layers:
-                self.viewer.layers.remove(name)
-            self._owned.discard(name)
+        self.layers.retain({name for name, _, _ in wanted})
         for name, data, visible in wanted:
-            self._set_layer(name, data, geometry, visible)
+            self.layers.set(name, data, geometry, visible=visible)
         self.last_error = ""
         self.status.value = (
             f"{len(stages)} layers applied in {1000 * seconds:.0f} ms "

@@ -386,16 +386,11 @@ class TrainWidget(mw.Container):
 
     def config(self) -> TrainConfig:
         """The :class:`TrainConfig` the widget currently describes (raises ValueError)."""
-        from ..models.registry import _NAME_RE
+        from ..models.registry import check_model_name
         from ..training.datasets import PairConfig
         from ..training.trainer import TrainConfig
 
-        name = self.model_name.value.strip()
-        if not _NAME_RE.match(name):
-            raise ValueError(
-                f"model name {name!r}: use letters, digits, '_', '-' or '.', starting with a "
-                "letter or digit"
-            )
+        name = check_model_name(self.model_name.value.strip())
         noise = self.noise_params()
         modality = noise.modality if noise is not None else self.modality.value
         weights = {k: float(w.value) for k, w in self.weights.items()}
@@ -485,12 +480,12 @@ class TrainWidget(mw.Container):
         """
         n = cfg.pairs.patch_size
         blank = np.zeros((n, n), np.float32)
-        if PREVIEW_LAYER not in self.layers.names:
+        if self.layers.get(PREVIEW_LAYER) is None:
             self.layers.set(PREVIEW_LAYER, preview_montage(blank, blank, blank))
         image = trainer.preview_image
         if image is None:
             self.layers.remove(USER_PREVIEW_LAYER)
-        elif USER_PREVIEW_LAYER not in self.layers.names:
+        elif self.layers.get(USER_PREVIEW_LAYER) is None:
             self.layers.set(USER_PREVIEW_LAYER, np.zeros_like(image))
 
     def stop(self) -> None:

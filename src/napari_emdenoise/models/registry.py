@@ -40,6 +40,7 @@ __all__ = [
     "ModelCard",
     "build_model",
     "bundled_weights_dir",
+    "check_model_name",
     "install_model",
     "list_models",
     "load_model",
@@ -180,6 +181,16 @@ def _json_default(obj: object) -> object:
     raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
 
 
+def check_model_name(name: object) -> str:
+    """Return ``name`` if it can name a model (it becomes a file stem), else raise ValueError."""
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"model name {name!r} is not a valid file stem: use 1–128 letters, digits, "
+            "'_', '.' or '-', starting with a letter or digit"
+        )
+    return name
+
+
 def standard_model_name(modality: str, kind: str) -> str:
     """Name of the bundled model for a modality and kind, e.g. ``"hrstem"``."""
     if modality not in MODALITIES or kind not in KINDS:
@@ -230,11 +241,7 @@ class ModelCard:
     weights_path: Path | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str) or not _NAME_RE.match(self.name):
-            raise ValueError(
-                f"model name {self.name!r} is not a valid file stem: use 1–128 letters, digits, "
-                "'_', '.' or '-', starting with a letter or digit"
-            )
+        check_model_name(self.name)
         if not isinstance(self.arch, str) or not self.arch:
             raise ValueError(f"arch must be a non-empty string, got {self.arch!r}")
         if self.modality not in MODALITIES:

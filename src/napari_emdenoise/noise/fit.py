@@ -68,7 +68,7 @@ import numpy as np
 
 from .._validation import as_float_image
 from ._params import LayerParams, param_specs
-from .pipeline import MODALITIES, NoiseParams, layers_for
+from .pipeline import NoiseParams, check_modality, layers_for
 
 __all__ = ["NoiseFit", "RowStats", "fit_noise"]
 
@@ -301,7 +301,7 @@ class NoiseFit:
         NoiseParams
             Validated parameters.
         """
-        modality = _check_modality(self.modality if modality is None else modality)
+        modality = check_modality(self.modality if modality is None else modality)
         if not (math.isfinite(clean_mean) and clean_mean > 0):
             raise ValueError(f"clean_mean must be a positive number, got {clean_mean!r}")
         if base is None:
@@ -353,13 +353,6 @@ class NoiseFit:
             factor_min=lo,
             factor_max=hi,
         )
-
-
-def _check_modality(modality: str) -> str:
-    m = str(modality).lower()
-    if m not in MODALITIES:
-        raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
-    return m
 
 
 def _clipped(params: LayerParams, **values: Any) -> LayerParams:
@@ -457,7 +450,7 @@ def fit_noise(
         shape or keeping too few pixels, a mean not above ``offset``, or bad
         options.
     """
-    modality = _check_modality(modality)
+    modality = check_modality(modality)
     block = _check_int(block, "block", 4)
     order = _check_int(order, "order", 2)
     if order > 12:

@@ -57,7 +57,8 @@ PARAMS_FORMAT_VERSION = 1
 Stage = tuple[str, np.ndarray]
 
 
-def _check_modality(modality: str) -> str:
+def check_modality(modality: str) -> str:
+    """Return ``modality`` lower-cased if it is one of :data:`MODALITIES`, else raise ValueError."""
     m = str(modality).lower()
     if m not in MODALITIES:
         raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
@@ -66,7 +67,7 @@ def _check_modality(modality: str) -> str:
 
 def layers_for(modality: str) -> tuple[Layer, ...]:
     """Ordered distortion layers of ``modality`` (detector/scan model, then post-processing)."""
-    m = _check_modality(modality)
+    m = check_modality(modality)
     core = TEM_LAYERS if m == "tem" else STEM_LAYERS
     excluded = _EXCLUDED.get(m, frozenset())
     return tuple(layer for layer in (*core, *POST_LAYERS) if layer.name not in excluded)
@@ -88,7 +89,7 @@ class NoiseParams:
     layers: dict[str, LayerParams] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.modality = _check_modality(self.modality)
+        self.modality = check_modality(self.modality)
         expected = layers_for(self.modality)
         given = dict(self.layers)
         unknown = set(given) - {layer.name for layer in expected}
@@ -159,7 +160,7 @@ class NoiseParams:
                 f"noise parameter file version {version} is newer than this "
                 f"napari-emdenoise understands ({PARAMS_FORMAT_VERSION})"
             )
-        modality = _check_modality(data["modality"])
+        modality = check_modality(data["modality"])
         by_name = {layer.name: layer for layer in layers_for(modality)}
         layer_data = data.get("layers", {})
         unknown = set(layer_data) - set(by_name)
@@ -205,7 +206,7 @@ def _as_generator(rng: np.random.Generator | int | None) -> np.random.Generator:
 
 
 def _resolve_params(modality: str, params: NoiseParams | Mapping[str, Any] | None) -> NoiseParams:
-    modality = _check_modality(modality)
+    modality = check_modality(modality)
     if params is None:
         return NoiseParams.default(modality)
     if isinstance(params, Mapping):
@@ -320,7 +321,7 @@ def sample_params(
         Pixel size of the clean image in Å; layers with a ``pixel_size`` field
         (scan jitter, whose amplitude is given in Å) use it.
     """
-    m = _check_modality(modality)
+    m = check_modality(modality)
     gen = _as_generator(rng)
     layers = layers_for(m)
     children = gen.spawn(len(layers))

@@ -209,11 +209,6 @@ class Trainer:
         """Ask the run to end after the current step (the checkpoint is kept)."""
         self._stop = True
 
-    @property
-    def stopping(self) -> bool:
-        """True once :meth:`stop` was called."""
-        return self._stop
-
     def request_checkpoint(self) -> None:
         """Write a checkpoint after the current step (thread-safe; yields a CheckpointEvent)."""
         self._checkpoint_requested = True
