@@ -1,37 +1,117 @@
-"""Shared test configuration."""
+"""Shared test configuration.
+
+Widget tests need a real napari viewer, hence an X display with OpenGL (Qt's
+``offscreen`` platform has no OpenGL context, so napari cannot create a
+canvas there). Without ``$DISPLAY`` the tests start their own ``Xvfb`` (from
+the ``xvfb`` package) for the session, so ``python3 -m pytest`` needs no
+``xvfb-run``; without Xvfb the widget tests are skipped with a message.
+
+Every dock widget is opened the way a user opens it, through the Plugins menu
+(``viewer.window.add_plugin_dock_widget``): napari then hands the widget a
+``PublicOnlyProxy`` of the viewer, which is what the widgets must work with.
+"""
 
 from __future__ import annotations
 
 import os
+import select
+import shutil
+import subprocess
+import sys
 
 import pytest
+
+PLUGIN = "napari-emdenoise"
+#: Screen of the Xvfb the tests start (the same as ``xvfb-run -s "-screen 0 1280x1024x24"``).
+XVFB_SCREEN = "1280x1024x24"
+_xvfb: subprocess.Popen | None = None
 
 
 def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def pytest_collection_modifyitems(config, items):
-    """Widget tests need a real viewer (OpenGL): run them under ``xvfb-run``."""
-    if _has_display():
-        return
-    skip = pytest.mark.skip(reason="needs a display: run the tests under xvfb-run (see README)")
-    for item in items:
-        if "make_napari_viewer" in getattr(item, "fixturenames", ()):
-            item.add_marker(skip)
+def _start_xvfb() -> subprocess.Popen | None:
+    """Start ``Xvfb`` on a free display and point ``$DISPLAY`` at it; None if unavailable."""
+    xvfb = shutil.which("Xvfb")
+    if xvfb is None or not sys.platform.startswith("linux"):
+        return None
+    read_fd, write_fd = os.pipe()
+    try:
+        proc = subprocess.Popen(
+            [xvfb, "-displayfd", str(write_fd), "-screen", "0", XVFB_SCREEN, "-nolisten", "tcp"],
+            pass_fds=(write_fd,),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError:
+        os.close(read_fd)
+        os.close(write_fd)
+        return None
+    os.close(write_fd)
+    with os.fdopen(read_fd) as pipe:
+        ready, _, _ = select.select([pipe], [], [], 30.0)
+        number = pipe.readline().strip() if ready else ""
+    if not number.isdigit():
+        proc.kill()
+        proc.wait()
+        return None
+    os.environ["DISPLAY"] = f":{number}"
+    return proc
 
 
 def pytest_configure(config):
-    """Keep the user's own trained models out of the tests (an empty user-model folder);
-    make property-based tests reproducible (hypothesis draws from a fixed seed)."""
+    """Start Xvfb if needed; keep the user's own trained models out of the tests (an
+    empty user-model folder); make property-based tests reproducible (fixed seed)."""
     import tempfile
 
     from hypothesis import settings
+
+    global _xvfb
+    if not _has_display():
+        _xvfb = _start_xvfb()
 
     settings.register_profile("reproducible", derandomize=True, print_blob=True)
     settings.load_profile("reproducible")
 
     os.environ["EMDENOISE_MODELS_DIR"] = tempfile.mkdtemp(prefix="emdenoise-test-models-")
+
+
+def pytest_unconfigure(config):
+    global _xvfb
+    if _xvfb is not None:
+        _xvfb.terminate()
+        try:
+            _xvfb.wait(10)
+        except subprocess.TimeoutExpired:  # pragma: no cover
+            _xvfb.kill()
+        _xvfb = None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Without a display (and no Xvfb to start one), skip the tests that need a viewer."""
+    if _has_display():
+        return
+    skip = pytest.mark.skip(
+        reason="needs a display for a real napari viewer: install Xvfb "
+        "(sudo apt-get install xvfb libgl1-mesa-dri libglx-mesa0) or run `bash .ci/run`"
+    )
+    for item in items:
+        if "make_napari_viewer" in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
+
+
+def _open_dock(viewer, display_name: str):
+    """Open one of our dock widgets as a user does (Plugins ▸ EM Denoise ▸ …)."""
+    _dock, widget = viewer.window.add_plugin_dock_widget(PLUGIN, display_name)
+    assert type(widget.viewer).__name__ == "PublicOnlyProxy"  # the path users take
+    return widget
+
+
+@pytest.fixture
+def open_dock():
+    """``open_dock(viewer, display_name)``: open a dock widget from the Plugins menu."""
+    return _open_dock
 
 
 @pytest.fixture
@@ -62,12 +142,16 @@ def tiny_user_model(tmp_path, monkeypatch):
 
 @pytest.fixture
 def playground(make_napari_viewer, qtbot):
-    """A docked noise-model playground on a small synthetic image, first update shown."""
-    from napari_emdenoise._widgets.playground import PlaygroundWidget
-
+    """The noise-model playground opened from the Plugins menu, on a small synthetic image,
+    its first update shown."""
     viewer = make_napari_viewer()
-    widget = PlaygroundWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    widget = _open_dock(viewer, "Noise-model playground")
     widget.size.value = 64  # small and fast
-    qtbot.waitUntil(lambda: widget.n_updates >= 1 and widget._worker is None, timeout=60000)
+
+    def shown_at_64() -> bool:
+        idle = widget._worker is None and not widget._pending
+        layer = widget.layers.get("playground distorted")
+        return idle and layer is not None and layer.data.shape == (64, 64)
+
+    qtbot.waitUntil(shown_at_64, timeout=60000)
     return viewer, widget, qtbot

@@ -27,6 +27,7 @@ from napari_emdenoise.engine import (
 )
 from napari_emdenoise.engine.device import available_devices
 from napari_emdenoise.engine.predictor import infer_size_multiple
+from napari_emdenoise.models._normalization import NORM_REL_FLOOR, normalize_per_image
 
 # ----------------------------------------------------------------------------- stand-in models
 
@@ -75,19 +76,18 @@ class Strided(nn.Module):
 
 
 class SelfNormalizing(nn.Module):
-    """Like the CGRDN: per-image (x − mean)/max(std, 0.1) inside forward when ``normalize``."""
+    """Like the CGRDN: per-image (x − mean)/scale inside forward when ``normalize``."""
 
     def __init__(self) -> None:
         super().__init__()
         self.normalize = True
-        self.std_floor = 0.1
+        self.std_floor = NORM_REL_FLOOR
         self.body = small_conv(3)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.normalize:
-            mean = x.mean(dim=(-2, -1), keepdim=True)
-            scale = x.var(dim=(-2, -1), keepdim=True, correction=0).clamp_min(0.01).sqrt()
-            return self.body((x - mean) / scale) * scale + mean
+            xn, mean, scale = normalize_per_image(x, self.std_floor)
+            return self.body(xn) * scale + mean
         return self.body(x)
 
 

@@ -52,10 +52,42 @@ def _images(rng: np.random.Generator, shape: tuple[int, ...], dtype=torch.float3
 
 # ----------------------------------------------------------------------------- CGRDN
 def test_full_cgrdn_has_published_parameter_count():
+    # The published layout (transposed-convolution upsampling) has exactly the
+    # released models' size; the bilinear variant replaces the 4×4 kernel by a 3×3 one.
     with torch.device("meta"):
+        published = CGRDN(CGRDNConfig(upsampling="transposed"))
         model = CGRDN(CGRDN_CONFIGS["full"])
-    assert _n_params(model) == 7_035_521
+    assert _n_params(published) == 7_035_521
+    assert _n_params(model) == 7_035_521 - 64 * 64 * (16 - 9)
     assert CGRDN_CONFIGS["full"] == CGRDNConfig()
+
+
+def test_config_without_upsampling_key_loads_as_transposed():
+    # Models saved before the option existed used the transposed convolution.
+    old = {k: v for k, v in CGRDN_CONFIGS["small"].to_dict().items() if k != "upsampling"}
+    assert CGRDNConfig.from_dict(old).upsampling == "transposed"
+    assert CGRDNConfig.from_dict(CGRDN_CONFIGS["small"].to_dict()).upsampling == "bilinear"
+    with pytest.raises(ValueError, match="upsampling"):
+        CGRDNConfig(upsampling="nearest")
+
+
+def test_bilinear_cgrdn_adds_no_checkerboard_to_a_constant_image():
+    # Random weights: a transposed convolution turns a flat input into a 2-px
+    # pattern, the bilinear upsampling path cannot (away from the zero-padded border).
+    torch.manual_seed(0)
+    flat = torch.full((1, 1, 32, 32), 0.5)
+    with torch.no_grad():
+        for upsampling, has_pattern in (("transposed", True), ("bilinear", False)):
+            cfg = CGRDNConfig(
+                features=8, growth=8, n_grdb=1, n_rdb=1, n_conv=2, upsampling=upsampling
+            )
+            model = CGRDN(cfg, normalize=False)
+            core = model(flat)[0, 0, 8:-8, 8:-8]
+            phases = torch.stack(
+                [core[::2, ::2], core[1::2, ::2], core[::2, 1::2], core[1::2, 1::2]]
+            )
+            spread = float(phases.mean(dim=(1, 2)).std())
+            assert (spread > 1e-4) == has_pattern, (upsampling, spread)
 
 
 @pytest.mark.parametrize("name", sorted(CGRDN_CONFIGS))
@@ -75,7 +107,9 @@ def test_cgrdn_layout_follows_spec():
     with torch.device("meta"):
         model = CGRDN()
     assert model.down.stride == (2, 2) and model.down.kernel_size == (4, 4)
-    assert model.up.stride == (2, 2) and model.up.kernel_size == (4, 4)
+    assert model.up.stride == (1, 1) and model.up.kernel_size == (3, 3)  # then bilinear ×2
+    published = CGRDN(CGRDNConfig(upsampling="transposed"))
+    assert published.up.stride == (2, 2) and published.up.kernel_size == (4, 4)
     assert model.fusion.in_channels == 4 * 64 and model.fusion.out_channels == 64
     rdb = model.grdbs[0].rdbs[0]
     assert len(rdb.convs) == 8
@@ -127,15 +161,20 @@ def test_cgrdn_normalization_makes_it_affine_equivariant():
         assert not torch.allclose(model(a * x + b), a * model(x) + b, rtol=1e-2, atol=1e-2)
 
 
-def test_cgrdn_low_contrast_uses_std_floor():
+def test_cgrdn_is_unit_invariant_at_low_contrast():
+    # The scale floor is relative: an image in [0, 0.01] is restored like the
+    # same image in [0, 1] (an absolute floor made these differ).
     model = _tiny_cgrdn()
-    x = 0.01 * _images(np.random.default_rng(4), (1, 1, 20, 20))  # std ≪ 0.1
+    x = _images(np.random.default_rng(4), (1, 1, 20, 20))
     with torch.no_grad():
-        # Offsets are still removed exactly …
-        torch.testing.assert_close(model(x + 3.0), model(x) + 3.0, rtol=1e-5, atol=1e-4)
-        # … and the scale used is the floor, not the image's own std.
-        _, _, scale = normalize_per_image(x)
-        torch.testing.assert_close(scale.flatten(), torch.tensor([NORM_STD_FLOOR]))
+        torch.testing.assert_close(model(0.01 * x), 0.01 * model(x), rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(
+            model(0.01 * x + 3.0), 0.01 * model(x) + 3.0, rtol=1e-5, atol=1e-4
+        )
+    # A flat image (to one part in 10⁶) is not blown up to unit variance.
+    flat = torch.full((1, 1, 8, 8), 5.0)
+    _, _, scale = normalize_per_image(flat)
+    torch.testing.assert_close(scale.flatten(), torch.tensor([5.0 * NORM_STD_FLOOR]))
 
 
 def test_cgrdn_normalize_off_matches_external_normalisation():

@@ -105,7 +105,7 @@ def test_hrstem_card_and_graph_declare_the_contract(hrstem_onnx):
     assert info["exported_with"] == torch.__version__
     assert info["input"]["name"] == "image" and info["output"]["name"] == "restored"
     assert info["input"]["min_size_px"] == 2 and info["padding"]["size_multiple"] == 2
-    assert info["normalization"]["in_graph"] is True and info["normalization"]["std_floor"] == 0.1
+    assert info["normalization"]["in_graph"] is True and info["normalization"]["std_floor"] == 1e-6
     assert 0 <= info["max_abs_diff_vs_torch"] <= ox.CHECK_TOLERANCE
     proto = onnx.load(str(hrstem_onnx))
     opset = next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))

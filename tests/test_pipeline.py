@@ -155,3 +155,30 @@ def test_sampled_tem_dark_current_uses_the_exposure_dose():
     for seed in range(10):
         p = sample_params("tem", seed)
         assert p["dark_current"].dose == p["shot_noise"].dose
+
+
+def test_make_pair_moves_the_target_by_the_fast_scan_lag():
+    """The causal fast-scan PSF shifts features; the target follows, so only blur is learned."""
+    from napari_emdenoise.noise.stem import FastScanBlurParams, fast_scan_lag
+
+    yy, xx = np.mgrid[:48, :96].astype(float)
+    clean = np.exp(-((yy - 24) ** 2 + (xx - 40) ** 2) / (2 * 3.0**2))  # zero at the borders
+    base = NoiseParams.default("stem")
+    layers = {name: lp.replace(enabled=False) for name, lp in base.layers.items()}
+    blur = FastScanBlurParams(enabled=True, alpha=2.0, beta=3.0, gamma=20.0, theta=0.5)
+    layers["fast_scan_blur"] = blur
+    target, x = make_pair(clean, "stem", NoiseParams("stem", layers), rng=1)
+    lag = fast_scan_lag(blur)
+    assert lag > 1.0
+
+    def centroid_x(img):
+        return float((img * xx).sum() / img.sum())
+
+    assert centroid_x(x) == pytest.approx(centroid_x(clean) + lag, abs=0.02)
+    assert centroid_x(target) == pytest.approx(centroid_x(x), abs=0.02)
+    # distort() itself is unchanged: the same lagged image.
+    np.testing.assert_array_equal(x, distort(clean, "stem", NoiseParams("stem", layers), rng=1))
+    # No blur, no move.
+    layers["fast_scan_blur"] = blur.replace(enabled=False)
+    target, _ = make_pair(clean, "stem", NoiseParams("stem", layers), rng=1)
+    np.testing.assert_allclose(target, clean, atol=1e-6)

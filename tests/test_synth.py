@@ -85,7 +85,10 @@ def test_info_is_json_and_records_choices(kind):
     assert isinstance(info["contrast"]["inverted"], bool)
     beta = info["contrast"]["beta"]
     assert beta is None or 0.5 <= beta <= 1.5
-    assert info["contrast"]["background"]["type"] in ("plane", "gaussian")
+    # no added background only in the "dark field" branch (own contrast kept)
+    dark = info["contrast"]["dark_field"]
+    assert info["contrast"]["background"]["type"] in ((None,) if dark else ("plane", "gaussian"))
+    assert not (dark and info["contrast"]["inverted"])
     if kind == "hr":
         assert 0.025 <= info["pixel_size_A"] <= 0.90
         assert info["specimen"]["type"] in ("crystalline", "amorphous", "points")
@@ -136,8 +139,9 @@ def test_property_range_and_std_mean(kind, ny, nx, seed):
     img = generate_clean(kind, (ny, nx), seed)
     assert img.shape == (ny, nx) and img.dtype == np.float32
     assert img.min() >= 0.0 and img.max() == 1.0
-    # eq 25 is scale invariant, so the constraint survives eq 26
-    assert 0.01 - 1e-5 <= std_mean_ratio(img) <= 0.35 + 1e-5
+    # eq 25 is scale invariant, so the constraint survives eq 26 (range widened
+    # from the paper's [0.01, 0.35] to keep HAADF-like dark backgrounds)
+    assert 0.01 - 1e-5 <= std_mean_ratio(img) <= 1.5 + 1e-5
 
 
 # --------------------------------------------------------------- contrast (eqs 23–26)
@@ -525,3 +529,36 @@ def test_lowres_default_subset_and_bad_objects():
         generate_lowres((32, 32), 0, objects=["blobs"])
     with pytest.raises(ValueError):
         generate_lowres((32, 32), 0, objects=[])
+
+
+def test_hr_pixel_sizes_are_log_uniform():
+    """Most atomic-resolution micrographs are taken at 0.05–0.2 Å/pixel: sample log-uniformly."""
+    sizes = np.array(
+        [
+            generate_clean("hr", (24, 24), rng=s, return_info=True)[1]["pixel_size_A"]
+            for s in range(80)
+        ]
+    )
+    assert sizes.min() >= 0.025 and sizes.max() <= 0.90
+    # log-uniform on [0.025, 0.9]: median 0.15 Å (uniform: 0.46 Å); P(< 0.2 Å) = 0.58.
+    assert 0.09 < np.median(sizes) < 0.25
+    assert 0.4 < np.mean(sizes < 0.2) < 0.75
+
+
+def test_dark_field_branch_keeps_a_dark_background():
+    """HAADF-like images (bright columns on a dark background) stay that way in training."""
+    from napari_emdenoise.synth.contrast import apply_random_contrast
+
+    yy, xx = np.mgrid[:64, :64]
+    columns = np.exp(-(((yy % 16) - 8) ** 2 + ((xx % 16) - 8) ** 2) / 8.0)
+    for seed in range(5):
+        out, info = apply_random_contrast(
+            columns, np.random.default_rng(seed), dark_field_probability=1.0
+        )
+        assert info["dark_field"] and not info["inverted"]
+        assert 1.0 <= std_mean_ratio(out) <= 1.5 + 1e-6  # paper's range would force ≤ 0.35
+        assert out[0, 0] < 0.5 * out.max()  # background stays darker than the columns
+        out, info = apply_random_contrast(
+            columns, np.random.default_rng(seed), dark_field_probability=0.0
+        )
+        assert not info["dark_field"] and info["background"]["type"] in ("plane", "gaussian")

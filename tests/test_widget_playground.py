@@ -1,4 +1,4 @@
-"""The noise-model playground in a real napari viewer."""
+"""The noise-model playground in a real napari viewer, opened from the Plugins menu."""
 
 from __future__ import annotations
 
@@ -11,6 +11,23 @@ from napari_emdenoise.simulate import simulation_rngs
 
 def _wait_next(widget, qtbot, n):
     qtbot.waitUntil(lambda: widget.n_updates > n and widget._worker is None, timeout=60000)
+
+
+def test_ten_updates_leave_the_layer_count_unchanged(playground):
+    viewer, widget, qtbot = playground
+    widget.show_diffs.value = True  # the Δ layers too
+    _wait_next(widget, qtbot, widget.n_updates - 1)
+    qtbot.waitUntil(lambda: widget._worker is None and not widget._pending, timeout=60000)
+    names = sorted(layer.name for layer in viewer.layers)
+    assert len(widget.layers) == len(names) > 4
+    for _ in range(10):
+        n = widget.n_updates
+        widget.request_update(force=True)
+        _wait_next(widget, qtbot, n)
+    assert sorted(layer.name for layer in viewer.layers) == names
+    assert not any(name.endswith("]") for name in names)  # napari's "[2]" duplicate suffix
+    # the playground's own layers are never offered as inputs
+    assert widget.source.choices == ("synthetic",) and widget.fit_layer.choices == (None,)
 
 
 def test_every_parameter_has_an_editor(playground):
@@ -94,14 +111,6 @@ def test_bad_settings_file_shows_an_error_not_a_crash(playground, tmp_path):
     bad.write_text("{")
     with pytest.raises(ValueError):
         widget.load_settings(bad)
-
-
-def test_sample_data_opens(make_napari_viewer):
-    viewer = make_napari_viewer()
-    viewer.open_sample("napari-emdenoise", "hrstem_pair")
-    names = [layer.name for layer in viewer.layers]
-    assert "HR-STEM distorted" in names and "HR-STEM clean reference" in names
-    assert viewer.layers["HR-STEM distorted"].data.shape == (512, 512)
 
 
 def test_a_user_layer_with_a_playground_name_is_never_touched_nor_duplicated(playground):

@@ -1,4 +1,4 @@
-"""The playground's *Fit noise to image* in a real napari viewer."""
+"""The playground's *Fit noise to image* in a real napari viewer, opened from the Plugins menu."""
 
 from __future__ import annotations
 
@@ -95,7 +95,7 @@ def test_tem_fit_sets_shot_and_thermal_noise(fit_playground):
     fit = widget.fit_to_layer("tem image")
     p = widget.params
     assert abs(p["shot_noise"].dose / dose - 1) < 0.10
-    clean_mean = float(np.mean(widget._clean_input()[0]))
+    clean_mean = float(np.mean(widget.clean_image()))
     # the form keeps 5 significant digits
     expected = clean_mean * fit.read_noise_e / fit.dose
     assert p["thermal_noise"].sigma == pytest.approx(expected, rel=1e-4)
@@ -121,4 +121,29 @@ def test_errors_go_to_the_label_not_a_traceback(fit_playground):
         widget.fit_to_layer("ok", "elsewhere")
     with pytest.raises(ValueError, match="no layer"):
         widget.fit_to_layer("missing")
+    _wait_idle(widget, qtbot)
+
+
+def test_fit_with_a_detector_dark_level(fit_playground):
+    """A HAADF-like image with a large DC offset: estimated by default, or given by hand."""
+    viewer, widget, qtbot = fit_playground
+    offset = 2.9e6
+    data = offset + 1000.0 * _micrograph(25.0, 0.3, seed=5).astype(np.float64)
+    signal = float(data.mean()) - offset
+    viewer.add_image(data, name="haadf")
+    widget.fit_layer.value = "haadf"
+    assert widget.fit_offset_auto.value and not widget.fit_offset.enabled
+    widget.fit_button.native.click()
+    fit = widget.last_fit
+    assert fit.offset_estimated and abs(fit.offset - offset) < 0.02 * signal
+    assert abs(fit.dose / 25.0 - 1) < 0.10
+    assert widget.fit_offset.value == pytest.approx(fit.offset)  # shown in the control
+    assert "estimated" in widget.fit_status.value
+    # a dark level of 0 given by hand is flagged, not reported as well conditioned
+    widget.fit_offset_auto.value = False
+    assert widget.fit_offset.enabled
+    widget.fit_offset.value = 0.0
+    widget.fit_button.native.click()
+    assert not widget.last_fit.well_conditioned
+    assert "implausible" in widget.fit_status.value
     _wait_idle(widget, qtbot)

@@ -1,4 +1,4 @@
-"""The Restore dock widget in a real napari viewer."""
+"""The Restore dock widget in a real napari viewer, opened from the Plugins menu."""
 
 from __future__ import annotations
 
@@ -7,17 +7,20 @@ import pytest
 
 
 @pytest.fixture
-def restore_widget(make_napari_viewer, tiny_user_model):
-    from napari_emdenoise._widgets.restore import RestoreWidget
-
+def restore_widget(make_napari_viewer, open_dock, tiny_user_model):
     viewer = make_napari_viewer()
     data = (np.random.default_rng(0).random((37, 52)) * 4000).astype(np.uint16)
-    viewer.add_image(data, name="micrograph", scale=(0.25, 0.25), translate=(3.0, 4.0))
-    widget = RestoreWidget(viewer)
-    viewer.window.add_dock_widget(widget)
+    viewer.add_image(
+        data, name="micrograph", scale=(0.25, 0.25), translate=(3.0, 4.0), units=("nm", "nm")
+    )
+    widget = open_dock(viewer, "Restore")
     assert tiny_user_model in widget.model.choices  # user models are listed next to bundled ones
     widget.model.value = tiny_user_model
     return viewer, widget, data
+
+
+def _wait(widget, qtbot):
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
 
 
 def test_restore_adds_a_layer_with_the_input_geometry_and_leaves_input_alone(restore_widget, qtbot):
@@ -28,7 +31,7 @@ def test_restore_adds_a_layer_with_the_input_geometry_and_leaves_input_alone(res
     widget.residual.value = True
     widget.layer.value = "micrograph"
     widget.start()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
+    _wait(widget, qtbot)
     assert widget.last_error == ""
     out = viewer.layers["micrograph restored"]
     assert out.data.shape == data.shape and out.data.dtype == np.float32
@@ -36,10 +39,48 @@ def test_restore_adds_a_layer_with_the_input_geometry_and_leaves_input_alone(res
     np.testing.assert_allclose(
         out.data, restore(data, model=widget.model.value), rtol=1e-5, atol=1e-3
     )
-    residual = viewer.layers["micrograph residual"].data
-    np.testing.assert_allclose(residual, data.astype(np.float32) - out.data, atol=1e-3)
+    residual = viewer.layers["micrograph residual"]
+    np.testing.assert_allclose(residual.data, data.astype(np.float32) - out.data, atol=1e-3)
     np.testing.assert_array_equal(viewer.layers["micrograph"].data, original)
     assert widget.progress.value == widget.progress.max
+    # the units travel with the result: napari does not warn about inconsistent units
+    for layer in (out, residual):
+        assert [str(u) for u in layer.units] == ["nanometer", "nanometer"]
+    assert out.metadata["emdenoise_model"] == widget.model.value
+
+
+def test_a_model_change_during_the_run_is_not_recorded(restore_widget, qtbot):
+    viewer, widget, _ = restore_widget
+    used = widget.model.value
+    other = next(name for name in widget.model.choices if name != used)
+    widget.layer.value = "micrograph"
+    widget.start()
+    widget.model.value = other  # the user looks at another model's card meanwhile
+    _wait(widget, qtbot)
+    out = viewer.layers["micrograph restored"]
+    assert out.metadata["emdenoise_model"] == used
+    assert widget.status.value == f"micrograph restored with {used}"
+
+
+def test_default_input_is_the_selected_or_visible_layer(make_napari_viewer, open_dock):
+    viewer = make_napari_viewer()
+    viewer.add_image(np.zeros((16, 16), np.float32), name="clean reference", visible=False)
+    viewer.add_image(np.ones((16, 16), np.float32), name="distorted")
+    viewer.add_image(np.ones((16, 16, 3), np.uint8), name="photo", rgb=True)
+    widget = open_dock(viewer, "Restore")
+    assert widget.layer.value == "distorted"  # not the hidden reference, not the RGB photo
+    viewer.layers.selection.active = viewer.layers["clean reference"]
+    assert widget.layer.value == "clean reference"  # selecting a layer makes it the input
+
+
+def test_rgb_input_is_refused_with_a_message(restore_widget, qtbot):
+    viewer, widget, _ = restore_widget
+    viewer.add_image(np.zeros((32, 40, 3), np.uint8), name="screenshot", rgb=True)
+    widget.layer.value = "screenshot"
+    n_layers = len(viewer.layers)
+    widget.start()
+    assert "RGB" in widget.last_error and widget.status.value.startswith("⚠")
+    assert widget._worker is None and len(viewer.layers) == n_layers
 
 
 def test_bad_input_shows_an_error_and_adds_nothing(restore_widget, qtbot):
@@ -50,17 +91,50 @@ def test_bad_input_shows_an_error_and_adds_nothing(restore_widget, qtbot):
     widget.layer.value = "broken"
     n_layers = len(viewer.layers)
     widget.start()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
+    _wait(widget, qtbot)
     assert "NaN" in widget.last_error
     assert len(viewer.layers) == n_layers
 
 
-def test_cancel_adds_no_layer(restore_widget, qtbot):
+def test_a_long_message_wraps_instead_of_widening_the_dock(restore_widget, qtbot):
+    viewer, widget, _ = restore_widget
+    before = widget.native.minimumSizeHint().width()
+    widget._error("image contains NaN or infinite values; " * 20)
+    qtbot.wait(50)
+    assert widget.status.native.wordWrap()
+    assert widget.native.minimumSizeHint().width() <= max(before, 400)
+
+
+def test_cancel_adds_no_layer_and_resets_the_progress_bar(restore_widget, qtbot):
     viewer, widget, _ = restore_widget
     widget.layer.value = "micrograph"
+    widget.progress.max, widget.progress.value = 10, 7  # stale value of an earlier run
     n_layers = len(viewer.layers)
     widget.cancel()  # set before start: the worker must still honour a fresh cancel
     widget.start()
     widget.cancel()
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
+    _wait(widget, qtbot)
     assert len(viewer.layers) == n_layers
+    assert widget.progress.value == 0 and widget.status.value.startswith("cancelled")
+
+
+def test_a_stopped_training_run_is_listed_as_a_checkpoint(make_napari_viewer, open_dock, tmp_path):
+    import json
+
+    from napari_emdenoise.models.registry import install_model, list_models, load_model, save_model
+
+    viewer = make_napari_viewer()
+    widget = open_dock(viewer, "Restore")
+    source = next(iter(list_models().values()))
+    # a user model whose card says the run was stopped (as the Train dock writes it)
+    model, card = load_model(source.name)
+    card.name = "halfway"
+    card.training = {**(card.training or {}), "steps": 4, "stopped": True, "planned_steps": 2000}
+    path = save_model(model, card, tmp_path)
+    install_model(path)
+    assert "halfway" in widget.model.choices
+    labels = [widget.model.native.itemText(i) for i in range(widget.model.native.count())]
+    assert "halfway (checkpoint)" in labels
+    widget.model.value = "halfway"
+    assert "stopped at step 4 of 2000" in widget.card.value
+    assert json.loads(path.with_suffix(".json").read_text())["training"]["stopped"] is True

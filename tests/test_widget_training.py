@@ -1,4 +1,5 @@
-"""The Train dock widget in a real napari viewer: live losses, stop, resume, pause, close."""
+"""The Train dock widget in a real napari viewer, opened from the Plugins menu: live losses,
+stop, resume, pause, close, and scripts without a ``__main__`` guard."""
 
 from __future__ import annotations
 
@@ -12,13 +13,10 @@ TIMEOUT_MS = 120_000
 
 
 @pytest.fixture
-def train_widget(make_napari_viewer, tmp_path, monkeypatch):
-    from napari_emdenoise._widgets.training import TrainWidget
-
+def train_widget(make_napari_viewer, open_dock, tmp_path, monkeypatch):
     monkeypatch.setenv("EMDENOISE_MODELS_DIR", str(tmp_path / "models"))
     viewer = make_napari_viewer()
-    widget = TrainWidget(viewer)
-    viewer.window.add_dock_widget(widget, name="Train")
+    widget = open_dock(viewer, "Train")
     widget.model_name.value = "scope"
     widget.model_config.value = "tiny"
     widget.patch_size.value = 48
@@ -50,8 +48,8 @@ def test_short_run_streams_losses_previews_and_lists_the_model(train_widget, qtb
     from napari_emdenoise.models.registry import load_model
 
     viewer, widget = train_widget
-    restore = RestoreWidget(viewer)
-    viewer.window.add_dock_widget(restore, name="Restore")
+    restore = viewer.window.add_plugin_dock_widget("napari-emdenoise", "Restore")[1]
+    assert isinstance(restore, RestoreWidget)
     assert "scope" not in restore.model.choices
     widget.steps.value = 12
     widget.start()
@@ -65,6 +63,9 @@ def test_short_run_streams_losses_previews_and_lists_the_model(train_widget, qtb
     assert widget.plot.validation["restored"].n == widget.event_counts["ValidationEvent"] >= 2
     qtbot.waitUntil(lambda: widget.plot.n_redraws > 0, timeout=5000)
     # preview layers show the current network on the fixed validation pair
+    # one preview layer, updated in place at every validation (never one per validation)
+    assert [layer.name for layer in viewer.layers].count(PREVIEW_LAYER) == 1
+    assert not any(layer.name.startswith(PREVIEW_LAYER + " ") for layer in viewer.layers)
     montage = viewer.layers[PREVIEW_LAYER].data
     assert montage.shape == (48, 3 * 48 + 2 * 2) and np.isfinite(montage).all()
     restored = montage[:, -48:]
@@ -93,6 +94,12 @@ def test_stop_leaves_a_loadable_checkpoint_and_resume_continues(train_widget, qt
     state, config = load_checkpoint(widget.result.checkpoint)
     assert int(state["step"]) == stopped_at
     assert config["name"] == "scope"
+    # the stopped run is listed in Restore as a checkpoint, not as a finished model
+    from napari_emdenoise.models.registry import list_models
+
+    card = list_models()["scope"]
+    assert card.training["stopped"] and card.training["planned_steps"] == 100_000
+    assert "checkpoint" in widget.status.value
 
     # resume: the first new step is the one after the stored step
     widget.steps.value = stopped_at + 4
@@ -180,8 +187,10 @@ def test_noise_from_the_playground_and_bad_settings(train_widget, qtbot):
     widget.start()
     assert "playground" in widget.last_error and not widget.running
 
-    playground = PlaygroundWidget(viewer)
-    viewer.window.add_dock_widget(playground, name="Playground")
+    playground = viewer.window.add_plugin_dock_widget("napari-emdenoise", "Noise-model playground")[
+        1
+    ]
+    assert isinstance(playground, PlaygroundWidget)
     playground.modality.value = "tem"
     cfg = widget.config()
     assert cfg.pairs.modality == "tem"
@@ -209,3 +218,77 @@ def test_preview_montage_places_panels_side_by_side():
     np.testing.assert_array_equal(m[:, :3], a)
     np.testing.assert_array_equal(m[:, 3:5], -1.0)  # separator at the minimum
     np.testing.assert_array_equal(m[:, 5:], b)
+
+
+def test_default_size_trains_in_minutes_on_a_cpu(make_napari_viewer, open_dock):
+    from napari_emdenoise._widgets.training import size_choices
+
+    fresh = open_dock(make_napari_viewer(), "Train")
+    assert fresh.model_config.value == "small"
+    assert list(fresh.model_config.choices) == ["tiny", "small", "full"] == size_choices("cgrdn")
+    fresh.arch.value = "dncnn"
+    assert list(fresh.model_config.choices) == ["tiny", "small", "full"]
+
+
+def test_a_script_without_main_guard_makes_the_data_in_process(train_widget, monkeypatch):
+    import napari_emdenoise._widgets.training as training
+
+    viewer, widget = train_widget
+    widget.workers.value = 2
+    monkeypatch.setattr(training, "unguarded_main_script", lambda: "/home/me/show_napari.py")
+    cfg = widget.config()
+    assert cfg.num_workers == 0
+    assert "show_napari.py" in widget.in_process_reason
+    assert "__main__" in widget.in_process_reason
+    monkeypatch.setattr(training, "unguarded_main_script", lambda: None)
+    assert widget.config().num_workers == 2 and widget.in_process_reason == ""
+
+
+UNGUARDED_SCRIPT = """
+import sys
+import napari
+from qtpy.QtWidgets import QApplication
+
+viewer = napari.Viewer(show=False)
+_, widget = viewer.window.add_plugin_dock_widget("napari-emdenoise", "Train")
+widget.model_name.value = "noguard"
+widget.model_config.value = "tiny"
+widget.patch_size.value = 32
+widget.batch_size.value = 2
+widget.clean_pool.value = 2
+widget.steps.value = 2
+widget.val_every.value = 2
+widget.workers.value = 1
+widget.weights["adversarial"].value = 0.0
+widget.out_dir.value = sys.argv[1]
+widget.start()
+app = QApplication.instance()
+while widget.running or widget._worker is not None:
+    app.processEvents()
+print("steps", widget.event_counts.get("StepEvent", 0), widget.trainer.config.num_workers)
+viewer.close()
+"""
+
+
+@pytest.mark.slow
+def test_training_from_a_script_without_main_guard_does_not_hang(
+    make_napari_viewer, tmp_path, monkeypatch
+):
+    """napari examples often lack ``if __name__ == "__main__":``; spawned data workers
+    would re-run the script (a second viewer) and never deliver data."""
+    import os
+    import subprocess
+    import sys
+
+    script = tmp_path / "show_napari.py"
+    script.write_text(UNGUARDED_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "EMDENOISE_MODELS_DIR": str(tmp_path / "m")}
+    res = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "runs")],
+        capture_output=True,
+        text=True,
+        timeout=400,
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "steps 2 0" in res.stdout, res.stdout + res.stderr[-3000:]

@@ -6,4 +6,6 @@ The engine (``noise``, ``synth``, ``models``, ``engine``, ``training``, ``drift`
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+from .drift import align_stack, estimate_shift  # noqa: E402 - numpy only, no torch at import
+
+__all__ = ["__version__", "align_stack", "estimate_shift"]

@@ -1,7 +1,15 @@
-"""Command line: ``emdenoise simulate | restore | train | models``.
+"""Command line: ``emdenoise simulate | restore | demo | export-onnx | fit-noise | train``.
 
 Every sub-command is a thin wrapper over the headless engine; heavy imports
 happen inside the sub-command that needs them.
+
+What happens to the user's files: every output path is checked before any
+work starts (extension, folder, existing files, and that it is not one of the
+command's input files, compared by file identity so that hard links and
+symlinks count); nothing is replaced without ``--overwrite``, and an input
+never, even with it; every file is written to a temporary file beside its
+target and moved into place only when complete. Sizes that cannot fit in
+memory are refused up front.
 """
 
 from __future__ import annotations
@@ -9,34 +17,240 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
+import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
 __all__ = ["main"]
 
+#: Peak memory of one simulated pair per pixel, measured with tracemalloc
+#: (atomic-resolution images place and blur many more sites).
+_SIMULATE_BYTES_PER_PIXEL = {"hr": 320, "lr": 128}
+#: Working memory of ``restore`` per input pixel: float32 input copy, output,
+#: residual, plus the tiles in flight.
+_RESTORE_BYTES_PER_PIXEL = 16
+#: Smallest image side ``simulate`` generates, in pixels.
+_MIN_SIMULATE_SIZE = 8
 
-def _cmd_simulate(args: argparse.Namespace) -> int:
+
+# --------------------------------------------------------------------------- argument types
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
+
+
+def _float_in(low: float, *, strict: bool, name: str = "number") -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        if value < low or (strict and value == low):
+            relation = "greater than" if strict else "at least"
+            raise argparse.ArgumentTypeError(f"must be {relation} {low:g}, got {value:g}")
+        return value
+
+    parse.__name__ = name
+    return parse
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+_positive_float = _float_in(0.0, strict=True)
+_non_negative_float = _float_in(0.0, strict=False)
+
+
+# --------------------------------------------------------------------------- output checks
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name the same file on disk (hard links and symlinks included)."""
+    try:
+        return os.path.samefile(a, b)
+    except (OSError, ValueError):
+        return False
+
+
+def _file_identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of an existing file, following symlinks; None if it does not exist."""
+    try:
+        st = path.stat()
+    except (OSError, ValueError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def _check_outputs(
+    outputs: Iterable[Path],
+    *,
+    inputs: Iterable[Path | None] = (),
+    overwrite: bool,
+    suffixes: tuple[str, ...] | None = None,
+) -> None:
+    """Check every file a command will write, before it does any work.
+
+    Raises
+    ------
+    ValueError
+        For a wrong extension, an output that is one of the inputs (also via
+        a hard link or symlink; refused even with ``--overwrite``), or two
+        outputs that are the same file.
+    FileExistsError
+        For an existing output without ``--overwrite``.
+    FileNotFoundError, NotADirectoryError, IsADirectoryError
+        For a missing output folder, or a folder where a file is expected.
+    """
+    given = [Path(p) for p in inputs if p is not None]
+    seen_paths: set[Path] = set()
+    seen_files: set[tuple[int, int]] = set()
+    for out in outputs:
+        if suffixes is not None and out.suffix.lower() not in suffixes:
+            raise ValueError(f"{out}: the output must end in {' or '.join(suffixes)}")
+        parent = out.parent
+        if parent.exists() and not parent.is_dir():
+            raise NotADirectoryError(f"cannot write {out}: {parent} is not a folder")
+        if not parent.exists():
+            raise FileNotFoundError(f"cannot write {out}: the folder {parent} does not exist")
+        if out.is_dir():
+            raise IsADirectoryError(f"cannot write {out}: it is a folder")
+        for src in given:
+            if _same_file(out, src) or out.absolute() == src.absolute():
+                raise ValueError(
+                    f"the output {out} must not overwrite the input file {src} "
+                    "(inputs are never modified, not even with --overwrite)"
+                )
+        identity = _file_identity(out)
+        if out.absolute() in seen_paths or (identity is not None and identity in seen_files):
+            raise ValueError(f"two outputs would be the same file: {out}")
+        if os.path.lexists(out) and not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        seen_paths.add(out.absolute())
+        if identity is not None:
+            seen_files.add(identity)
+
+
+def _check_output_dir(folder: Path) -> None:
+    """An output folder must be a folder (it is created if missing)."""
+    if folder.exists() and not folder.is_dir():
+        raise NotADirectoryError(f"{folder} exists and is not a folder")
+
+
+def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through a temporary file in its folder, moved into place on success."""
+    from .io.writers import _replace_atomically
+
+    _replace_atomically(Path(path), write)
+
+
+def _write_plain_tif(path: Path, image: object) -> None:
     import tifffile
 
+    _atomic(path, lambda tmp: tifffile.imwrite(tmp, image))
+
+
+def _write_text(path: Path, text: str) -> None:
+    _atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+
+
+def _check_image_memory(shape: tuple[int, int], bytes_per_pixel: float, what: str) -> None:
+    """Refuse an image size that would not fit in memory; say what would."""
+    from ._validation import available_memory, check_fits_in_memory
+
+    height, width = shape
+    available = available_memory()
+    hint = ""
+    if available is not None:
+        side = int(math.sqrt(0.8 * available / bytes_per_pixel))
+        hint = f"at most about {side}×{side} pixels fit now"
+    check_fits_in_memory(
+        height * width * bytes_per_pixel, f"{what} of {height}×{width} pixels", hint=hint
+    )
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def _check_disk_space(folder: Path, nbytes: float, what: str) -> None:
+    """Refuse to start writing ``nbytes`` into ``folder`` (or its nearest existing parent)."""
+    import shutil
+
+    from ._validation import format_bytes
+
+    existing = folder.absolute()
+    while not existing.exists() and existing.parent != existing:
+        existing = existing.parent
+    try:
+        free = shutil.disk_usage(existing).free
+    except OSError:
+        return
+    if nbytes > free:
+        raise OSError(
+            f"{what} needs about {format_bytes(nbytes)} of disk space, but only "
+            f"{format_bytes(free)} are free in {existing}"
+        )
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
     from .noise.pipeline import NoiseParams
     from .simulate import simulate
 
+    shape = (args.size, args.size) if args.height is None else (args.height, args.size)
+    if min(shape) < _MIN_SIMULATE_SIZE:
+        raise ValueError(
+            f"--size and --height must be at least {_MIN_SIMULATE_SIZE} pixels, got {shape}"
+        )
+    _check_image_memory(shape, _SIMULATE_BYTES_PER_PIXEL[args.kind], "a simulation")
     params = NoiseParams.load(args.params) if args.params else None
     if params is not None and params.modality != args.modality:
         raise ValueError(
             f"{args.params} holds {params.modality!r} settings but --modality is {args.modality!r}"
         )
     out = Path(args.out_dir)
+    _check_output_dir(out)
+    _check_disk_space(
+        out, args.count * (2 * 4 * shape[0] * shape[1] + 65536), f"{args.count} pair(s)"
+    )
+
+    def stems() -> Iterable[str]:
+        return ("" if args.count == 1 else f"{i:04d}_" for i in range(args.count))
+
+    names = ("clean.tif", "distorted.tif", "params.json")
+    if out.is_dir():
+        _check_outputs(
+            (out / f"{stem}{name}" for stem in stems() for name in names),
+            inputs=[args.params],
+            overwrite=args.overwrite,
+        )
     out.mkdir(parents=True, exist_ok=True)
-    shape = (args.size, args.size) if args.height is None else (args.height, args.size)
-    for i in range(args.count):
+    for i, stem in enumerate(stems()):
         seed = args.seed + i
         sim = simulate(args.modality, args.kind, shape, seed, params, args.random_params)
-        stem = "" if args.count == 1 else f"{i:04d}_"
-        tifffile.imwrite(out / f"{stem}clean.tif", sim.target)
-        tifffile.imwrite(out / f"{stem}distorted.tif", sim.distorted)
         record = {
             "seed": seed,
             "modality": args.modality,
@@ -45,7 +259,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
             "noise": sim.params.to_dict(),
             "specimen": sim.info,
         }
-        (out / f"{stem}params.json").write_text(json.dumps(record, indent=2), encoding="utf-8")
+        _write_plain_tif(out / f"{stem}clean.tif", sim.target)
+        _write_plain_tif(out / f"{stem}distorted.tif", sim.distorted)
+        _write_text(out / f"{stem}params.json", json.dumps(record, indent=2))
     print(f"wrote {args.count} pair(s) to {out}")
     return 0
 
@@ -53,25 +269,43 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .engine.predictor import restore
+    from .engine.device import resolve_device
+    from .engine.predictor import _check_tiling_args, restore
     from .io.readers import read_em
     from .io.writers import write_tif
+    from .models.registry import load_model
 
     src, dst = Path(args.input), Path(args.output)
-    if dst.exists() and dst.resolve() == src.resolve():
-        raise ValueError("the output must not overwrite the input file")
+    if not src.exists():
+        raise FileNotFoundError(f"no such file: {src}")
+    res_path = dst.with_name(dst.stem + "_residual" + dst.suffix) if args.residual else None
+    outputs = [dst] if res_path is None else [dst, res_path]
+    _check_outputs(outputs, inputs=[src], overwrite=args.overwrite, suffixes=(".tif", ".tiff"))
+    _check_tiling_args(args.tile_size, None, None)
+    device = resolve_device(args.device)
+    module, _card = load_model(args.model, device=device)
+
     datasets = read_em(src)
     if args.dataset >= len(datasets):
         raise ValueError(
             f"{src} holds {len(datasets)} dataset(s); --dataset {args.dataset} is out of range"
         )
     data, meta = datasets[args.dataset]
+    if meta.get("rgb"):
+        raise ValueError(
+            f"dataset {args.dataset} of {src} is a colour (RGB) image; restore needs greyscale "
+            "intensities as recorded by the detector"
+        )
     data = np.asarray(data)
     if data.ndim not in (2, 3):
         raise ValueError(
             f"dataset {args.dataset} of {src} has shape {data.shape}; restore needs an image "
             "(Y, X) or a stack of frames (T, Y, X)"
         )
+    frames = 1 if data.ndim == 2 else data.shape[0]
+    _check_image_memory(
+        (frames * data.shape[-2], data.shape[-1]), _RESTORE_BYTES_PER_PIXEL, "restoring data"
+    )
     last = [-1]
 
     def progress(done: int, total: int) -> None:
@@ -80,22 +314,19 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             last[0] = pct
             print(f"  {pct:3d} % ({done}/{total} tiles)", file=sys.stderr, flush=True)
 
-    out = restore(
-        data, model=args.model, device=args.device, tile_size=args.tile_size, progress=progress
-    )
+    out = restore(data, model=module, device=device, tile_size=args.tile_size, progress=progress)
     meta = {**meta, "emdenoise_model": args.model, "source": str(src)}
+    residual = None if res_path is None else data.astype(np.float32) - out
     write_tif(dst, out, meta, overwrite=args.overwrite)
     print(f"restored {src} ({'x'.join(map(str, data.shape))}) with {args.model} -> {dst}")
-    if args.residual:
-        res_path = dst.with_name(dst.stem + "_residual" + dst.suffix)
-        write_tif(res_path, data.astype(np.float32) - out, meta, overwrite=args.overwrite)
+    if res_path is not None:
+        write_tif(res_path, residual, meta, overwrite=args.overwrite)
         print(f"residual (input - restored) -> {res_path}")
     return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
-    import tifffile
 
     from .engine.predictor import restore
     from .metrics import psnr, ssim
@@ -106,6 +337,14 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.model not in cards:
         raise ValueError(f"no model {args.model!r}; available: {sorted(cards)}")
     card = cards[args.model]
+    out_dir = Path(args.out)
+    _check_output_dir(out_dir)
+    names = ("distorted.tif", "restored.tif", "clean.tif", "noise_params.json", "demo.png")
+    if out_dir.is_dir():
+        _check_outputs((out_dir / name for name in names), overwrite=args.overwrite)
+    _check_image_memory(
+        (args.size, args.size), _SIMULATE_BYTES_PER_PIXEL[card.kind], "a demo image"
+    )
     cfg = PairConfig(modality=card.modality, kind=card.kind, patch_size=args.size)
     # the benchmarks' held-out stream: never seen in training or validation
     distorted, target, params = make_training_pair(cfg, args.index, "test", return_params=True)
@@ -113,13 +352,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         params = params.with_dose(args.dose)
         cfg = dataclasses.replace(cfg, noise=params)
         distorted, target = make_training_pair(cfg, args.index, "test")
-    out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     restored = restore(distorted, model=args.model, device=args.device)
     for name, img in (("distorted", distorted), ("restored", restored), ("clean", target)):
-        tifffile.imwrite(out_dir / f"{name}.tif", img.astype(np.float32))
-    (out_dir / "noise_params.json").write_text(json.dumps(params.to_dict(), indent=2))
-    _save_triptych(out_dir / "demo.png", distorted, restored, target)
+        _write_plain_tif(out_dir / f"{name}.tif", img.astype(np.float32))
+    _write_text(out_dir / "noise_params.json", json.dumps(params.to_dict(), indent=2))
+    _atomic(out_dir / "demo.png", lambda tmp: _save_triptych(tmp, distorted, restored, target))
     dose = next((p.dose for p in params.layers.values() if hasattr(p, "dose")), float("nan"))
     print(
         f"{card.kind.upper()}-{card.modality.upper()} test image #{args.index} "
@@ -146,12 +384,19 @@ def _save_triptych(path: Path, *images) -> None:
     row = np.concatenate(
         [p for pair in zip(panels, [gap] * len(panels)) for p in pair][:-1], axis=1
     )
-    Image.fromarray((255 * row).astype(np.uint8)).save(path)
+    Image.fromarray((255 * row).astype(np.uint8)).save(path, format="PNG")
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
     from .models.onnx_export import OnnxExportError, export_onnx, onnx_card_path
 
+    out = Path(args.out)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"--out must end in .onnx, got {out.name!r}")
+    if out.parent.is_dir():  # a missing folder is created by export_onnx
+        _check_outputs(
+            [out, onnx_card_path(out)], inputs=_model_files(args.model), overwrite=args.overwrite
+        )
     try:
         path = export_onnx(
             args.model,
@@ -174,6 +419,17 @@ def _cmd_export_onnx(args: argparse.Namespace) -> int:
     print(f"wrote {path} (opset {info['opset']}) and its card {card}; {compared}")
     print(f"graph: {info['contract']}")
     return 0
+
+
+def _model_files(model: str) -> list[Path]:
+    """The weights and card of a model name or ``.safetensors`` path (those that exist)."""
+    from .models.registry import list_models
+
+    cards = list_models()
+    weights = cards[model].weights_path if model in cards else Path(model)
+    if weights is None:
+        return []
+    return [p for p in (Path(weights), Path(weights).with_suffix(".json")) if p.exists()]
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -219,6 +475,22 @@ def _cmd_train(args: argparse.Namespace) -> int:
         init_from=args.init_from,
         out_dir=str(args.out),
     )
+    from .models.registry import check_model_name
+    from .training.checkpoints import CHECKPOINT_NAME, check_resumable
+
+    check_model_name(args.model)  # it names the exported files: refuse it now, not at the end
+    out_dir = Path(args.out)
+    _check_output_dir(out_dir)
+    inputs = [args.noise, *(_model_files(args.init_from) if args.init_from else [])]
+    for written in (CHECKPOINT_NAME, f"{args.model}.safetensors", f"{args.model}.json"):
+        for source in inputs:
+            if source is not None and _same_file(out_dir / written, Path(source)):
+                raise ValueError(
+                    f"the run would write {out_dir / written}, which is the input {source}; "
+                    "choose another --out folder or --model name"
+                )
+    if not args.restart:
+        check_resumable(out_dir / CHECKPOINT_NAME, cfg.to_dict())
     trainer = Trainer(cfg, resume=not args.restart)
     log_every = max(1, args.log_every)
     # SIGTERM (e.g. `kill`) ends the run like Ctrl-C: stop at the next step, keep the
@@ -255,6 +527,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         print("interrupted: checkpoint kept", file=sys.stderr)
         return 130
+    except RuntimeError as exc:
+        if "state_dict" not in str(exc):
+            raise
+        raise ValueError(
+            f"the checkpoint in {out_dir} does not fit this network (it belongs to another "
+            "configuration or version); start afresh with --restart (the checkpoint is "
+            "replaced) or choose another --out folder"
+        ) from exc
     return 0
 
 
@@ -265,6 +545,13 @@ def _cmd_fit_noise(args: argparse.Namespace) -> int:
     from .noise.fit import fit_noise
     from .noise.pipeline import NoiseParams
 
+    if args.out is not None:
+        _check_outputs(
+            [Path(args.out)],
+            inputs=[args.image, args.base],
+            overwrite=args.overwrite,
+            suffixes=(".json",),
+        )
     datasets = read_em(args.image)
     if args.dataset >= len(datasets):
         raise ValueError(
@@ -310,129 +597,220 @@ _MODEL_TASKS = {
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``emdenoise`` command."""
     parser = argparse.ArgumentParser(
-        prog="emdenoise", description="Restore electron-microscopy images (napari-emdenoise)."
+        prog="emdenoise",
+        description="Restore electron-microscopy images (napari-emdenoise).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     sim = sub.add_parser(
-        "simulate", help="generate clean/distorted synthetic pairs with the EM distortion model"
+        "simulate",
+        help="generate clean/distorted synthetic pairs with the EM distortion model",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    sim.add_argument("--modality", choices=["stem", "tem", "sem"], default="stem")
-    sim.add_argument("--kind", choices=["hr", "lr"], default="hr")
-    sim.add_argument("--size", type=int, default=512, help="width (and height) in pixels")
-    sim.add_argument("--height", type=int, default=None, help="height in pixels (default: size)")
-    sim.add_argument("--seed", type=int, default=0)
-    sim.add_argument("--count", type=int, default=1, help="number of pairs (seeds seed, seed+1, …)")
+    sim.add_argument(
+        "--modality", choices=["stem", "tem", "sem"], default="stem", help="imaging modality"
+    )
+    sim.add_argument(
+        "--kind", choices=["hr", "lr"], default="hr", help="high (atomic) or low resolution"
+    )
+    sim.add_argument("--size", type=_positive_int, default=512, help="width (and height) in pixels")
+    sim.add_argument(
+        "--height", type=_positive_int, default=None, help="height in pixels (None: --size)"
+    )
+    sim.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the first pair")
+    sim.add_argument(
+        "--count", type=_positive_int, default=1, help="number of pairs (seeds seed, seed+1, …)"
+    )
     sim.add_argument("--params", type=Path, default=None, help="noise settings JSON (playground)")
     sim.add_argument(
         "--random-params", action="store_true", help="draw the noise parameters as the paper does"
     )
-    sim.add_argument("--out-dir", type=Path, required=True)
+    sim.add_argument("--out-dir", type=Path, required=True, help="folder for the TIFF files")
+    sim.add_argument("--overwrite", action="store_true", help="replace files already in --out-dir")
     sim.set_defaults(func=_cmd_simulate)
 
-    rs = sub.add_parser("restore", help="restore an EM image or frame stack with a trained model")
+    rs = sub.add_parser(
+        "restore",
+        help="restore an EM image or frame stack with a trained model",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     rs.add_argument("input", type=Path, help="dm3/dm4/emd/ser/mrc/tif/npy file")
     rs.add_argument("-o", "--output", type=Path, required=True, help="output .tif")
     rs.add_argument("--model", default="hrstem", help="bundled model name or .safetensors path")
-    rs.add_argument("--device", default=None, help="cpu, cuda, mps (default: automatic)")
-    rs.add_argument("--tile-size", type=int, default=None, help="tile size in pixels")
-    rs.add_argument("--dataset", type=int, default=0, help="dataset index in multi-dataset files")
+    rs.add_argument("--device", default=None, help="cpu, cuda or mps (None: the fastest found)")
+    rs.add_argument(
+        "--tile-size", type=_positive_int, default=None, help="tile size in pixels (>= 64)"
+    )
+    rs.add_argument(
+        "--dataset", type=_non_negative_int, default=0, help="dataset index in multi-dataset files"
+    )
     rs.add_argument("--residual", action="store_true", help="also write input - restored")
-    rs.add_argument("--overwrite", action="store_true")
+    rs.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs (never the input)"
+    )
     rs.set_defaults(func=_cmd_restore)
 
     dm = sub.add_parser(
-        "demo", help="restore a held-out synthetic image with a bundled model and report PSNR/SSIM"
+        "demo",
+        help="restore a held-out synthetic image with a bundled model and report PSNR/SSIM",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    dm.add_argument("--model", default="hrstem")
-    dm.add_argument("--size", type=int, default=512)
-    dm.add_argument("--index", type=int, default=0, help="which held-out test image")
+    dm.add_argument("--model", default="hrstem", help="bundled or user model name")
+    dm.add_argument(
+        "--size", type=_int_at_least(16), default=512, help="image width and height in pixels"
+    )
+    dm.add_argument("--index", type=_non_negative_int, default=0, help="which held-out test image")
     dm.add_argument(
         "--dose",
-        type=float,
+        type=_positive_float,
         default=None,
-        help="electron dose in e-/pixel (default: drawn as in training)",
+        help="electron dose in e-/pixel (None: drawn as in training)",
     )
-    dm.add_argument("--device", default=None)
-    dm.add_argument("--out", type=Path, default=Path("demo_out"))
+    dm.add_argument("--device", default=None, help="cpu, cuda or mps (None: the fastest found)")
+    dm.add_argument(
+        "--out",
+        type=Path,
+        default=Path("demo_out"),
+        help="folder for distorted/restored/clean.tif, noise_params.json and demo.png",
+    )
+    dm.add_argument("--overwrite", action="store_true", help="replace files already in --out")
     dm.set_defaults(func=_cmd_demo)
 
     ox = sub.add_parser(
-        "export-onnx", help="export a model to ONNX (dynamic batch/height/width) plus its card"
+        "export-onnx",
+        help="export a model to ONNX (dynamic batch/height/width) plus its card",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     ox.add_argument("model", help="model name (bundled or user) or .safetensors path")
     ox.add_argument("--out", type=Path, required=True, help="output .onnx file")
-    ox.add_argument("--opset", type=int, default=None, help="ONNX opset (>= 18; default: torch's)")
+    ox.add_argument("--opset", type=int, default=None, help="ONNX opset, >= 18 (None: torch's)")
     ox.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
-    ox.add_argument("--overwrite", action="store_true")
+    ox.add_argument("--overwrite", action="store_true", help="replace existing output files")
     ox.set_defaults(func=_cmd_export_onnx)
 
     fn = sub.add_parser(
-        "fit-noise", help="fit the noise model (dose, read noise, row lines) to a micrograph"
+        "fit-noise",
+        help="fit the noise model (dose, read noise, row lines) to a micrograph",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     fn.add_argument("image", type=Path, help="dm3/dm4/emd/ser/mrc/tif/npy file with a 2-D image")
-    fn.add_argument("--modality", choices=["stem", "tem", "sem"], default="stem")
-    fn.add_argument("--offset", type=float, default=0.0, help="detector dark level (image units)")
-    fn.add_argument("--block", type=int, default=16, help="tile size in pixels")
-    fn.add_argument("--dataset", type=int, default=0, help="dataset index in multi-dataset files")
     fn.add_argument(
-        "--clean-mean", type=float, default=0.5, help="mean of the clean [0, 1] training images"
+        "--modality", choices=["stem", "tem", "sem"], default="stem", help="imaging modality"
+    )
+    fn.add_argument(
+        "--offset",
+        type=_finite_float,
+        default=0.0,
+        help="detector dark level: intensity of zero electrons, in image units (a HAADF "
+        "detector's DC level; the fit warns when the data say it is not 0)",
+    )
+    fn.add_argument("--block", type=_int_at_least(4), default=16, help="tile size in pixels")
+    fn.add_argument(
+        "--dataset", type=_non_negative_int, default=0, help="dataset index in multi-dataset files"
+    )
+    fn.add_argument(
+        "--clean-mean",
+        type=_positive_float,
+        default=0.5,
+        help="mean of the clean [0, 1] training images",
     )
     fn.add_argument("--base", type=Path, default=None, help="settings JSON to start from")
     fn.add_argument("--out", type=Path, default=None, help="write the noise settings JSON here")
+    fn.add_argument("--overwrite", action="store_true", help="replace an existing --out file")
     fn.set_defaults(func=_cmd_fit_noise)
 
-    tr = sub.add_parser("train", help="train a restoration network on synthetic pairs")
+    tr = sub.add_parser(
+        "train",
+        help="train a restoration network on synthetic pairs",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     tr.add_argument(
         "--model",
         default="hrstem",
         help="model name; hrstem, hrtem, lrstem, … also pick modality and kind",
     )
-    tr.add_argument("--arch", default="cgrdn", choices=["cgrdn", "dncnn", "dncnn_bf"])
-    tr.add_argument("--config", default="small", help="architecture configuration name")
-    tr.add_argument("--modality", choices=["stem", "tem", "sem"], default="stem")
-    tr.add_argument("--kind", choices=["hr", "lr"], default="hr")
+    tr.add_argument(
+        "--arch",
+        default="cgrdn",
+        choices=["cgrdn", "dncnn", "dncnn_bf"],
+        help="network: CGRDN (Lobato et al. 2023), DnCNN or bias-free DnCNN",
+    )
+    tr.add_argument(
+        "--config",
+        default="small",
+        help="network size: tiny, small (train in minutes on a CPU) or full (7 M parameters "
+        "for CGRDN, meant for a GPU)",
+    )
+    tr.add_argument(
+        "--modality",
+        choices=["stem", "tem", "sem"],
+        default="stem",
+        help="imaging modality (set by --model for the standard names)",
+    )
+    tr.add_argument(
+        "--kind",
+        choices=["hr", "lr"],
+        default="hr",
+        help="high (atomic) or low resolution (set by --model for the standard names)",
+    )
     tr.add_argument(
         "--noise",
         type=Path,
         default=None,
-        help="noise settings JSON from the playground (default: paper's random ranges)",
+        help="noise settings JSON from the playground or fit-noise (None: the paper's random "
+        "ranges)",
     )
-    tr.add_argument("--steps", type=int, default=1000)
-    tr.add_argument("--batch", type=int, default=8)
-    tr.add_argument("--patch", type=int, default=128)
-    tr.add_argument("--lr", type=float, default=2e-4)
+    tr.add_argument("--steps", type=_positive_int, default=1000, help="optimiser steps")
+    tr.add_argument("--batch", type=_positive_int, default=8, help="pairs per step")
+    tr.add_argument(
+        "--patch", type=_int_at_least(16), default=128, help="side of the training crops [px]"
+    )
+    tr.add_argument("--lr", type=_positive_float, default=2e-4, help="learning rate (Adam)")
     tr.add_argument(
         "--adversarial",
-        type=float,
+        type=_non_negative_float,
         default=None,
-        help="adversarial loss weight (0 disables the discriminator)",
+        help="adversarial loss weight, 0 disables the discriminator (None: the default loss "
+        "weights)",
     )
     tr.add_argument(
-        "--disc-channels", type=int, default=64, help="base channels of the patch discriminator"
+        "--disc-channels",
+        type=_positive_int,
+        default=64,
+        help="base channels of the patch discriminator",
     )
-    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the data stream")
     tr.add_argument(
         "--clean-pool",
-        type=int,
+        type=_non_negative_int,
         default=0,
         help="reuse N clean images with fresh noise (0: new image per pair)",
     )
-    tr.add_argument("--val-size", type=int, default=16)
-    tr.add_argument("--val-every", type=int, default=100)
-    tr.add_argument("--checkpoint-every", type=int, default=200)
-    tr.add_argument("--workers", type=int, default=1)
-    tr.add_argument("--threads", type=int, default=None)
-    tr.add_argument("--device", default=None)
+    tr.add_argument("--val-size", type=_positive_int, default=16, help="validation pairs")
+    tr.add_argument("--val-every", type=_positive_int, default=100, help="validate every N steps")
+    tr.add_argument(
+        "--checkpoint-every", type=_positive_int, default=200, help="checkpoint every N steps"
+    )
+    tr.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=1,
+        help="data-loader processes making the pairs (0: in this process)",
+    )
+    tr.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch CPU threads (None: torch's)"
+    )
+    tr.add_argument("--device", default=None, help="cpu, cuda or mps (None: the fastest found)")
     tr.add_argument("--init-from", default=None, help="model name or .safetensors to fine-tune")
     tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
-    tr.add_argument("--log-every", type=int, default=10)
+    tr.add_argument("--log-every", type=_positive_int, default=10, help="print every N steps")
     tr.add_argument(
         "--install",
         action="store_true",
         help="copy the trained model into the user-model folder (listed in napari)",
     )
-    tr.add_argument("--out", type=Path, required=True)
+    tr.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, model, card)")
     tr.set_defaults(func=_cmd_train)
     return parser
 
@@ -440,11 +818,21 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``emdenoise`` console script."""
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, or a bad argument (argparse printed why)
+        return exc.code if isinstance(exc.code, int) else 2
     try:
         return int(args.func(args))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ImportError) as exc:
         print(f"emdenoise {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except MemoryError as exc:
+        print(
+            f"emdenoise {args.command}: error: out of memory ({exc or 'no details'}); "
+            "try a smaller size, fewer frames or a lazy/tiled workflow",
+            file=sys.stderr,
+        )
         return 2
 
 

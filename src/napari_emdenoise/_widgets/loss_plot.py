@@ -22,7 +22,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-__all__ = ["LossPlot", "smooth_ema"]
+__all__ = ["MIN_PLOT_HEIGHT", "LossPlot", "smooth_ema"]
 
 
 def smooth_ema(values: np.ndarray, weight: float) -> np.ndarray:
@@ -82,8 +82,14 @@ _VALIDATION_STYLE = {
 }
 
 
+#: Smallest height of the plots, in pixels: the axes, ticks and a 3-row legend stay readable.
+MIN_PLOT_HEIGHT = 160
+#: Legend style: top right, small font, translucent background.
+_LEGEND = {"offset": (-10, 5), "labelTextSize": "8pt", "brush": (0, 0, 0, 110)}
+
+
 class LossPlot(QWidget):
-    """Dockable plot of the training losses (top) and validation PSNR (bottom).
+    """Dockable plot of the training losses (left) and validation PSNR (right).
 
     Parameters
     ----------
@@ -102,18 +108,23 @@ class LossPlot(QWidget):
         #: Number of redraws so far (tests and benchmarks read it).
         self.n_redraws = 0
 
+        # side by side: a bottom dock has width to spare and little height
         self.graphics = pg.GraphicsLayoutWidget()
+        self.graphics.setMinimumHeight(MIN_PLOT_HEIGHT)
         self.loss_plot = self.graphics.addPlot(row=0, col=0)
         self.loss_plot.setLabel("left", "loss")
+        self.loss_plot.setLabel("bottom", "step")
         self.loss_plot.showGrid(x=True, y=True, alpha=0.3)
-        self.loss_plot.addLegend(offset=(-10, 10))
-        self.val_plot = self.graphics.addPlot(row=1, col=0)
+        # several columns and a small font: the legend of ~9 terms stays inside the plot
+        self.loss_plot.addLegend(**_LEGEND, colCount=3)
+        self.val_plot = self.graphics.addPlot(row=0, col=1)
         self.val_plot.setLabel("left", "validation PSNR", units="dB")
         self.val_plot.setLabel("bottom", "step")
         self.val_plot.showGrid(x=True, y=True, alpha=0.3)
-        self.val_plot.addLegend(offset=(-10, 10))
+        self.val_plot.addLegend(**_LEGEND, colCount=2)
         self.val_plot.setXLink(self.loss_plot)
-        self.graphics.ci.layout.setRowStretchFactor(0, 2)
+        self.graphics.ci.layout.setColumnStretchFactor(0, 3)
+        self.graphics.ci.layout.setColumnStretchFactor(1, 2)
 
         self.log_scale = QCheckBox("log scale")
         self.log_scale.setChecked(True)
@@ -132,8 +143,8 @@ class LossPlot(QWidget):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(2, 2, 2, 2)
         layout.addLayout(controls)
-        layout.addWidget(self.graphics)
-        self.setMinimumHeight(220)
+        layout.addWidget(self.graphics, 1)
+        self.setMinimumHeight(MIN_PLOT_HEIGHT + 34)
 
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)

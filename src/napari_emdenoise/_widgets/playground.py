@@ -15,6 +15,7 @@ sliders (:meth:`PlaygroundWidget.fit_to_layer`).
 from __future__ import annotations
 
 import time
+import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,13 +26,14 @@ from ..noise.fit import NoiseFit, fit_noise
 from ..noise.pipeline import MODALITIES, NoiseParams, distort, layers_for, sample_params
 from ..simulate import simulation_rngs
 from ..synth import generate_clean
+from ._common import WorkerHost, grey_image_layers, is_grey_image, scrolling, section, wrap_labels
 from ._layers import OwnedLayers
 from ._param_form import LayerParamsForm
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-__all__ = ["PlaygroundWidget"]
+__all__ = ["PlaygroundWidget", "find_playground"]
 
 _PREFIX = "playground"
 _SYNTHETIC = "synthetic"
@@ -50,7 +52,14 @@ def normalise_to_unit(image: np.ndarray) -> np.ndarray:
 
 
 class PlaygroundWidget(mw.Container):
-    """Dock widget: tune every layer of the EM distortion model and watch the result live."""
+    """Dock widget: tune every layer of the EM distortion model and watch the result live.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer (napari passes its ``PublicOnlyProxy`` when the widget is
+        opened from the Plugins menu).
+    """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
@@ -98,24 +107,47 @@ class PlaygroundWidget(mw.Container):
         )
         self.fit_layer = mw.ComboBox(label="fit to", choices=self._fit_choices, nullable=True)
         self.fit_region = mw.ComboBox(label="region", choices=self._region_choices)
+        self.fit_offset_auto = mw.CheckBox(
+            text="estimate the dark level",
+            value=True,
+            tooltip="the detector's intensity for zero electrons (a HAADF detector's DC level); "
+            "off: use the value below",
+        )
+        self.fit_offset = mw.FloatSpinBox(
+            label="dark level [image units]",
+            value=0.0,
+            min=-1e15,
+            max=1e15,
+            step=1.0,
+            enabled=False,
+            tooltip="intensity of zero detected electrons, e.g. from a blanked-beam frame",
+        )
         self.fit_button = mw.PushButton(text="Fit noise to image")
         self.fit_status = mw.Label(value="")
-        self.fit_status.native.setWordWrap(True)
         fit_box = mw.Container(
-            widgets=[self.fit_layer, self.fit_region, self.fit_button, self.fit_status],
+            widgets=[
+                self.fit_layer,
+                self.fit_region,
+                self.fit_offset_auto,
+                self.fit_offset,
+                self.fit_button,
+                self.fit_status,
+            ],
             labels=True,
         )
+        wrap_labels(self.status, self.fit_status)
+        # Buttons and status stay; the rest scrolls (the forms of ~12 layers are taller
+        # than a laptop screen) and the dock can shrink when other docks share its side.
+        self.extend([buttons, self.status])
         self.forms_box = mw.Container(labels=False)
-        self.extend([header, toggles, buttons, files, fit_box, self.status])
-        # The forms of ~12 layers are taller than a laptop screen: they scroll, the header
-        # stays. (magicgui's own scrollable container is lost when napari docks `.native`.)
-        from qtpy.QtWidgets import QScrollArea
-
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(self.forms_box.native)
-        scroll.setMinimumHeight(200)
-        self.native.layout().addWidget(scroll)
+        body = mw.Container(widgets=[header, toggles, files], labels=False)
+        body.native.layout().addWidget(
+            section("Fit the noise to a micrograph", fit_box.native, expanded=False)
+        )
+        body.native.layout().addWidget(section("Distortion layers", self.forms_box.native))
+        body.native.layout().addStretch(1)
+        self.native.layout().addWidget(scrolling(body.native, 60), 1)
+        self._body = body  # keep the magicgui wrappers alive
 
         self.forms: dict[str, LayerParamsForm] = {}
         self._build_forms(NoiseParams.default(self.modality.value))
@@ -131,10 +163,26 @@ class PlaygroundWidget(mw.Container):
         self.save_button.changed.connect(lambda *_: self._save_dialog())
         self.load_button.changed.connect(lambda *_: self._load_dialog())
         self.fit_button.changed.connect(lambda *_: self._fit_clicked())
+        self.fit_offset_auto.changed.connect(lambda on: setattr(self.fit_offset, "enabled", not on))
         viewer.layers.events.inserted.connect(self._refresh_sources)
         viewer.layers.events.removed.connect(self._refresh_sources)
-        self.native.destroyed.connect(lambda *_: self._stop_worker())
+        self.host = WorkerHost(self.native, self._on_close)
+        _OPEN[self] = _viewer_key(viewer)
         self.request_update(force=True)
+
+    def _on_close(self) -> None:
+        """The viewer is closing or the dock was removed: stop computing, let go of the viewer."""
+        self._pending = False
+        if self._worker is not None:
+            self._worker.quit()
+        for event, callback in (
+            (self.viewer.layers.events.inserted, self._refresh_sources),
+            (self.viewer.layers.events.removed, self._refresh_sources),
+        ):
+            try:
+                event.disconnect(callback)
+            except (RuntimeError, TypeError, ValueError):  # pragma: no cover - already gone
+                pass
 
     # -- parameters -----------------------------------------------------------
     def _build_forms(self, params: NoiseParams) -> None:
@@ -204,17 +252,11 @@ class PlaygroundWidget(mw.Container):
 
     # -- input ----------------------------------------------------------------
     def _source_choices(self, *_: object) -> list[str]:
-        names = [
-            layer.name
-            for layer in self.viewer.layers
-            if layer.__class__.__name__ == "Image"
-            and layer.name not in self.layers
-            and layer.ndim == 2
-            and not getattr(layer, "rgb", False)
-        ]
-        return [_SYNTHETIC, *names]
+        return [_SYNTHETIC, *grey_image_layers(self.viewer, (2,), exclude=self.layers)]
 
     def _refresh_sources(self, *_: object) -> None:
+        if self.host.closing:
+            return
         with self.source.changed.blocked():
             self.source.reset_choices()
         self.fit_layer.reset_choices()
@@ -224,25 +266,46 @@ class PlaygroundWidget(mw.Container):
         return self._source_choices()[1:]
 
     def _region_choices(self, *_: object) -> list[str]:
-        shapes = [layer.name for layer in self.viewer.layers if type(layer).__name__ == "Shapes"]
+        from napari.layers import Shapes
+
+        shapes = [layer.name for layer in self.viewer.layers if isinstance(layer, Shapes)]
         return [_WHOLE_IMAGE, *shapes]
 
-    def _clean_input(self) -> tuple[np.ndarray, dict]:
+    def _clean_key(self) -> tuple:
+        return (self.kind.value, int(self.size.value), int(self.seed.value))
+
+    def _clean_input(self) -> tuple[np.ndarray | None, dict]:
+        """The clean image (None: synthetic and not generated yet) and its layer geometry."""
         if self.source.value == _SYNTHETIC:
-            key = (self.kind.value, int(self.size.value), int(self.seed.value))
-            if self._clean_cache is None or self._clean_cache[0] != key:
-                rng_clean = simulation_rngs(key[2])[0]
-                img = generate_clean(kind=key[0], shape=(key[1], key[1]), rng=rng_clean)
-                self._clean_cache = (key, img)
-            return self._clean_cache[1], {"scale": (1.0, 1.0), "translate": (0.0, 0.0)}
+            key = self._clean_key()
+            cached = self._clean_cache
+            image = cached[1] if cached is not None and cached[0] == key else None
+            return image, {"scale": (1.0, 1.0), "translate": (0.0, 0.0)}
         layer = self.viewer.layers[self.source.value]
-        return normalise_to_unit(np.asarray(layer.data)), {
+        geometry: dict[str, Any] = {
             "scale": tuple(layer.scale),
             "translate": tuple(layer.translate),
         }
+        if getattr(layer, "units", None) is not None:
+            geometry["units"] = tuple(layer.units)
+        return normalise_to_unit(np.asarray(layer.data)), geometry
+
+    def clean_image(self) -> np.ndarray:
+        """The clean input now (a synthetic one is generated here if needed)."""
+        image, _ = self._clean_input()
+        if image is None:
+            key = self._clean_key()
+            image = _synthetic_clean(key)
+            self._clean_cache = (key, image)
+        return image
 
     # -- fit to a micrograph ----------------------------------------------------
-    def fit_to_layer(self, layer_name: str, region_name: str | None = None) -> NoiseFit:
+    def fit_to_layer(
+        self,
+        layer_name: str,
+        region_name: str | None = None,
+        offset: float | str | None = None,
+    ) -> NoiseFit:
         """Fit the noise model to an image layer and load the result into the sliders.
 
         Parameters
@@ -252,6 +315,9 @@ class PlaygroundWidget(mw.Container):
         region_name : str, optional
             A Shapes layer: only pixels inside its shapes are used
             (``None`` or ``"whole image"``: every pixel).
+        offset : float or "auto", optional
+            The detector's dark level (see :func:`~napari_emdenoise.noise.fit.fit_noise`);
+            default: the widget's *dark level* controls.
 
         Returns
         -------
@@ -267,20 +333,20 @@ class PlaygroundWidget(mw.Container):
         if layer_name not in self.viewer.layers:
             raise ValueError(f"no layer named {layer_name!r}")
         layer = self.viewer.layers[layer_name]
-        if (
-            type(layer).__name__ != "Image"
-            or getattr(layer, "multiscale", False)
-            or getattr(layer, "rgb", False)
-            or layer.ndim != 2
-        ):
+        if not is_grey_image(layer, (2,)):
             raise ValueError(f"{layer_name!r} is not a 2-D grey-scale image layer")
         data = np.asarray(layer.data)
         mask = None
         if region_name not in (None, "", _WHOLE_IMAGE):
             mask = _shapes_mask(self.viewer, region_name, layer, data.shape)
+        if offset is None:
+            offset = "auto" if self.fit_offset_auto.value else float(self.fit_offset.value)
         modality = self.modality.value
-        fit = fit_noise(data, mask, modality=modality)
-        clean_mean = float(np.mean(self._clean_input()[0]))
+        fit = fit_noise(data, mask, modality=modality, offset=offset)
+        if fit.offset_estimated:
+            with self.fit_offset.changed.blocked():
+                self.fit_offset.value = fit.offset
+        clean_mean = float(np.mean(self.clean_image()))
         if not clean_mean > 0:
             raise ValueError("the clean input is black: choose another clean input first")
         self.set_params(fit.to_noise_params(modality, base=self.params, clean_mean=clean_mean))
@@ -309,6 +375,8 @@ class PlaygroundWidget(mw.Container):
 
     def request_update(self, force: bool = False) -> None:
         """Recompute in a worker; if one is running, recompute once it ends (latest wins)."""
+        if self.host.closing:
+            return
         if self._worker is not None:
             self._pending = True
             return
@@ -320,35 +388,31 @@ class PlaygroundWidget(mw.Container):
             return
         from napari.qt.threading import create_worker
 
+        key = self._clean_key()
         seed = int(self.seed.value)
-        self._worker = create_worker(_compute, clean, params, seed, _start_thread=False)
-        self._worker.returned.connect(lambda result: self._show(result, geometry))
+        self._worker = create_worker(_compute, clean, key, params, seed, _start_thread=False)
+        self._worker.returned.connect(lambda result: self._show(result, geometry, key))
         self._worker.errored.connect(lambda exc: self._show_error(str(exc)))
         self._worker.finished.connect(self._on_finished)
-        self._worker.start()
+        self.host.start(self._worker)
 
     def _on_finished(self) -> None:
         self._worker = None
-        if self._pending:
+        if self._pending and not self.host.closing:
             self._pending = False
             self.request_update()
-
-    def _stop_worker(self) -> None:
-        worker, self._worker = self._worker, None
-        self._pending = False
-        if worker is not None:
-            try:
-                worker.quit()
-            except RuntimeError:  # its Qt signals are already gone (viewer closing)
-                pass
 
     # -- display --------------------------------------------------------------
     def _show_error(self, message: str) -> None:
         self.last_error = message
         self.status.value = f"⚠ {message}"
 
-    def _show(self, result: tuple, geometry: dict) -> None:
+    def _show(self, result: tuple, geometry: dict, key: tuple) -> None:
+        if self.host.closing:
+            return
         clean, distorted, stages, seconds = result
+        if self.source.value == _SYNTHETIC:
+            self._clean_cache = (key, clean)
         wanted = [(f"{_PREFIX} clean", clean, False), (f"{_PREFIX} distorted", distorted, True)]
         previous = clean
         for i, (name, image) in enumerate(stages, start=1):
@@ -368,6 +432,24 @@ class PlaygroundWidget(mw.Container):
         self.n_updates += 1
 
 
+#: Open playgrounds → key of their viewer (weak: a closed widget drops out).
+_OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _viewer_key(viewer: Any) -> int:
+    """The same number for a viewer and every napari proxy of it."""
+    return id(getattr(viewer, "__wrapped__", viewer))
+
+
+def find_playground(viewer: Any) -> PlaygroundWidget | None:
+    """The open noise-model playground of ``viewer`` (or of the viewer it proxies), if any."""
+    key = _viewer_key(viewer)
+    for widget, widget_key in list(_OPEN.items()):
+        if widget_key == key and not widget.host.closing:
+            return widget
+    return None
+
+
 def _shapes_mask(
     viewer: napari.viewer.Viewer, region_name: str, image_layer: Any, shape: tuple[int, ...]
 ) -> np.ndarray:
@@ -382,7 +464,7 @@ def _shapes_mask(
     if region_name not in viewer.layers:
         raise ValueError(f"no layer named {region_name!r}")
     region = viewer.layers[region_name]
-    if type(region).__name__ != "Shapes":
+    if not isinstance(region, Shapes):
         raise ValueError(f"{region_name!r} is not a Shapes layer")
     if len(region.data) == 0:
         raise ValueError(f"the Shapes layer {region_name!r} has no shapes")
@@ -399,7 +481,15 @@ def _shapes_mask(
     return mask
 
 
-def _compute(clean: np.ndarray, params: NoiseParams, seed: int) -> tuple:
+def _synthetic_clean(key: tuple) -> np.ndarray:
+    kind, size, seed = key
+    return generate_clean(kind=kind, shape=(size, size), rng=simulation_rngs(seed)[0])
+
+
+def _compute(clean: np.ndarray | None, key: tuple, params: NoiseParams, seed: int) -> tuple:
+    """Worker: (clean, distorted, stages, seconds); a synthetic clean image is made here."""
+    if clean is None:
+        clean = _synthetic_clean(key)
     t0 = time.perf_counter()
     distorted, stages = distort(
         clean, params.modality, params, rng=simulation_rngs(seed)[2], return_stages=True

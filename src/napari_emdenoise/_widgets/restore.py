@@ -15,10 +15,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 
+from ._common import WorkerHost, is_grey_image, scrolling, wrap_labels
+
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-__all__ = ["RestoreWidget", "run_with_progress"]
+__all__ = ["RestoreWidget", "is_checkpoint", "model_label", "run_with_progress"]
 
 
 def run_with_progress(func, *args: Any, **kwargs: Any) -> Iterator[tuple[int, int]]:
@@ -60,8 +62,13 @@ def run_with_progress(func, *args: Any, **kwargs: Any) -> Iterator[tuple[int, in
 
 def _card_text(card: Any) -> str:
     m = card.metrics or {}
-    steps = (card.training or {}).get("steps", "?")
+    training = card.training or {}
+    steps = training.get("steps", "?")
     parts = [f"{card.arch} · {card.kind.upper()}-{card.modality.upper()} · {steps} steps"]
+    if is_checkpoint(card):
+        planned = training.get("planned_steps")
+        of = f" of {planned}" if planned else ""
+        parts.append(f"checkpoint: training was stopped at step {steps}{of}")
     if "val_psnr" in m:
         parts.append(
             f"validation PSNR {m['val_psnr']:.2f} dB "
@@ -70,11 +77,28 @@ def _card_text(card: Any) -> str:
     return "\n".join(parts)
 
 
+def is_checkpoint(card: Any) -> bool:
+    """Whether a model card describes a run that was stopped before its last step."""
+    return bool((card.training or {}).get("stopped", False))
+
+
+def model_label(name: str, card: Any) -> str:
+    """What the model drop-down shows: the name, marked when it is an unfinished run."""
+    return f"{name} (checkpoint)" if card is not None and is_checkpoint(card) else name
+
+
 class RestoreWidget(mw.Container):
-    """Dock widget that restores an image layer with a bundled or user-trained model."""
+    """Dock widget that restores an image layer with a bundled or user-trained model.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer (napari passes its ``PublicOnlyProxy`` when the widget is
+        opened from the Plugins menu).
+    """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
-        super().__init__()
+        super().__init__(labels=False)
         from ..engine.device import available_devices
         from ..models.registry import list_models
 
@@ -84,27 +108,27 @@ class RestoreWidget(mw.Container):
         self.cards = list_models()
         #: The last layers produced (tests read them).
         self.outputs: list[Any] = []
+        #: unique_id of every layer this widget produced (never proposed as input).
+        self._produced: set[Any] = set()
         self.last_error = ""
 
         self.layer = mw.ComboBox(label="image layer", choices=self._layer_choices)
-        names = sorted(self.cards)
-        self.model = mw.ComboBox(
-            label="model",
-            choices=names or [""],
-            value="hrstem" if "hrstem" in names else (names or [""])[0],
-        )
+        self.model = mw.ComboBox(label="model", choices=self._model_choices)
+        if "hrstem" in self.cards:
+            self.model.value = "hrstem"
         self.card = mw.Label(label="model card")
         self.device = mw.ComboBox(label="device", choices=["auto", *available_devices()])
         self.tile_size = mw.SpinBox(
             label="tile size [px] (0 = auto)", value=0, min=0, max=8192, step=64
         )
-        self.residual = mw.CheckBox(text="also show residual (input − restored)", value=False)
+        self.residual = mw.CheckBox(text="show residual (input − restored)", value=False)
         self.run_button = mw.PushButton(text="Restore")
         self.cancel_button = mw.PushButton(text="Cancel", enabled=False)
         self.progress = mw.ProgressBar(value=0, min=0, max=1, label="progress")
-        self.status = mw.Label(value="" if names else "no models found")
-        self.extend(
-            [
+        self.status = mw.Label(value="" if self.cards else "no models found")
+        wrap_labels(self.card, self.status)
+        form = mw.Container(
+            widgets=[
                 self.layer,
                 self.model,
                 self.card,
@@ -115,46 +139,110 @@ class RestoreWidget(mw.Container):
                 self.cancel_button,
                 self.progress,
                 self.status,
-            ]
+            ],
+            labels=True,
         )
+        form.native.layout().addStretch(1)
+        self.native.layout().addWidget(scrolling(form.native, 60))
+        self._form = form  # keep the magicgui wrappers alive
         self.model.changed.connect(self._show_card)
         self.run_button.changed.connect(lambda *_: self.start())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
-        viewer.layers.events.inserted.connect(lambda *_: self.layer.reset_choices())
-        viewer.layers.events.removed.connect(lambda *_: self.layer.reset_choices())
+        viewer.layers.events.inserted.connect(self._refresh_layers)
+        viewer.layers.events.removed.connect(self._refresh_layers)
+        viewer.layers.selection.events.active.connect(self._follow_selection)
         from ..models.registry import on_models_changed
 
-        unsubscribe = on_models_changed(self.refresh_models)
-        self.native.destroyed.connect(lambda *_: (self._cancel.set(), unsubscribe()))
+        self._unsubscribe = on_models_changed(self.refresh_models)
+        self.host = WorkerHost(self.native, self._on_close)
+        default = self._default_layer()
+        if default is not None:
+            self.layer.value = default
         self._show_card()
 
+    def _on_close(self) -> None:
+        """The viewer is closing or the dock was removed: cancel, let go of the viewer."""
+        self._cancel.set()
+        if self._worker is not None:
+            self._worker.quit()
+        self._unsubscribe()
+        for event, callback in (
+            (self.viewer.layers.events.inserted, self._refresh_layers),
+            (self.viewer.layers.events.removed, self._refresh_layers),
+            (self.viewer.layers.selection.events.active, self._follow_selection),
+        ):
+            try:
+                event.disconnect(callback)
+            except (RuntimeError, TypeError, ValueError):  # pragma: no cover - already gone
+                pass
+
+    # -- choices ----------------------------------------------------------------
     def refresh_models(self) -> None:
         """Re-read the bundled and user models (called when a model is installed)."""
         from ..models.registry import list_models
 
+        if self.host.closing:
+            return
         self.cards = list_models()
-        current = self.model.value
-        names = sorted(self.cards) or [""]
-        self.model.choices = names
-        self.model.value = current if current in names else names[0]
+        self.model.reset_choices()
         self._show_card()
 
+    def _model_choices(self, *_: object) -> list[tuple[str, str]] | list[str]:
+        if not self.cards:
+            return [""]
+        return [(model_label(n, self.cards[n]), n) for n in sorted(self.cards)]
+
     def _layer_choices(self, *_: object) -> list[str]:
+        """2-D images and (frames, y, x) stacks; RGB layers are listed and refused at Start."""
+        from napari.layers import Image
+
         return [
             layer.name
             for layer in self.viewer.layers
-            if layer.__class__.__name__ == "Image"
-            and layer.ndim in (2, 3)
-            and not getattr(layer, "rgb", False)
+            if isinstance(layer, Image) and layer.ndim in (2, 3)
         ]
+
+    def _candidate(self, layer: Any) -> bool:
+        return is_grey_image(layer, (2, 3)) and layer.unique_id not in self._produced
+
+    def _default_layer(self) -> str | None:
+        """The selected layer if it can be restored, else the topmost visible one."""
+        active = self.viewer.layers.selection.active
+        if active is not None and self._candidate(active):
+            return active.name
+        layers = [layer for layer in self.viewer.layers if self._candidate(layer)]
+        visible = [layer for layer in layers if layer.visible]
+        for group in (visible, layers):
+            if group:
+                return group[-1].name
+        return None
+
+    def _refresh_layers(self, *_: object) -> None:
+        if self.host.closing:
+            return
+        current = self.layer.value
+        self.layer.reset_choices()
+        if current is None or current not in self.layer.choices:
+            default = self._default_layer()
+            if default is not None:
+                self.layer.value = default
+
+    def _follow_selection(self, event: Any = None) -> None:
+        """Selecting a layer in the layer list makes it the input (outputs excluded)."""
+        active = self.viewer.layers.selection.active
+        if self._worker is None and active is not None and self._candidate(active):
+            if active.name in self.layer.choices:
+                self.layer.value = active.name
 
     def _show_card(self, *_: object) -> None:
         card = self.cards.get(self.model.value)
         self.card.value = _card_text(card) if card else ""
 
+    # -- run ----------------------------------------------------------------------
     def _error(self, message: str) -> None:
         self.last_error = message
         self.status.value = f"⚠ {message}"
+        self.progress.value = 0
         self._finish()
 
     def _finish(self) -> None:
@@ -172,19 +260,36 @@ class RestoreWidget(mw.Container):
 
         from ..engine.predictor import restore
 
-        if self._worker is not None:
+        if self._worker is not None or self.host.closing:
             return
         if not self.layer.value:
             self._error("no image layer selected")
             return
-        if not self.model.value:
+        model = self.model.value
+        if not model:
             self._error("no model available")
             return
         layer = self.viewer.layers[self.layer.value]
+        if getattr(layer, "rgb", False):
+            self._error(
+                f"{layer.name!r} is an RGB(A) image: the models restore grey-scale "
+                "micrographs; open the raw data, or convert the layer to grey first"
+            )
+            return
+        if getattr(layer, "multiscale", False):
+            self._error(f"{layer.name!r} is a multiscale (pyramid) image: open its full resolution")
+            return
         data = np.asarray(layer.data)
+        request = {
+            "model": model,
+            "name": layer.name,
+            "geometry": _geometry(layer),
+            "metadata": dict(layer.metadata),
+        }
         self._cancel.clear()
         self.last_error = ""
-        self.status.value = f"restoring {layer.name} with {self.model.value}…"
+        self.progress.value = 0
+        self.status.value = f"restoring {layer.name} with {model}…"
         self.run_button.enabled = False
         self.cancel_button.enabled = True
         device = None if self.device.value == "auto" else self.device.value
@@ -193,50 +298,67 @@ class RestoreWidget(mw.Container):
             run_with_progress,
             restore,
             data,
-            model=self.model.value,
+            model=model,
             device=device,
             tile_size=tile,
             cancel=self._cancel.is_set,
             _start_thread=False,
         )
         worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda outcome: self._on_outcome(layer, data, outcome))
+        worker.returned.connect(lambda outcome: self._on_outcome(request, data, outcome))
         worker.errored.connect(lambda exc: self._error(str(exc)))
         self._worker = worker
-        worker.start()
+        self.host.start(worker)
 
     def _on_progress(self, item: tuple[int, int]) -> None:
+        if self.host.closing:
+            return
         done, total = item
         self.progress.max = max(int(total), 1)
         self.progress.value = int(done)
 
-    def _on_outcome(self, layer: Any, data: np.ndarray, outcome: tuple[str, Any]) -> None:
+    def _on_outcome(self, request: dict, data: np.ndarray, outcome: tuple[str, Any]) -> None:
+        if self.host.closing:
+            return
         status, value = outcome
         if status == "cancelled":
             self.status.value = "cancelled: no layer added"
+            self.progress.value = 0
             self._finish()
         elif status == "error":
             self._error(value)
         else:
-            self._on_result(layer, data, value)
+            self._on_result(request, data, value)
 
-    def _on_result(self, layer: Any, data: np.ndarray, restored: np.ndarray) -> None:
+    def _on_result(self, request: dict, data: np.ndarray, restored: np.ndarray) -> None:
+        """Add the result layers, recorded with the model that was asked for at Start."""
+        name, model = request["name"], request["model"]
         common = {
-            "scale": tuple(layer.scale),
-            "translate": tuple(layer.translate),
-            "metadata": {**dict(layer.metadata), "emdenoise_model": self.model.value},
+            **request["geometry"],
+            "metadata": {**request["metadata"], "emdenoise_model": model},
         }
-        self.outputs = [self.viewer.add_image(restored, name=f"{layer.name} restored", **common)]
+        self.outputs = [self.viewer.add_image(restored, name=f"{name} restored", **common)]
         if self.residual.value:
             residual = data.astype(np.float32) - restored
             self.outputs.append(
                 self.viewer.add_image(
                     residual,
-                    name=f"{layer.name} residual",
+                    name=f"{name} residual",
                     visible=False,
                     colormap="twilight_shifted",
                     **common,
                 )
             )
-        self.status.value = f"{layer.name} restored with {self.model.value}"
+        self._produced.update(layer.unique_id for layer in self.outputs)
+        self.status.value = f"{name} restored with {model}"
         self._finish()
+
+
+def _geometry(layer: Any) -> dict[str, Any]:
+    """What a result layer copies from its input: scale, translate, units, axis labels."""
+    geometry: dict[str, Any] = {"scale": tuple(layer.scale), "translate": tuple(layer.translate)}
+    for key in ("units", "axis_labels"):
+        value = getattr(layer, key, None)
+        if value is not None:
+            geometry[key] = tuple(value)
+    return geometry

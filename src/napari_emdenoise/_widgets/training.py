@@ -19,11 +19,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from magicgui import widgets as mw
-from qtpy.QtCore import QEvent, QObject, QTimer
+from qtpy.QtCore import QTimer
 
 from ..losses import LossWeights
 from ..noise.pipeline import MODALITIES, NoiseParams
+from ._common import WorkerHost, grey_image_layers, scrolling, section, wrap_labels
 from ._layers import OwnedLayers
+from ._spawn import unguarded_main_script
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -43,6 +45,16 @@ _WEIGHT_FIELDS = ("l1", "l2", "mlwt", "fourier", "mean", "std", "adversarial", "
 UI_REFRESH_HZ = 2.0
 #: How long closing the widget waits for the run to write its checkpoint, in seconds.
 CLOSE_TIMEOUT_S = 120.0
+#: Without a first step after this many seconds, the status says what may be wrong.
+STARTUP_WARNING_S = 60.0
+#: Model sizes in the order offered (smallest first); others follow alphabetically.
+_SIZE_ORDER = ("tiny", "small", "full")
+#: First settings: CGRDN "small" (181 k parameters) on 96² patches, batch 8, for 1000
+#: steps trains in about 10 minutes on two CPU cores (the bundled models were trained so,
+#: for 3000–5000 steps); "full" (7 M parameters) is meant for a GPU.
+DEFAULT_SIZE = "small"
+DEFAULT_PATCH = 96
+DEFAULT_STEPS = 1000
 
 
 def default_runs_dir() -> Path:
@@ -117,47 +129,29 @@ def _weight_editors() -> dict[str, mw.FloatSpinBox]:
     return editors
 
 
-class _LifetimeFilter(QObject):
-    """Calls ``on_close()`` when, during a run, the widget is undocked or its window closes.
+def size_choices(arch: str) -> list[str]:
+    """Named sizes of ``arch``, smallest first (never alphabetical: "full" is the largest)."""
+    from ..models.registry import named_configs
 
-    napari's ``remove_dock_widget`` (the dock's close button) un-parents the
-    widget without deleting it, and closing the viewer need not delete it
-    either: both are seen here, through public Qt events only.
-    """
-
-    def __init__(self, widget, on_close, is_running) -> None:
-        super().__init__(widget)
-        self._on_close = on_close
-        self._is_running = is_running
-        self._watched: set[int] = set()  # ids only: never keep the viewer's window alive
-
-    def watch_window(self) -> None:
-        """Also watch the top-level window the widget is in now (call when docked)."""
-        window = self.parent().window()
-        if window is not self.parent() and id(window) not in self._watched:
-            window.installEventFilter(self)
-            self._watched.add(id(window))
-
-    def eventFilter(self, obj, event) -> bool:  # noqa: N802 - Qt API
-        is_running = getattr(self, "_is_running", None)  # events may arrive during __init__
-        if is_running is None or not is_running():
-            return False
-        widget = self.parent()
-        kind = event.type()
-        if kind == QEvent.Type.ParentChange and obj is widget and widget.parent() is None:
-            self._on_close()
-        elif kind == QEvent.Type.Close and obj is not widget and obj is widget.window():
-            self._on_close()
-        return False
+    names = list(named_configs(arch))
+    rank = {name: i for i, name in enumerate(_SIZE_ORDER)}
+    return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
 
 class TrainWidget(mw.Container):
-    """Dock widget: configure, start, watch, pause, stop and save a training run."""
+    """Dock widget: configure, start, watch, pause, stop and save a training run.
+
+    Parameters
+    ----------
+    viewer : napari.viewer.Viewer
+        The viewer (napari passes its ``PublicOnlyProxy`` when the widget is
+        opened from the Plugins menu).
+    """
 
     def __init__(self, viewer: napari.viewer.Viewer) -> None:
         super().__init__(labels=False)
         from ..engine.device import available_devices
-        from ..models.registry import ARCHITECTURES, named_configs
+        from ..models.registry import ARCHITECTURES
 
         self.viewer = viewer
         self.trainer: Trainer | None = None
@@ -174,13 +168,19 @@ class TrainWidget(mw.Container):
         #: The last DoneEvent, or None.
         self.result: Any = None
         self.last_error = ""
+        #: Why the data are made in this process although data workers were asked for.
+        self.in_process_reason = ""
 
         # -- model
         self.model_name = mw.LineEdit(label="model name", value="my_model")
         self.arch = mw.ComboBox(label="architecture", choices=sorted(ARCHITECTURES), value="cgrdn")
         self.model_config = mw.ComboBox(
-            label="size", choices=lambda *_: sorted(named_configs(self.arch.value))
+            label="size",
+            choices=lambda *_: size_choices(self.arch.value),
+            tooltip="tiny/small train in minutes on a CPU; full (7 M parameters) needs a GPU",
         )
+        if DEFAULT_SIZE in self.model_config.choices:
+            self.model_config.value = DEFAULT_SIZE
         self.start_from = mw.ComboBox(label="start from", choices=self._start_choices)
         # -- data
         self.modality = mw.ComboBox(label="modality", choices=list(MODALITIES), value="stem")
@@ -189,7 +189,10 @@ class TrainWidget(mw.Container):
             label="noise", choices=[RANDOM_NOISE, PLAYGROUND_NOISE, FILE_NOISE]
         )
         self.noise_file = mw.FileEdit(label="settings", mode="r", filter="*.json", visible=False)
-        self.patch_size = mw.SpinBox(label="patch [px]", value=128, min=32, max=1024, step=16)
+        self.patch_size = mw.SpinBox(
+            label="patch [px]", value=DEFAULT_PATCH, min=32, max=1024, step=16,
+            tooltip="side of the training crops; larger sees more context, trains slower",
+        )  # fmt: skip
         self.clean_pool = mw.SpinBox(
             label="clean-image pool", value=64, min=0, max=100_000,
             tooltip="0: a new clean image for every pair (paper); N: reuse N clean images",
@@ -202,7 +205,7 @@ class TrainWidget(mw.Container):
             tooltip="base channels of the 70×70 patch discriminator (paper: 64)",
         )  # fmt: skip
         # -- optimisation
-        self.steps = mw.SpinBox(label="steps", value=2000, min=1, max=10_000_000, step=100)
+        self.steps = mw.SpinBox(label="steps", value=DEFAULT_STEPS, min=1, max=10_000_000, step=100)
         self.batch_size = mw.SpinBox(label="batch", value=8, min=1, max=1024)
         self.lr = mw.FloatSpinBox(label="learning rate", value=2e-4, min=1e-7, max=1.0, step=1e-5)
         self.device = mw.ComboBox(label="device", choices=["auto", *available_devices()])
@@ -210,7 +213,10 @@ class TrainWidget(mw.Container):
         self.checkpoint_every = mw.SpinBox(
             label="checkpoint every [steps]", value=200, min=1, max=1_000_000
         )
-        self.workers = mw.SpinBox(label="data workers", value=1, min=0, max=64)
+        self.workers = mw.SpinBox(
+            label="data workers", value=1, min=0, max=64,
+            tooltip="processes that make the synthetic pairs (0: in the napari process)",
+        )  # fmt: skip
         self.preview_layer = mw.ComboBox(label="preview on", choices=self._preview_choices)
         self.out_dir = mw.FileEdit(label="runs folder", mode="d", value=str(default_runs_dir()))
         self.resume = mw.CheckBox(text="continue from the run's checkpoint", value=True)
@@ -218,65 +224,68 @@ class TrainWidget(mw.Container):
         # -- controls
         self.start_button = mw.PushButton(text="Start")
         self.pause_button = mw.PushButton(text="Pause", enabled=False)
-        self.checkpoint_button = mw.PushButton(text="Save checkpoint now", enabled=False)
+        self.checkpoint_button = mw.PushButton(
+            text="Checkpoint", enabled=False, tooltip="write a checkpoint after the current step"
+        )
         self.stop_button = mw.PushButton(text="Stop", enabled=False)
         self.onnx_button = mw.PushButton(text="Export ONNX…", enabled=False)
         self.progress = mw.ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = mw.Label(value="")
 
-        def box(title: str, widgets: list) -> mw.Container:
-            fields = mw.Container(widgets=widgets, labels=True)
-            return mw.Container(widgets=[mw.Label(value=f"<b>{title}</b>"), fields], labels=False)
-
-        model_box = box("Model", [self.model_name, self.arch, self.model_config, self.start_from])
-        data_box = box(
-            "Data",
-            [self.modality, self.kind, self.noise_source, self.noise_file, self.patch_size,
-             self.clean_pool, self.seed],
-        )  # fmt: skip
-        loss_box = box("Loss (seed 001 eqs 4–15)", [*self.weights.values(), self.disc_channels])
-        optim_box = box(
-            "Optimisation",
-            [self.steps, self.batch_size, self.lr, self.device, self.val_every,
-             self.checkpoint_every, self.workers, self.preview_layer, self.out_dir],
-        )  # fmt: skip
-        # the settings scroll (they are taller than a laptop screen); the controls stay
-        settings = mw.Container(
-            widgets=[model_box, data_box, loss_box, optim_box, self.resume, self.install],
-            labels=False,
-        )
+        # the settings scroll in collapsible sections (they are taller than a laptop
+        # screen); the controls, progress and status stay
+        self._boxes = {
+            "Model": mw.Container(
+                widgets=[self.model_name, self.arch, self.model_config, self.start_from]
+            ),
+            "Data": mw.Container(
+                widgets=[self.modality, self.kind, self.noise_source, self.noise_file,
+                         self.patch_size, self.clean_pool, self.seed],
+            ),
+            "Loss weights (Lobato et al. 2023, eqs 4–15)": mw.Container(
+                widgets=[*self.weights.values(), self.disc_channels]
+            ),
+            "Optimisation": mw.Container(
+                widgets=[self.steps, self.batch_size, self.lr, self.device, self.val_every,
+                         self.checkpoint_every, self.workers, self.preview_layer,
+                         self.out_dir, self.resume, self.install],
+            ),
+        }  # fmt: skip
+        settings = mw.Container(labels=False)
+        for title, fields in self._boxes.items():
+            expanded = not title.startswith("Loss")
+            settings.native.layout().addWidget(section(title, fields.native, expanded))
+        settings.native.layout().addStretch(1)
+        self._settings = settings  # keep the magicgui wrappers alive
         self.extend(
             [
-                settings,
                 mw.Container(
-                    widgets=[self.start_button, self.pause_button, self.stop_button],
+                    widgets=[
+                        self.start_button,
+                        self.pause_button,
+                        self.stop_button,
+                        self.checkpoint_button,
+                        self.onnx_button,
+                    ],
                     layout="horizontal",
                     labels=False,
-                ),
-                mw.Container(
-                    widgets=[self.checkpoint_button, self.onnx_button],
-                    layout="horizontal",
-                    labels=False,
-                ),
+                ),  # fmt: skip
                 self.progress,
                 self.status,
             ]
         )
-        self.status.native.setWordWrap(True)
-        # (magicgui's own scrollable container is lost when napari docks `.native`)
-        from qtpy.QtWidgets import QScrollArea
-
-        scroll = QScrollArea()
-        scroll.setWidgetResizable(True)
-        scroll.setWidget(settings.native)
-        scroll.setMinimumHeight(250)
-        self.native.layout().insertWidget(0, scroll, 1)
+        wrap_labels(self.status)
+        self.native.layout().insertWidget(0, scrolling(settings.native, 60), 1)
         self.plot = self._make_plot()
         self._last_step: Any = None
         self._ui_timer = QTimer(self.native)
         self._ui_timer.setSingleShot(True)
         self._ui_timer.setInterval(int(1000 / UI_REFRESH_HZ))
         self._ui_timer.timeout.connect(self._refresh_progress)
+        self._startup_timer = QTimer(self.native)
+        self._startup_timer.setSingleShot(True)
+        self._startup_timer.setInterval(int(1000 * STARTUP_WARNING_S))
+        self._startup_timer.timeout.connect(self._warn_slow_start)
 
         self.arch.changed.connect(self._on_arch)
         self.start_from.changed.connect(self._on_start_from)
@@ -290,9 +299,8 @@ class TrainWidget(mw.Container):
         self.onnx_button.changed.connect(lambda *_: self._onnx_dialog())
         viewer.layers.events.inserted.connect(self._refresh_layers)
         viewer.layers.events.removed.connect(self._refresh_layers)
-        self.native.destroyed.connect(lambda *_: self.shutdown())
-        self._lifetime = _LifetimeFilter(self.native, self.shutdown, lambda: self.running)
-        self.native.installEventFilter(self._lifetime)
+        # closing the viewer or removing the dock stops the run and waits for its checkpoint
+        self.host = WorkerHost(self.native, self._on_close, timeout=CLOSE_TIMEOUT_S)
         self._on_adversarial()
 
     # -- plot dock ------------------------------------------------------------
@@ -314,15 +322,7 @@ class TrainWidget(mw.Container):
         return [SCRATCH, *sorted(n for n, c in list_models().items() if c.arch == arch)]
 
     def _preview_choices(self, *_: object) -> list[str]:
-        names = [
-            layer.name
-            for layer in self.viewer.layers
-            if layer.__class__.__name__ == "Image"
-            and layer.ndim == 2
-            and not getattr(layer, "rgb", False)
-            and layer.name not in self.layers
-        ]
-        return [NO_PREVIEW, *names]
+        return [NO_PREVIEW, *grey_image_layers(self.viewer, (2,), exclude=self.layers)]
 
     def _refresh_layers(self, *_: object) -> None:
         if not self._closing:
@@ -358,13 +358,9 @@ class TrainWidget(mw.Container):
 
     # -- configuration --------------------------------------------------------
     def _find_playground(self):
-        from .playground import PlaygroundWidget
+        from .playground import find_playground
 
-        window = getattr(self.viewer, "window", None)
-        for widget in getattr(window, "dock_widgets", {}).values():
-            if isinstance(widget, PlaygroundWidget):
-                return widget
-        return None
+        return find_playground(self.viewer)
 
     def noise_params(self) -> NoiseParams | None:
         """The noise settings chosen: None (random per pair), the playground's, or a file's."""
@@ -396,6 +392,17 @@ class TrainWidget(mw.Container):
         weights = {k: float(w.value) for k, w in self.weights.items()}
         LossWeights(**weights)  # validate now, not in the worker
         start = self.start_from.value
+        workers = int(self.workers.value)
+        self.in_process_reason = ""
+        if workers > 0:
+            script = unguarded_main_script()
+            if script is not None:
+                workers = 0
+                self.in_process_reason = (
+                    f"data made in the napari process (slower): {Path(script).name} has no "
+                    '`if __name__ == "__main__":` guard, and data-worker processes would '
+                    "run it again (a second napari) instead of making data"
+                )
         return TrainConfig(
             name=name,
             arch=self.arch.value,
@@ -417,7 +424,7 @@ class TrainWidget(mw.Container):
             val_size=8,
             val_every=int(self.val_every.value),
             checkpoint_every=int(self.checkpoint_every.value),
-            num_workers=int(self.workers.value),
+            num_workers=workers,
             worker_start_method="spawn",
             device=None if self.device.value == "auto" else self.device.value,
             init_from=None if start in (SCRATCH, None) else start,
@@ -463,14 +470,16 @@ class TrainWidget(mw.Container):
         self.progress.max = cfg.steps
         self.progress.value = 0
         self.status.value = f"starting: {cfg.arch} ({cfg.model_config}) → {cfg.out_dir}"
+        if self.in_process_reason:
+            self.status.value += f" · {self.in_process_reason}"
         self._worker = create_worker(_run_trainer, trainer, self._done, _start_thread=False)
         self._worker.yielded.connect(self._on_event)
         self._worker.errored.connect(self._on_error)
         self._worker.finished.connect(self._on_finished)
         self._prepare_preview_layers(cfg, trainer)
         self._set_running(True)
-        self._lifetime.watch_window()
-        self._worker.start()
+        self._startup_timer.start()
+        self.host.start(self._worker)
 
     def _prepare_preview_layers(self, cfg: TrainConfig, trainer: Trainer) -> None:
         """Create the preview layers now (click time), not at the first validation.
@@ -524,16 +533,31 @@ class TrainWidget(mw.Container):
     def shutdown(self, timeout: float = CLOSE_TIMEOUT_S) -> bool:
         """Stop the run and wait until its checkpoint is written (widget/viewer closing).
 
+        Parameters
+        ----------
+        timeout : float
+            Seconds to wait for the worker thread.
+
         Returns
         -------
         bool
             True if no run was left running.
         """
-        if "_done" not in vars(self):  # already torn down by the garbage collector
+        if "host" not in vars(self):  # already torn down by the garbage collector
             return True
+        return self.host.close(timeout) and self._done.is_set()
+
+    def _on_close(self) -> None:
+        """The viewer is closing or the dock was removed: stop the run, let go of the viewer."""
         self._closing = True
+        self._ui_timer.stop()
+        self._startup_timer.stop()
         self.stop()
-        return self._done.wait(timeout)
+        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
+            try:
+                event.disconnect(self._refresh_layers)
+            except (RuntimeError, TypeError, ValueError):  # pragma: no cover - already gone
+                pass
 
     def _set_running(self, running: bool) -> None:
         if self._closing:
@@ -554,9 +578,23 @@ class TrainWidget(mw.Container):
         if handler is not None:
             handler(event)
 
+    def _warn_slow_start(self) -> None:
+        if self._closing or not self.running or self._last_step is not None:
+            return
+        workers = self.trainer.config.num_workers if self.trainer is not None else 0
+        hint = (
+            f"{workers} data-worker process(es) have not delivered data: if napari was "
+            'started from a script, it needs an `if __name__ == "__main__":` guard, or set '
+            "data workers to 0"
+            if workers
+            else "the first step is slow: a smaller size, patch or batch trains faster"
+        )
+        self._show_error(f"no training step after {STARTUP_WARNING_S:.0f} s · {hint}")
+
     def _on_StepEvent(self, event: Any) -> None:  # noqa: N802 - named after the event class
         # Only record here: repainting labels at every step costs the event loop (and,
         # with software OpenGL, the training) far more than the numbers are worth.
+        self._startup_timer.stop()
         self.plot.add_step(event.step, event.losses)
         now = time.perf_counter()
         if self._step_start < 0:  # the first step includes start-up: do not time it
@@ -604,6 +642,10 @@ class TrainWidget(mw.Container):
             f"validation PSNR {event.metrics['val_psnr']:.2f} dB "
             f"(input {event.metrics['val_psnr_input']:.2f} dB)"
         )
+        if event.stopped and event.model_path is not None:
+            planned = self.trainer.config.steps if self.trainer is not None else None
+            _mark_checkpoint(event.model_path, planned)
+            message += " · saved as a checkpoint (Start continues it)"
         if self.install.value and event.model_path is not None:
             try:
                 install_model(event.model_path)
@@ -618,9 +660,11 @@ class TrainWidget(mw.Container):
 
     def _on_finished(self) -> None:
         self._worker = None
+        if self._closing:  # the widget's Qt objects may be gone already
+            return
+        self._startup_timer.stop()
         self._set_running(False)
-        if not self._closing:
-            self.plot.redraw()
+        self.plot.redraw()
 
     def _show_error(self, message: str) -> None:
         self.last_error = message
@@ -648,3 +692,19 @@ class TrainWidget(mw.Container):
                 self.status.value = f"exported {self.export_onnx(path)}"
             except (ImportError, ValueError, OSError, RuntimeError) as exc:
                 self._show_error(f"ONNX export failed: {exc}")
+
+
+def _mark_checkpoint(model_path: Path, planned_steps: int | None) -> None:
+    """Record in a model card that its run was stopped early (Restore marks such models).
+
+    A later run that reaches its last step exports the card again, without the mark.
+    """
+    import json
+
+    card_path = Path(model_path).with_suffix(".json")
+    try:
+        card = json.loads(card_path.read_text(encoding="utf-8"))
+        card.setdefault("training", {}).update(stopped=True, planned_steps=planned_steps)
+        card_path.write_text(json.dumps(card, indent=2), encoding="utf-8")
+    except (OSError, ValueError):  # pragma: no cover - the card is the trainer's; keep going
+        pass

@@ -10,8 +10,9 @@ and ``(frames, y, x)`` stacks (numpy, dask, zarr), and reports progress and
 honours a cancel flag. :func:`restore_dask` builds a lazy dask array, one
 task per frame, for clusters and results written to zarr.
 
-Intensity normalisation (SPEC §4): the CGRDN and DnCNN normalise each input
-as ``(x − mean) / max(std, 0.1)``. Applied per *tile* this would give every
+Intensity normalisation: the CGRDN and DnCNN normalise each input as
+``(x − mean) / scale`` with ``scale = max(std, 10⁻⁶·|mean|)`` (relative, so
+that ``restore(a·x + b) = a·restore(x) + b`` for any unit). Applied per *tile* this would give every
 tile a different contrast; so when the network has a ``normalize`` attribute
 that is true, the predictor normalises the whole frame once with the frame's
 statistics, switches the network's own normalisation off while the tiles run
@@ -23,8 +24,8 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -35,7 +36,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from .._validation import as_float_image
+from .._validation import as_float_image, tensor_to_numpy
+from ..models._normalization import NORM_REL_FLOOR, normalization_stats
 from .device import autocast_context, is_oom_error, resolve_device
 from .tiling import TileBlender, TileGrid, balanced_tile
 
@@ -52,10 +54,9 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
 
-#: Lower bound of the normalisation scale, in input intensity units, for a
-#: network without a ``std_floor`` attribute (the networks' own default,
-#: ``models._normalization.NORM_STD_FLOOR``).
-_STD_FLOOR = 0.1
+#: Relative floor of the normalisation scale for a network without a
+#: ``std_floor`` attribute (the networks' own default).
+_STD_FLOOR = NORM_REL_FLOOR
 
 #: Largest frame (pixels) run as one tile when ``tile_size`` is None.
 # Measured on the 2-core CPU (benchmarks/restore_speed.py): one 1024² pass is slower
@@ -64,6 +65,10 @@ _WHOLE_IMAGE_BUDGET = {"cuda": 4096 * 4096, "mps": 2048 * 2048, "cpu": 640 * 640
 _DEFAULT_TILE = 512
 _DEFAULT_OVERLAP = 32
 _MIN_TILE = 16
+#: Smallest ``tile_size`` :func:`restore` accepts when the overlap is left at its
+#: default: the default overlap on both sides plus the network's own context.
+#: Smaller tiles force the overlap towards 0 and give visibly tiled results.
+_MIN_USER_TILE = 2 * _DEFAULT_OVERLAP
 
 
 class Cancelled(Exception):
@@ -122,10 +127,8 @@ def _inference_state(model: torch.nn.Module) -> Iterator[bool]:
 
 
 def _normalisation(frame: np.ndarray, std_floor: float) -> tuple[float, float]:
-    """Mean and scale ``max(std, std_floor)`` of a frame (population std, float64 sums)."""
-    mean = float(frame.mean(dtype=np.float64))
-    var = float(frame.var(dtype=np.float64))
-    return mean, math.sqrt(max(var, std_floor**2))
+    """Mean and scale of a frame, exactly as the networks normalise (float64 sums)."""
+    return normalization_stats(frame, std_floor)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -189,10 +192,52 @@ def _round_up(value: int, multiple: int) -> int:
     return -(-value // multiple) * multiple
 
 
+def _is_int(value: object) -> bool:
+    """True for Python/numpy integers, False for bools, floats and everything else."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+
+
+def _check_tiling_args(tile_size: object, overlap: object, batch_size: object) -> None:
+    """Refuse ill-typed or too small tiling arguments of :func:`restore` / :func:`restore_dask`.
+
+    Raises
+    ------
+    ValueError
+        If ``tile_size`` is neither None nor a positive int or a pair of them,
+        or is smaller than the smallest tile that gives a faithful result
+        (:data:`_MIN_USER_TILE` with the default overlap, else the overlap + 1
+        and at least 16); if ``overlap`` or ``batch_size`` are not ints in range.
+    """
+    if overlap is not None and (not _is_int(overlap) or overlap < 0):
+        raise ValueError(f"overlap must be an int >= 0 pixels, got {overlap!r}")
+    if batch_size is not None and (not _is_int(batch_size) or batch_size < 1):
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    if tile_size is None:
+        return
+    tile = _as_pair(tile_size, "tile_size")  # type: ignore[arg-type]
+    minimum = _MIN_USER_TILE if overlap is None else max(_MIN_TILE, int(overlap) + 1)
+    if min(tile) < minimum:
+        why = (
+            f"the default {_DEFAULT_OVERLAP}-pixel overlap on both sides"
+            if overlap is None
+            else f"the network's context and the {overlap}-pixel overlap"
+        )
+        raise ValueError(
+            f"tile_size {tile_size!r} is too small: tiles need at least {minimum} pixels per "
+            f"side ({why}), or the result differs visibly from the untiled one; use "
+            f"tile_size=None for automatic tiling"
+        )
+
+
 def _as_pair(size: int | tuple[int, int], name: str) -> tuple[int, int]:
-    pair = (size, size) if isinstance(size, (int, np.integer)) else tuple(size)
-    if len(pair) != 2 or not all(isinstance(s, (int, np.integer)) and s >= 1 for s in pair):
-        raise ValueError(f"{name} must be a positive int or a pair of them, got {size!r}")
+    if _is_int(size):
+        pair: tuple[Any, ...] = (size, size)
+    elif isinstance(size, (tuple, list)):
+        pair = tuple(size)
+    else:
+        pair = ()
+    if len(pair) != 2 or not all(_is_int(s) and s >= 1 for s in pair):
+        raise ValueError(f"{name} must be a positive int (pixels) or a pair of them, got {size!r}")
     return int(pair[0]), int(pair[1])
 
 
@@ -248,11 +293,11 @@ class TiledPredictor:
         if not isinstance(model, torch.nn.Module):
             raise ValueError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         tile = _as_pair(tile_size, "tile_size")
-        if not isinstance(overlap, (int, np.integer)) or overlap < 0:
+        if not _is_int(overlap) or overlap < 0:
             raise ValueError(f"overlap must be an int >= 0 pixels, got {overlap!r}")
         if overlap >= min(tile):
             raise ValueError(f"overlap ({overlap} px) must be smaller than the tile {tile}")
-        if not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        if not _is_int(batch_size) or batch_size < 1:
             raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
         if device is None:
             current = _module_device(model)
@@ -570,6 +615,8 @@ def restore(
     frame normalised as a whole, ``(x − mean) / max(std, 0.1)`` (SPEC §4),
     and not tile by tile; see the module notes.
     """
+    image = tensor_to_numpy(image)
+    _check_tiling_args(tile_size, overlap, batch_size)
     ndim = _image_ndim(image)
     if ndim == 4:
         raise ValueError(
@@ -619,6 +666,14 @@ def restore(
             frame = as_float_image(frame, ndim=2, name=f"frame {index}")
         out[index] = predictor._predict_frame(frame, counter.frame_hook(), cancel)
         counter.frame_finished()
+    n_bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+    if n_bad:
+        warnings.warn(
+            f"the model returned {n_bad} NaN or infinite value(s) in {n_bad / out.size:.1%} "
+            "of the pixels; the model (or its weights) is broken for this input",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     return out[0] if ndim == 2 else out
 
 
@@ -685,6 +740,8 @@ def restore_dask(
     """
     import dask.array as da
 
+    _check_tiling_args(tile_size, overlap, batch_size)
+    arr = tensor_to_numpy(arr)
     darr = arr if isinstance(arr, da.Array) else da.asarray(arr)
     if darr.ndim not in (2, 3):
         raise ValueError(

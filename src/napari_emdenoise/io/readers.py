@@ -1,6 +1,6 @@
 """Read EM image files into arrays with calibrated axes, and the npe2 reader hook.
 
-Formats (SPEC §6): Gatan ``.dm3``/``.dm4``, ``.emd`` (Velox and Berkeley/NCEM),
+Formats: Gatan ``.dm3``/``.dm4``, ``.emd`` (Velox and Berkeley/NCEM),
 FEI TIA ``.ser``, ``.mrc``, Merlin ``.mib``, ASTAR ``.blo`` through
 rosettasciio (``rsciio``, imported only when such a file is read); TIFF
 through tifffile (ImageJ and OME calibrations are read here, vendor tags of
@@ -42,6 +42,7 @@ from typing import Any
 
 import numpy as np
 
+from .._validation import TooLargeError, check_fits_in_memory
 from ._units import PIXEL, to_nm
 
 __all__ = ["SUPPORTED_EXTENSIONS", "napari_get_reader", "read_em"]
@@ -308,9 +309,9 @@ def _read_tiff(path: Path, lazy: bool) -> list[tuple[Any, dict]]:
         raise ValueError(f"could not read {path} as a TIFF file: {exc}") from exc
     try:
         if tif.is_imagej:
-            return [_read_imagej(tif, path)]
+            return [_read_imagej(tif, path, lazy)]
         if tif.is_ome:
-            return _read_ome(tif, path)
+            return _read_ome(tif, path, lazy)
         plain = not (
             tif.is_fei
             or tif.is_sem
@@ -319,7 +320,7 @@ def _read_tiff(path: Path, lazy: bool) -> list[tuple[Any, dict]]:
             or any(tag.code in range(65003, 65028) for tag in tif.pages.first.tags)
         )
         if plain:
-            return _read_plain_tiff(tif, path)
+            return _read_plain_tiff(tif, path, lazy)
     except ValueError:
         raise
     except Exception as exc:
@@ -331,26 +332,50 @@ def _read_tiff(path: Path, lazy: bool) -> list[tuple[Any, dict]]:
     except ImportError:
         logger.info("rosettasciio missing: reading %s without its vendor calibration", path)
         with tifffile.TiffFile(str(path)) as tif:
-            return _read_plain_tiff(tif, path)
+            return _read_plain_tiff(tif, path, lazy)
 
 
-def _series_data(series: Any, path: Path) -> tuple[np.ndarray, str, bool]:
+def _check_loadable(nbytes: float, path: Path, shape: Sequence[int], dtype: object) -> None:
+    """Refuse to load a dataset that would not fit in memory (a lazy read would)."""
+    check_fits_in_memory(
+        nbytes,
+        f"loading {path.name} ({'×'.join(map(str, shape))} {dtype})",
+        hint="open it lazily instead (read_em(path, lazy=True), as napari does)",
+    )
+
+
+def _series_data(series: Any, path: Path, lazy: bool) -> tuple[Any, str, bool]:
+    """Pixel data of a TIFF series: a dask array when ``lazy`` (and dask/zarr are installed)."""
+    shape = tuple(int(s) for s in series.shape)
+    if lazy:
+        try:
+            import dask.array as da
+            import zarr
+        except ImportError:
+            lazy = False
     try:
-        data = series.asarray()
+        if lazy:
+            data = da.from_zarr(zarr.open(series.aszarr(), mode="r"))
+        else:
+            nbytes = math.prod(shape) * np.dtype(series.dtype).itemsize
+            _check_loadable(nbytes, path, shape, series.dtype)
+            data = series.asarray()
+    except TooLargeError:
+        raise
     except Exception as exc:
         raise ValueError(f"could not read the pixel data of {path}: {exc}") from exc
     axes = str(series.axes)
-    rgb = axes.endswith("S") and data.shape[-1] in (3, 4)
+    rgb = axes.endswith("S") and shape[-1] in (3, 4)
     return data, axes, rgb
 
 
-def _read_plain_tiff(tif: Any, path: Path) -> list[tuple[Any, dict]]:
+def _read_plain_tiff(tif: Any, path: Path, lazy: bool) -> list[tuple[Any, dict]]:
     out = []
     series_list = list(tif.series)
     if not series_list:
         raise ValueError(f"{path} contains no image")
     for index, series in enumerate(series_list):
-        data, axes, rgb = _series_data(series, path)
+        data, axes, rgb = _series_data(series, path, lazy)
         names = [_TIFF_AXIS_NAMES.get(a, "") for a in (axes[:-1] if rgb else axes)]
         meta = _metadata(
             name=_dataset_name(None, path, index, len(series_list)),
@@ -373,9 +398,9 @@ def _rational(value: object) -> float | None:
         return None
 
 
-def _read_imagej(tif: Any, path: Path) -> tuple[Any, dict]:
+def _read_imagej(tif: Any, path: Path, lazy: bool) -> tuple[Any, dict]:
     series = tif.series[0]
-    data, axes, rgb = _series_data(series, path)
+    data, axes, rgb = _series_data(series, path, lazy)
     spatial_axes = axes[:-1] if rgb else axes
     ij = tif.imagej_metadata or {}
     page = tif.pages.first
@@ -426,7 +451,7 @@ def _read_imagej(tif: Any, path: Path) -> tuple[Any, dict]:
     )
 
 
-def _read_ome(tif: Any, path: Path) -> list[tuple[Any, dict]]:
+def _read_ome(tif: Any, path: Path, lazy: bool) -> list[tuple[Any, dict]]:
     try:
         root = ET.fromstring(tif.ome_metadata)
     except ET.ParseError as exc:
@@ -435,7 +460,7 @@ def _read_ome(tif: Any, path: Path) -> list[tuple[Any, dict]]:
     series_list = list(tif.series)
     out = []
     for index, series in enumerate(series_list):
-        data, axes, rgb = _series_data(series, path)
+        data, axes, rgb = _series_data(series, path, lazy)
         spatial_axes = axes[:-1] if rgb else axes
         image = images[index] if index < len(images) else None
         pixels = None
@@ -481,11 +506,17 @@ def _read_ome(tif: Any, path: Path) -> list[tuple[Any, dict]]:
 
 def _read_npy(path: Path, lazy: bool) -> list[tuple[Any, dict]]:
     try:
-        data = np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
+        data = np.load(path, mmap_mode="r", allow_pickle=False)
     except Exception as exc:
         raise ValueError(f"could not read {path} as a .npy array: {exc}") from exc
     if not isinstance(data, np.ndarray):
         raise ValueError(f"{path} holds no single array (use .npy, not .npz)")
+    if not lazy:
+        _check_loadable(data.nbytes, path, data.shape, data.dtype)
+        try:
+            data = np.array(data)
+        except Exception as exc:
+            raise ValueError(f"could not read the data of {path}: {exc}") from exc
     data, rgb = _structured_to_channels(data)
     calibration = _uncalibrated(data, rgb)
     return [
@@ -522,7 +553,11 @@ def _read_zarr(path: Path, lazy: bool) -> list[tuple[Any, dict]]:
 
             data = da.from_zarr(array)
         else:
-            data = array[...]
+            _check_loadable(array.nbytes, path, array.shape, array.dtype)
+            try:
+                data = array[...]
+            except Exception as exc:
+                raise ValueError(f"could not read the data of {path}: {exc}") from exc
         attrs = dict(array.attrs)
         saved = attrs.get(CALIBRATION_KEY)
         saved = _saved_calibration(json.dumps(saved), array.ndim) if saved else None
@@ -560,8 +595,10 @@ def read_em(path: str | Path, *, lazy: bool = False) -> list[tuple[Any, dict[str
     path : str or pathlib.Path
         File (or ``.zarr`` directory) with one of :data:`SUPPORTED_EXTENSIONS`.
     lazy : bool
-        Return dask arrays (rosettasciio formats, zarr) or a read-only
-        memory map (``.npy``) instead of loading the data.
+        Return dask arrays (rosettasciio formats, TIFF, zarr) or a read-only
+        memory map (``.npy``) instead of loading the data. When False, data
+        that would not fit in the available memory are refused up front
+        (:class:`~napari_emdenoise._validation.TooLargeError`, a ValueError).
 
     Returns
     -------
@@ -574,7 +611,8 @@ def read_em(path: str | Path, *, lazy: bool = False) -> list[tuple[Any, dict[str
     FileNotFoundError
         If ``path`` does not exist.
     ValueError
-        For an unsupported extension or a corrupt/truncated file.
+        For an unsupported extension, a corrupt/truncated file, or (eager
+        reads) data larger than the available memory.
     ImportError
         If the format needs a package that is not installed (rosettasciio,
         h5py for ``.emd``, zarr).
@@ -603,7 +641,7 @@ def read_em(path: str | Path, *, lazy: bool = False) -> list[tuple[Any, dict[str
 #: Units napari (pint) is known to accept.
 _NAPARI_UNITS = {"nm", "1/nm", PIXEL, "s", "ms", "µs", "eV", "keV", "rad", "mrad", "deg"}
 
-#: Files larger than this are opened lazily by the napari reader.
+#: Files larger than this are opened lazily by the napari reader (zarr stores always are).
 _LAZY_BYTES = 1 << 30
 
 
@@ -634,8 +672,20 @@ def _read_for_napari(paths: str | Sequence[str]) -> list[LayerData]:
     layers: list[LayerData] = []
     for item in [paths] if isinstance(paths, (str, Path)) else list(paths):
         path = Path(item)
-        size = path.stat().st_size if path.is_file() else 0
-        for data, meta in read_em(path, lazy=size > _LAZY_BYTES):
+        lazy = _extension(path) == ".zarr" or (path.is_file() and path.stat().st_size > _LAZY_BYTES)
+        try:
+            datasets = read_em(path, lazy=lazy)
+        except TooLargeError:  # does not fit in memory now: open it lazily instead
+            lazy = True
+            datasets = read_em(path, lazy=True)
+        for data, meta in datasets:
+            if lazy and isinstance(data, np.memmap):
+                try:
+                    import dask.array as da
+                except ImportError:  # a memory map is lazy too
+                    pass
+                else:
+                    data = da.from_array(data, chunks="auto")
             layer = _layer_data(data, meta)
             if layer is not None:
                 layers.append(layer)

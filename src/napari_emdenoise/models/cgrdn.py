@@ -1,22 +1,40 @@
 """Concatenated Grouped Residual Dense Network (CGRDN), the restoration generator.
 
-Seed 001, section "Generator architecture" (Fig. 9), with the layout of the
-authors' released models recorded in SPEC §4:
+Lobato, Friedrich & Van Aert, "Deep convolutional neural networks to restore
+single-shot electron microscopy images" (2023, arXiv:2303.17025), section
+"Generator architecture" (Fig. 9), with the layout of the authors' released
+models:
 
-* per-image normalisation ``x' = (x - mean) / max(std, 0.1)``, undone at the
-  output;
+* per-image normalisation ``x' = (x - mean) / scale`` (see
+  :mod:`._normalization`), undone at the output;
 * 3×3 conv → ``features`` channels; 4×4 stride-2 conv (downsampling);
 * ``n_grdb`` grouped residual dense blocks (GRDB); their outputs are
   concatenated, fused by a 1×1 conv and added to the post-downsampling
   features (semi-global residual) — the paper's replacement of GRDN's cascade;
-* 4×4 stride-2 transposed conv (upsampling); 3×3 conv → 1 channel; global
-  residual with the (normalised) input.
+* upsampling back to full resolution; 3×3 conv → 1 channel; global residual
+  with the (normalised) input.
 * GRDB = ``n_rdb`` residual dense blocks (RDB), concatenated, 1×1 fusion,
   + GRDB input. RDB = ``n_conv`` 3×3 conv + ReLU layers with dense
   connections (each adds ``growth`` channels), 1×1 fusion, + RDB input.
 
+Upsampling comes in two variants (:attr:`CGRDNConfig.upsampling`):
+
+``"transposed"``
+    The published 4×4 stride-2 transposed convolution. Its four output
+    phases have their own kernels, and a network that has not equalised them
+    prints a 2-pixel checkerboard (a spike at the Nyquist frequencies) on
+    every image. Kept to load models trained with it.
+``"bilinear"`` (default)
+    A 3×3 conv at half resolution, bilinear ×2 interpolation, plus the
+    full-resolution head features (a skip connection), then the tail. A smooth
+    feature map stays smooth: the low-resolution path cannot add a
+    checkerboard, and the full-resolution skip lets the tail act on detail
+    finer than two pixels. (Resize-convolution instead of deconvolution:
+    Odena, Dumoulin & Olah, "Deconvolution and checkerboard artifacts",
+    Distill 2016.)
+
 No normalisation layers, biases on, zero "same" padding, no CBAM (removed by
-the authors). The default :class:`CGRDNConfig` has exactly 7,035,521
+the authors). ``CGRDNConfig(upsampling="transposed")`` has exactly 7,035,521
 parameters, the size of the released models.
 """
 
@@ -33,12 +51,17 @@ from ._checks import check_image_batch
 from ._normalization import NORM_STD_FLOOR, denormalize, normalize_per_image
 
 __all__ = [
+    "UPSAMPLING_MODES",
     "CGRDN",
     "CGRDN_CONFIGS",
     "CGRDNConfig",
     "GroupedResidualDenseBlock",
     "ResidualDenseBlock",
 ]
+
+
+#: Upsampling variants of :class:`CGRDNConfig` (module docstring).
+UPSAMPLING_MODES: tuple[str, ...] = ("bilinear", "transposed")
 
 
 @dataclass(frozen=True)
@@ -59,6 +82,10 @@ class CGRDNConfig:
         Residual dense blocks per GRDB (SPEC: 4).
     n_conv : int
         Dense 3×3 conv layers per RDB (SPEC: 8).
+    upsampling : {"bilinear", "transposed"}
+        How the half-resolution features return to full resolution (see the
+        module docstring). A configuration dict without this key (models
+        saved before it existed) means ``"transposed"``.
     """
 
     in_channels: int = 1
@@ -67,14 +94,21 @@ class CGRDNConfig:
     n_grdb: int = 4
     n_rdb: int = 4
     n_conv: int = 8
+    upsampling: str = "bilinear"
 
     def __post_init__(self) -> None:
+        if self.upsampling not in UPSAMPLING_MODES:
+            raise ValueError(
+                f"CGRDNConfig.upsampling must be one of {UPSAMPLING_MODES}, got {self.upsampling!r}"
+            )
         for f in fields(self):
+            if f.name == "upsampling":
+                continue
             value = getattr(self, f.name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"CGRDNConfig.{f.name} must be a positive int, got {value!r}")
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, Any]:
         """Return the configuration as a plain JSON-serialisable dict."""
         return asdict(self)
 
@@ -85,7 +119,7 @@ class CGRDNConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"unknown CGRDN config key(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**data)
+        return cls(**{"upsampling": "transposed", **data})
 
     def n_parameters(self) -> int:
         """Number of trainable parameters of the network, computed in closed form."""
@@ -102,14 +136,15 @@ class CGRDNConfig:
             + conv(f, f, 4)  # stride-2 downsampling
             + self.n_grdb * grdb
             + conv(self.n_grdb * f, f, 1)  # global feature fusion
-            + conv(f, f, 4)  # stride-2 transposed conv
+            + (conv(f, f, 4) if self.upsampling == "transposed" else conv(f, f, 3))
             + conv(f, c, 3)  # tail
         )
 
 
-#: Named sizes. ``"full"`` is the published model (7,035,521 parameters);
-#: ``"small"`` (181,377 parameters) trains on a 2-core CPU in about an hour;
-#: ``"tiny"`` (10,401 parameters) is for unit tests and smoke runs.
+#: Named sizes, all with bilinear upsampling. ``"full"`` is the published
+#: model's size (7,006,849 parameters; 7,035,521 with transposed upsampling);
+#: ``"small"`` (174,209 parameters) trains on a 2-core CPU in about an hour;
+#: ``"tiny"`` is for unit tests and smoke runs.
 CGRDN_CONFIGS: dict[str, CGRDNConfig] = {
     "full": CGRDNConfig(),
     "small": CGRDNConfig(features=32, growth=16, n_grdb=2, n_rdb=2, n_conv=4),
@@ -165,15 +200,15 @@ class GroupedResidualDenseBlock(nn.Module):
 
 
 class CGRDN(nn.Module):
-    """Concatenated Grouped Residual Dense Network (seed 001, Fig. 9a).
+    """Concatenated Grouped Residual Dense Network (Lobato et al. 2023, Fig. 9a).
 
     Parameters
     ----------
     config : CGRDNConfig, optional
-        Network size; the default is the published 7,035,521-parameter model.
+        Network size; the default is the published size (7.0 M parameters).
     normalize : bool
         If True (default) every image is normalised inside :meth:`forward` as
-        ``(x - mean) / max(std, std_floor)`` over its height and width and the
+        ``(x - mean) / max(std, std_floor·|mean|)`` over its height and width and the
         output is mapped back to the input's intensity scale. The inference
         engine sets it to False when it normalises a whole image itself before
         tiling. It is a plain attribute and can be changed after construction.
@@ -183,8 +218,8 @@ class CGRDN(nn.Module):
     config : CGRDNConfig
     normalize : bool
     std_floor : float
-        Lower bound of the normalisation scale, in input intensity units
-        (0.1, as in the authors' models).
+        Relative lower bound of the normalisation scale (dimensionless,
+        10⁻⁶; see :mod:`._normalization`).
 
     Notes
     -----
@@ -210,7 +245,10 @@ class CGRDN(nn.Module):
             for _ in range(cfg.n_grdb)
         )
         self.fusion = nn.Conv2d(cfg.n_grdb * f, f, kernel_size=1)
-        self.up = nn.ConvTranspose2d(f, f, kernel_size=4, stride=2, padding=1)
+        if cfg.upsampling == "transposed":
+            self.up = nn.ConvTranspose2d(f, f, kernel_size=4, stride=2, padding=1)
+        else:
+            self.up = nn.Conv2d(f, f, kernel_size=3, padding=1)
         self.tail = nn.Conv2d(f, c, kernel_size=3, padding=1)
 
     def extra_repr(self) -> str:  # noqa: D102
@@ -234,14 +272,20 @@ class CGRDN(nn.Module):
         if self.normalize:
             x, mean, scale = normalize_per_image(x, self.std_floor)
         x = _pad_to_even(x)
-        shallow = self.down(self.head(x))
+        full_res = self.head(x)
+        shallow = self.down(full_res)
         h = shallow
         group_outputs = []
         for grdb in self.grdbs:
             h = grdb(h)
             group_outputs.append(h)
         h = self.fusion(torch.cat(group_outputs, dim=1)) + shallow  # semi-global residual
-        out = self.tail(self.up(h)) + x  # global residual
+        if self.config.upsampling == "transposed":
+            up = self.up(h)
+        else:
+            up = F.interpolate(self.up(h), scale_factor=2.0, mode="bilinear", align_corners=False)
+            up = up + full_res  # full-resolution skip
+        out = self.tail(up) + x  # global residual
         out = out[..., :height, :width]
         if self.normalize:
             out = denormalize(out, mean, scale)

@@ -94,7 +94,7 @@ class DnCNN(nn.Module):
     in_channels : int
         Image channels.
     normalize : bool
-        Per-image normalisation ``(x - mean) / max(std, 0.1)`` inside
+        Per-image normalisation ``(x - mean) / max(std, 1e-6·|mean|)`` inside
         :meth:`forward`, undone at the output (as in :class:`CGRDN`). The
         inference engine sets it to False when it normalises the whole image
         itself. Use False for the bias-free variant: the floor of 0.1 and the

@@ -17,7 +17,7 @@ The exported graph contract
 * Per-image normalisation is *inside* the graph when the network uses it
   (``normalize`` true in its card: CGRDN, DnCNN; off for the bias-free
   DnCNN): every image of the batch is mapped to ``(x − mean) / max(std,
-  0.1)`` over its own height and width (population std) and the output is
+  10⁻⁶·|mean|)`` over its own height and width (population std) and the output is
   mapped back with ``· scale + mean``. Images of a batch do not influence each
   other.
 * Padding is inside the graph too: networks with strided layers (the CGRDN
@@ -503,7 +503,7 @@ def _compare_with_torch(path: Path, model: nn.Module) -> dict[str, Any] | None:
 
 def _contract_text(spec: _GraphSpec) -> str:
     norm = (
-        f"per image (x - mean) / max(std, {spec.std_floor:g}) over height and width inside "
+        f"per image (x - mean) / max(std, {spec.std_floor:g}·|mean|) over height and width inside "
         "the graph, undone at the output"
         if spec.normalize
         else "none (the network is used on raw intensities)"
@@ -549,7 +549,7 @@ def _onnx_section(
         "dynamic_axes": {k: {str(a): n for a, n in v.items()} for k, v in DYNAMIC_AXES.items()},
         "normalization": {
             "in_graph": spec.normalize,
-            "formula": "(x - mean) / max(std, std_floor) per image over height and width "
+            "formula": "(x - mean) / max(std, std_floor * |mean|) per image over height and width "
             "(population std), output * scale + mean"
             if spec.normalize
             else None,

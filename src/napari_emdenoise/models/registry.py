@@ -52,7 +52,7 @@ __all__ = [
 
 #: Imaging modalities a model card may declare.
 MODALITIES: tuple[str, ...] = ("stem", "tem", "sem", "diffraction")
-#: Resolution regimes: "hr" atomic resolution, "lr" low resolution (seed 001).
+#: Resolution regimes: "hr" atomic resolution, "lr" low resolution.
 KINDS: tuple[str, ...] = ("hr", "lr")
 
 _WEIGHTS_SUFFIX = ".safetensors"
@@ -60,6 +60,12 @@ _CARD_SUFFIX = ".json"
 _PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".tar")
 _CARD_FORMAT = 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+#: Largest value a card may give one width-like setting (features, growth, channels).
+_MAX_CONFIG_WIDTH = 4096
+#: Largest product of a card's depth-like settings (``depth``, ``n_*``: layers, blocks).
+_MAX_CONFIG_DEPTH = 4096
+#: Largest number of parameters a model card may ask for (1 GiB of float32).
+_MAX_PARAMETERS = 2**28
 
 
 # ------------------------------------------------------------------ architectures
@@ -434,6 +440,14 @@ def install_model(weights: str | Path, directory: str | Path | None = None) -> P
     pathlib.Path
         The installed weights file. Subscribers of :func:`on_models_changed`
         are notified.
+
+    Raises
+    ------
+    ValueError
+        If the files are not a saved model: a missing or broken card, a card
+        whose name is not the file name, weights that are not safetensors
+        (pickles are never read), or weights that do not match the card.
+        Nothing is copied then.
     """
     import shutil
 
@@ -444,7 +458,13 @@ def install_model(weights: str | Path, directory: str | Path | None = None) -> P
             f"{weights} is not a saved model: expected <name>{_WEIGHTS_SUFFIX} with "
             f"<name>{_CARD_SUFFIX} beside it"
         )
-    ModelCard.from_json(card.read_text(encoding="utf-8"))  # refuse a broken card early
+    parsed = ModelCard.from_json(card.read_text(encoding="utf-8"))  # refuse a broken card early
+    if parsed.name != weights.stem:
+        raise ValueError(
+            f"the model card {card.name} names the model {parsed.name!r}, not {weights.stem!r}; "
+            "it would not be listed"
+        )
+    _validated_state(weights, parsed)  # refuse pickles, junk and weights that do not fit the card
     target = Path(directory) if directory is not None else user_models_dir()
     target.mkdir(parents=True, exist_ok=True)
     for src in (weights, card):
@@ -497,6 +517,61 @@ def _check_state_dict(
             f"the weights do not match the {arch!r} architecture of the model card; "
             + "; ".join(parts)
         )
+
+
+def _check_card_size(card: ModelCard) -> None:
+    """Refuse a card whose configuration would build an absurdly large network.
+
+    Checked before anything is built: every width-like integer setting is at
+    most :data:`_MAX_CONFIG_WIDTH` and the product of the depth-like ones
+    (``depth``, ``n_…``) at most :data:`_MAX_CONFIG_DEPTH`.
+    """
+    depth = 1
+    for key, value in card.config.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            continue
+        if key == "depth" or key.startswith("n_"):
+            depth *= max(value, 1)
+        elif value > _MAX_CONFIG_WIDTH:
+            raise ValueError(
+                f"model card {card.name!r}: {key}={value} is larger than any supported "
+                f"network ({_MAX_CONFIG_WIDTH} at most)"
+            )
+    if depth > _MAX_CONFIG_DEPTH:
+        raise ValueError(
+            f"model card {card.name!r} asks for {depth} layers/blocks; at most "
+            f"{_MAX_CONFIG_DEPTH} are supported"
+        )
+
+
+def _reference_state(card: ModelCard) -> dict[str, Any]:
+    """Parameter and buffer shapes the card's network has, without allocating it (meta device)."""
+    import torch
+
+    _check_card_size(card)
+    with torch.device("meta"):
+        reference = build_model(card.arch, card.config)
+    n_params = sum(p.numel() for p in reference.parameters())
+    if n_params > _MAX_PARAMETERS:
+        raise ValueError(
+            f"model card {card.name!r} asks for {n_params:,} parameters; at most "
+            f"{_MAX_PARAMETERS:,} are supported"
+        )
+    return dict(reference.state_dict())
+
+
+def _validated_state(weights: Path, card: ModelCard) -> dict[str, torch.Tensor]:
+    """The weights of ``weights`` after checking them against ``card``, before any network is built.
+
+    Raises
+    ------
+    ValueError
+        For a pickle or otherwise invalid safetensors file, a card asking for
+        an oversized network, or weights whose names/shapes do not match it.
+    """
+    state = _read_safetensors(weights)
+    _check_state_dict(_reference_state(card), state, card.arch)
+    return state
 
 
 def save_model(model: nn.Module, card: ModelCard, directory: Path) -> Path:
@@ -625,8 +700,9 @@ def load_model(
     ------
     ValueError
         For an unknown name, a pickle-based file (``.pt``, ``.pth``, ``.ckpt``,
-        ...), a file that is not valid safetensors, an invalid card, or
-        weights that do not match the card's architecture.
+        ...), a file that is not valid safetensors, an invalid card, a card
+        asking for an oversized network, or weights that do not match the
+        card's architecture (checked before the network is built).
     FileNotFoundError
         If the weights or their card do not exist.
     """
@@ -638,7 +714,7 @@ def load_model(
             "architecture needed to rebuild the model"
         )
     card = ModelCard.from_json(card_path.read_text(encoding="utf-8"))
-    state = _read_safetensors(weights)
+    state = _validated_state(weights, card)  # before the network is allocated
     model = build_model(card.arch, card.config)
     _check_state_dict(model.state_dict(), state, card.arch)
     model.load_state_dict(state, strict=True)

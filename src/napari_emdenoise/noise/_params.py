@@ -11,8 +11,9 @@ GUI code.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeVar
 
@@ -20,6 +21,7 @@ import numpy as np
 
 __all__ = [
     "LayerParams",
+    "check_known_keys",
     "OccurringParams",
     "ParamSpec",
     "param",
@@ -111,6 +113,50 @@ def param(
         "choices": tuple(choices) if choices is not None else None,
     }
     return field(default=default, metadata=meta)
+
+
+def check_known_keys(data: object, allowed: Iterable[str], where: str) -> Mapping[str, Any]:
+    """Return ``data`` if it is a mapping whose keys are all in ``allowed``.
+
+    Every settings dict (a layer's parameters, a whole pipeline's) goes
+    through this, so a misspelt parameter is refused by name instead of being
+    silently ignored.
+
+    Parameters
+    ----------
+    data : object
+        Candidate mapping of settings.
+    allowed : iterable of str
+        The names it may hold.
+    where : str
+        What ``data`` describes, for the message (e.g. ``"ShotNoiseParams"``).
+
+    Returns
+    -------
+    Mapping
+        ``data`` itself.
+
+    Raises
+    ------
+    ValueError
+        If ``data`` is not a mapping, or names unknown keys (with the closest
+        known names as suggestions).
+    """
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: settings must be a dict, got {type(data).__name__}")
+    known = sorted(str(name) for name in allowed)
+    unknown = sorted(str(key) for key in data if key not in known)
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            if close:
+                hints.append(f"{key!r} (did you mean {close[0]!r}?)")
+        hint = f"; {', '.join(hints)}" if hints else ""
+        raise ValueError(
+            f"{where}: unknown parameter(s) {unknown}{hint}; known parameters: {known}"
+        )
+    return data
 
 
 def param_specs(params_type: type[LayerParams] | LayerParams) -> list[ParamSpec]:
@@ -243,11 +289,8 @@ class LayerParams:
 
     @classmethod
     def from_dict(cls: type[P], data: Mapping[str, Any]) -> P:
-        """Build from a dict; unknown keys raise ``ValueError``."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(data) - names
-        if unknown:
-            raise ValueError(f"{cls.__name__}: unknown parameter(s) {sorted(unknown)}")
+        """Build from a dict; a non-dict or unknown keys raise ``ValueError`` naming them."""
+        check_known_keys(data, (f.name for f in fields(cls)), cls.__name__)
         kwargs = {}
         for f in fields(cls):
             if f.name in data:

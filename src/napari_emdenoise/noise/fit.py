@@ -44,6 +44,17 @@ Estimator (:func:`fit_noise`)
        region), ``b`` is fixed (to ``read_noise²`` when given, else 0: pure
        shot noise, so the dose is then a lower bound) and ``well_conditioned``
        is False.
+    5. The dark level ``offset`` and the read variance ``b`` only enter the
+       line through its intercept ``b − a·offset``, so one image cannot
+       separate them. ``offset="auto"`` takes the smallest dark level that
+       keeps ``b ≥ 0``: 0 if the line's intercept at zero intensity is
+       positive, else the intensity at which the line reaches zero variance
+       (``b = 0`` then). With a fixed ``offset`` (default 0), an intercept
+       that is significantly negative and implies a dark level above 5 % of
+       the image mean means that the offset is wrong (e.g. a HAADF detector
+       with a large DC level): the fit is reported as not well conditioned,
+       with the implied dark level, instead of silently clipping ``b`` to 0
+       (which makes the dose far too high).
 
 Row statistics (:class:`RowStats`) look at means of ``block``-pixel windows
 along each row: a window that deviates from the windows directly above and
@@ -80,6 +91,10 @@ _MIN_BLOCK_FILL = 0.5
 _MIN_BIN_COUNT = 3
 #: A bin further than this many standard errors from the line is removed.
 _OUTLIER_SE = 4.0
+#: A negative intercept below this many standard errors says the dark level is not ``offset``.
+_OFFSET_SIGNIFICANCE = 3.0
+#: ... if the dark level it implies is above this fraction of the image mean.
+_OFFSET_RELEVANCE = 0.05
 #: The free fit is accepted when the relative standard error of ``a`` is below this.
 _MAX_REL_SE_GAIN = 0.10
 #: Row-line threshold, in robust standard deviations of the window residuals.
@@ -181,6 +196,12 @@ class NoiseFit:
         lowers the pixel variance by the kernel's ``Σk²``).
     rows : RowStats
         Scan-line statistics.
+    offset_estimated : bool
+        Whether :attr:`offset` was estimated (``offset="auto"``).
+    implied_offset : float
+        When the given offset is implausible (the mean–variance line reaches
+        zero variance well above it), the dark level the line implies; NaN
+        otherwise.
     """
 
     modality: str
@@ -199,6 +220,8 @@ class NoiseFit:
     message: str
     noise_correlation: float
     rows: RowStats = field(repr=False)
+    offset_estimated: bool = False
+    implied_offset: float = math.nan
 
     # -- derived quantities ---------------------------------------------------
     @property
@@ -233,6 +256,13 @@ class NoiseFit:
             parts.append(f"{self.rows.n_lines} row line(s)")
         if self.rows.offsets_significant:
             parts.append(f"row offsets σ {self.rows.offset_std:.3g}")
+        if self.offset_estimated:
+            parts.append(f"dark level {self.offset:.6g} (estimated)")
+        elif math.isfinite(self.implied_offset):
+            parts.append(
+                f"⚠ dark level {self.offset:.6g} is implausible: the noise suggests "
+                f"≈ {self.implied_offset:.6g} (set the dark level, or estimate it)"
+            )
         return ", ".join(parts)
 
     def to_dict(self) -> dict[str, Any]:
@@ -400,7 +430,7 @@ def fit_noise(
     *,
     modality: str = "stem",
     block: int = 16,
-    offset: float = 0.0,
+    offset: float | str = 0.0,
     slow_axis: int = 0,
     read_noise: float | None = None,
     saturation: float | None = None,
@@ -424,8 +454,11 @@ def fit_noise(
     block : int
         Tile side in pixels (≥ 4). Smaller tiles follow finer structure but
         each tile's variance is noisier.
-    offset : float
+    offset : float or "auto"
         Detector dark level: the intensity of zero electrons (image units).
+        ``"auto"``: the smallest dark level consistent with a non-negative
+        read noise (step 5 of the module notes); the read noise is then 0
+        whenever the dark level comes out above 0.
     slow_axis : {0, 1}
         Array axis along which rows follow each other (the slow-scan axis);
         rows are lines along the other axis.
@@ -457,6 +490,12 @@ def fit_noise(
         raise ValueError(f"order must be between 2 and 12, got {order}")
     if slow_axis not in (0, 1):
         raise ValueError(f"slow_axis must be 0 or 1, got {slow_axis!r}")
+    auto_offset = isinstance(offset, str)
+    if auto_offset and offset != "auto":
+        raise ValueError(f"offset must be a number or 'auto', got {offset!r}")
+    if auto_offset and read_noise is not None:
+        raise ValueError("offset='auto' needs the read noise to be fitted: drop read_noise")
+    offset = 0.0 if auto_offset else float(offset)
     if not math.isfinite(offset):
         raise ValueError(f"offset must be finite, got {offset!r}")
     if read_noise is not None and not (math.isfinite(read_noise) and read_noise >= 0):
@@ -497,7 +536,32 @@ def fit_noise(
         raise ValueError("no noise found: the image is noise-free inside the mask")
     bins = _bin_blocks(means, variances, counts, _difference_filter(order)[1])
     fixed_b = None if read_noise is None else float(read_noise) ** 2
+    implied = _implied_offset(bins, offset) if fixed_b is None else None
+    if auto_offset:
+        if implied is not None and implied[1] > 0:
+            offset = implied[1]
+            if not image_mean > offset:  # pragma: no cover - the line lies below the data
+                raise ValueError(
+                    f"the estimated dark level {offset:.6g} is not below the image mean "
+                    f"{image_mean:.6g}: fit inside a region with signal, or give the offset"
+                )
+        implied = None
     result = _fit_line(bins, offset, fixed_b)
+    implied_offset = math.nan
+    if (
+        implied is not None
+        and implied[0]
+        and implied[1] - offset > _OFFSET_RELEVANCE * abs(image_mean - offset)
+    ):
+        implied_offset = implied[1]
+        result["well_conditioned"] = False
+        note = (
+            f"the noise variance reaches zero at intensity {implied_offset:.6g}, well above "
+            f"the dark level {offset:.6g}: the detector's dark level is probably about "
+            f"{implied_offset:.6g} (give it as offset, or offset='auto'); with offset "
+            f"{offset:.6g} the dose is far too high"
+        )
+        result["message"] = "; ".join(m for m in (note, result["message"]) if m)
     rows = _row_stats(x, valid, block, result["a"], result["b"], offset)
     bm, bv, bn = bins[0][result["keep"]], bins[1][result["keep"]], bins[2][result["keep"]]
     return NoiseFit(
@@ -517,6 +581,8 @@ def fit_noise(
         message=result["message"],
         noise_correlation=corr,
         rows=rows,
+        offset_estimated=auto_offset,
+        implied_offset=implied_offset,
     )
 
 
@@ -634,8 +700,11 @@ def _bin_blocks(
 def _wls(x: np.ndarray, y: np.ndarray, se: np.ndarray, free_b: bool) -> tuple:
     """Weighted least squares ``y = a·x (+ b)``: (a, b, se_a, se_b, standardised residuals)."""
     w = 1.0 / np.maximum(se, 1e-300) ** 2
+    # centred on the weighted mean: with a large dark level (x ≈ 3·10⁶ ± 10³) the
+    # uncentred normal equations lose the intercept to rounding
+    xc = float(np.sum(w * x) / np.sum(w)) if free_b else 0.0
     if free_b:
-        design = np.stack([x, np.ones_like(x)], axis=1)
+        design = np.stack([x - xc, np.ones_like(x)], axis=1)
     else:
         design = x[:, None]
     xtw = design.T * w
@@ -646,9 +715,13 @@ def _wls(x: np.ndarray, y: np.ndarray, se: np.ndarray, free_b: bool) -> tuple:
     if dof > 0:
         cov = cov * max(1.0, float(resid @ resid) / dof)
     a = float(beta[0])
-    b = float(beta[1]) if free_b else 0.0
+    b = float(beta[1]) - a * xc if free_b else 0.0
     se_a = math.sqrt(max(cov[0, 0], 0.0))
-    se_b = math.sqrt(max(cov[1, 1], 0.0)) if free_b else 0.0
+    se_b = (
+        math.sqrt(max(cov[1, 1] + xc * xc * cov[0, 0] - 2.0 * xc * cov[0, 1], 0.0))
+        if free_b
+        else 0.0
+    )
     return a, b, se_a, se_b, resid
 
 
@@ -664,6 +737,25 @@ def _robust_wls(
         if keep.sum() <= min_points or abs(resid[worst]) <= _OUTLIER_SE:
             return a, b, se_a, se_b, keep
         keep[np.flatnonzero(keep)[worst]] = False
+
+
+def _implied_offset(bins: tuple, offset: float) -> tuple[bool, float] | None:
+    """Where the free line ``var = a·(mean − offset) + b`` reaches zero variance.
+
+    Returns ``(significant, dark level)``: the smallest dark level with ``b ≥ 0``
+    (``offset`` itself when ``b ≥ 0``) and whether ``b`` is below ``offset``'s
+    by more than :data:`_OFFSET_SIGNIFICANCE` standard errors; None when the
+    line is not determined (fewer than 3 bins, ``a`` not positive or too uncertain).
+    """
+    m, v, _n, se = bins
+    if len(v) < 3:
+        return None
+    a, b, se_a, se_b, _keep = _robust_wls(m - offset, v, se, free_b=True)
+    if not (a > 0 and se_a <= _MAX_REL_SE_GAIN * a):
+        return None
+    if b >= 0:
+        return False, offset
+    return bool(b < -_OFFSET_SIGNIFICANCE * se_b), offset - b / a
 
 
 def _fit_line(bins: tuple, offset: float, fixed_b: float | None) -> dict[str, Any]:

@@ -31,7 +31,7 @@ from .._validation import as_float_image
 from ._layer import Layer
 from ._params import LayerParams
 from .post import POST_LAYERS
-from .stem import STEM_LAYERS
+from .stem import STEM_LAYERS, fast_scan_lag, shift_along_fast_scan
 from .tem import TEM_LAYERS
 
 __all__ = [
@@ -228,6 +228,7 @@ def _run(
     params: NoiseParams | Mapping[str, Any] | None,
     rng: np.random.Generator | int | None,
     keep_stages: bool,
+    align_target: bool = False,
 ) -> tuple[np.ndarray, np.ndarray, list[Stage]]:
     target = as_float_image(clean, ndim=2, min_size=4, name="clean image")
     p = _resolve_params(modality, params)
@@ -247,6 +248,8 @@ def _run(
             target, x = both[0], both[1]
         else:
             x = layer.func(x, lp, child)
+        if align_target and layer.name == "fast_scan_blur":
+            target = shift_along_fast_scan(target, fast_scan_lag(lp))
         if keep_stages:
             stages.append((layer.name, x.copy()))
     return target.astype(np.float32, copy=False), x.astype(np.float32, copy=False), stages
@@ -295,10 +298,13 @@ def make_pair(
     """Return a training pair ``(target, distorted)``.
 
     ``target`` is ``clean`` with the layers the paper applies to both images
-    (``Layer.applies_to_target``); ``distorted`` is identical to
+    (``Layer.applies_to_target``), moved along the fast-scan axis by the mean
+    lag of the fast-scan PSF when that layer is on (:func:`.stem.fast_scan_lag`:
+    a network cannot see a global shift in one image, so it must not be taught
+    to add one); ``distorted`` is identical to
     ``distort(clean, modality, params, rng)`` for the same seed.
     """
-    target, x, _ = _run(clean, modality, params, rng, keep_stages=False)
+    target, x, _ = _run(clean, modality, params, rng, keep_stages=False, align_target=True)
     return target, x
 
 

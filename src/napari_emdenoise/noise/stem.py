@@ -35,6 +35,7 @@ from typing import ClassVar
 
 import numpy as np
 import scipy.fft
+import scipy.ndimage
 
 from ._checks import MIN_SIZE as MIN_SIZE  # re-exported: smallest accepted image side
 from ._checks import check_layer_call
@@ -62,7 +63,9 @@ __all__ = [
     "black_pixels",
     "detector_noise",
     "fast_scan_blur",
+    "fast_scan_lag",
     "fast_scan_psf",
+    "shift_along_fast_scan",
     "pmt_sigma",
     "readout_psf_norm",
     "row_lines",
@@ -424,6 +427,55 @@ def fast_scan_psf(params: FastScanBlurParams) -> np.ndarray:
     read = _cut_tail(_readout_bins(params.beta, params.gamma, params.theta))
     kernel = np.convolve(det / det.sum(), read / read.sum())
     return kernel / kernel.sum()
+
+
+def fast_scan_lag(params: FastScanBlurParams) -> float:
+    """Mean lag of the fast-scan PSF: the centroid ``Σ u·k[u]`` of :func:`fast_scan_psf`.
+
+    A causal PSF moves every feature by this many pixels along the fast-scan
+    axis (towards +x) besides blurring it. A global shift cannot be observed
+    in a single image, so a network trained to undo it would learn to move
+    *every* image, lag-free ones included, by the average lag of its training
+    set. :func:`~napari_emdenoise.noise.make_pair` therefore moves the target
+    by the same lag, leaving only the blur to undo.
+
+    Parameters
+    ----------
+    params : FastScanBlurParams
+
+    Returns
+    -------
+    float
+        Lag in pixels (≥ 0 for the paper's parameter ranges); 0 when disabled.
+    """
+    if not params.enabled:
+        return 0.0
+    kernel = fast_scan_psf(params)
+    return float(np.dot(np.arange(kernel.size), kernel))
+
+
+def shift_along_fast_scan(image: np.ndarray, lag: float) -> np.ndarray:
+    """Move a 2-D (or stacked ``(n, H, W)``) image by ``lag`` pixels along x, sub-pixel.
+
+    Cubic-spline interpolation; the edges continue with the nearest value.
+
+    Parameters
+    ----------
+    image : numpy.ndarray
+        Image(s), the last axis is the fast-scan axis.
+    lag : float
+        Shift in pixels, positive towards +x.
+
+    Returns
+    -------
+    numpy.ndarray
+        New float32 array of the same shape.
+    """
+    if lag == 0.0:
+        return np.asarray(image, dtype=np.float32).copy()
+    shift = (0.0,) * (image.ndim - 1) + (float(lag),)
+    out = scipy.ndimage.shift(np.asarray(image, dtype=np.float64), shift, order=3, mode="nearest")
+    return out.astype(np.float32)
 
 
 def fast_scan_blur(

@@ -8,7 +8,7 @@ import numpy as np
 
 from ._random import as_generator, check_shape
 from .atomic import generate_atomic
-from .contrast import STD_MEAN_RANGE, apply_random_contrast
+from .contrast import CLEAN_STD_MEAN_RANGE, apply_random_contrast
 from .lowres import generate_lowres
 
 __all__ = ["KINDS", "generate_clean"]
@@ -55,8 +55,9 @@ def generate_clean(
     ``"hr"`` images are projected atomic specimens (eqs 16–22), ``"lr"``
     images superimpose particles, grains, bands, boxes and cracks; both then
     go through contrast inversion (eq 23), the power law (eq 24), a random
-    background, the std/mean constraint r ∈ [0.01, 0.35] (eq 25) and the
-    normalisation by the maximum (eq 26).
+    background, the std/mean constraint r ∈ [0.01, 1.5] (eq 25, widened from
+    the paper's 0.35 so that HAADF-like images keep a dark background) and
+    the normalisation by the maximum (eq 26).
 
     Parameters
     ----------
@@ -117,6 +118,6 @@ def generate_clean(
         "attempts": attempts,
         **info,
         "contrast": contrast,
-        "std_mean_range": list(STD_MEAN_RANGE),
+        "std_mean_range": list(CLEAN_STD_MEAN_RANGE),
     }
     return image, record

@@ -185,7 +185,7 @@ def generate_atomic(
     orientation : {"zone_axis", "random"}, optional
         Crystal orientation (zone axis with probability 0.75 otherwise).
     pixel_size : float, optional
-        Pixel size in Å (U[0.025, 0.90] otherwise).
+        Pixel size in Å (log-uniform in [0.025, 0.90] otherwise).
     wedge, shapes, defects, support : bool, optional
         Force a modifier on or off (probabilities 0.75, 0.5, 0.8 and 0.95
         otherwise).
@@ -209,7 +209,9 @@ def generate_atomic(
         raise ValueError(f"pixel_size must be a positive number of Å, got {pixel_size!r}")
     rng = as_generator(rng)
 
-    drawn_size = rng.uniform(*PIXEL_SIZE_RANGE)
+    # Log-uniform: atomic-resolution micrographs are mostly recorded at
+    # 0.05–0.2 Å/pixel; a uniform draw put 80 % of images above 0.2 Å/pixel.
+    drawn_size = log_uniform(rng, *PIXEL_SIZE_RANGE)
     dr = float(pixel_size) if pixel_size is not None else float(drawn_size)
     alpha = float(rng.uniform(0.75, 1.25))
     drawn_kind = SPECIMEN_TYPES[int(rng.integers(len(SPECIMEN_TYPES)))]

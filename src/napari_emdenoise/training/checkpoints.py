@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-__all__ = ["CHECKPOINT_NAME", "load_checkpoint", "save_checkpoint"]
+__all__ = ["CHECKPOINT_NAME", "check_resumable", "load_checkpoint", "save_checkpoint"]
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -79,5 +79,60 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, 
         ) from exc
     if not isinstance(payload, dict) or "config_json" not in payload:
         raise ValueError(f"{path} is not a napari-emdenoise checkpoint")
-    config = json.loads(payload.pop("config_json"))
+    try:
+        config = json.loads(payload.pop("config_json"))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{path} holds an unreadable run configuration: {exc}") from exc
+    if not isinstance(config, dict):
+        raise ValueError(f"{path} holds no run configuration")
     return payload, config
+
+
+#: Run settings that fix the shapes of the saved network and optimiser states.
+_SHAPE_KEYS = ("arch", "model_config", "init_from")
+
+
+def _network_settings(config: dict[str, Any]) -> dict[str, Any]:
+    out = {key: config.get(key) for key in _SHAPE_KEYS}
+    weights = config.get("loss_weights") or {}
+    adversarial = isinstance(weights, dict) and (weights.get("adversarial") or 0) > 0
+    out["disc_channels"] = config.get("disc_channels") if adversarial else None
+    return out
+
+
+def check_resumable(path: str | os.PathLike, config: dict[str, Any]) -> None:
+    """Refuse to resume from a checkpoint written for another network.
+
+    Parameters
+    ----------
+    path : path-like
+        The checkpoint (nothing is checked when it does not exist).
+    config : dict
+        The new run's configuration (``TrainConfig.to_dict()``): its
+        ``arch``, ``model_config``, ``init_from`` and, for adversarial runs,
+        ``disc_channels`` must equal the checkpoint's.
+
+    Raises
+    ------
+    ValueError
+        If the checkpoint is unreadable or belongs to another configuration;
+        the message names the differences and points to ``--restart``.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    _, saved = load_checkpoint(path)
+    new_config = json.loads(json.dumps(config, default=str))  # tuples → lists, as saved
+    old, new = _network_settings(saved), _network_settings(new_config)
+    differences = [
+        f"{key} {old[key]!r} (checkpoint) vs {new[key]!r} (now)"
+        for key in old
+        if old[key] != new[key] and not (key == "disc_channels" and None in (old[key], new[key]))
+    ]
+    if differences:
+        raise ValueError(
+            f"the checkpoint {path} belongs to another configuration: "
+            + "; ".join(differences)
+            + ". Resume with the same settings, start afresh with --restart (the checkpoint "
+            "is replaced), or choose another --out folder"
+        )

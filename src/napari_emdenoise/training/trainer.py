@@ -34,6 +34,7 @@ __all__ = [
     "StepEvent",
     "TrainConfig",
     "Trainer",
+    "copy_matching_tensors",
     "ValidationEvent",
 ]
 
@@ -84,6 +85,12 @@ class TrainConfig:
         ``"cpu"``, ``"cuda"``, … (None: automatic).
     init_from : str or None
         Bundled model name or ``.safetensors`` path to fine-tune from.
+    init_partial : bool
+        With ``init_from``: build the network from ``arch``/``model_config``
+        (not from the source model's card) and copy every tensor whose name
+        and shape match; the others keep their fresh initialisation. Used to
+        carry a trained model over to a changed architecture (e.g. CGRDN
+        with bilinear instead of transposed-convolution upsampling).
     out_dir : str
         Where checkpoints and the exported model go.
     """
@@ -107,6 +114,7 @@ class TrainConfig:
     threads: int | None = None
     device: str | None = None
     init_from: str | None = None
+    init_partial: bool = False
     out_dir: str = "runs/custom"
 
     def __post_init__(self) -> None:
@@ -255,12 +263,18 @@ class Trainer:
         self.device = resolve_device(cfg.device)
         self.weights = LossWeights(**cfg.loss_weights)
         if cfg.init_from:
-            self.model, card = load_model(cfg.init_from, device="cpu")
+            source, card = load_model(cfg.init_from, device="cpu")
             if card.arch != cfg.arch:
                 raise ValueError(
                     f"cannot fine-tune {card.name!r} ({card.arch}) as architecture {cfg.arch!r}"
                 )
-            self.model_config = card.config
+            if cfg.init_partial:
+                self.model = build_model(cfg.arch, cfg.model_config)
+                self.model_config = _config_dict(self.model)
+                self.partially_loaded = copy_matching_tensors(source, self.model)
+            else:
+                self.model = source
+                self.model_config = card.config
         else:
             self.model = build_model(cfg.arch, cfg.model_config)
             self.model_config = (
@@ -470,3 +484,27 @@ def _config_dict(model) -> dict[str, Any]:
     if cfg is None:
         return {}
     return dataclasses.asdict(cfg) if dataclasses.is_dataclass(cfg) else dict(cfg)
+
+
+def copy_matching_tensors(source, target) -> list[str]:
+    """Copy every parameter/buffer of ``source`` whose name and shape ``target`` shares.
+
+    Parameters
+    ----------
+    source, target : torch.nn.Module
+        Trained network and freshly built network (changed architecture).
+
+    Returns
+    -------
+    list of str
+        Names of the tensors copied (the rest of ``target`` is untouched).
+    """
+    import torch
+
+    src = source.state_dict()
+    dst = target.state_dict()
+    copied = [k for k, v in dst.items() if k in src and src[k].shape == v.shape]
+    with torch.no_grad():
+        for k in copied:
+            dst[k].copy_(src[k])
+    return copied

@@ -1,0 +1,252 @@
+"""What every dock widget needs: layer queries that survive napari's viewer proxy, a
+worker host that stops its threads before the viewer goes away, and scrolling layout.
+
+napari hands a plugin widget a ``PublicOnlyProxy`` of the viewer. Layers reached
+through it (``viewer.layers[name]``, the return value of ``viewer.add_image``)
+are proxies too, a new one on every access, while iterating ``viewer.layers``
+yields the layers themselves. ``is`` comparisons and ``type(layer).__name__``
+therefore fail; ``isinstance`` (the proxy forwards ``__class__``), names and
+``layer.unique_id`` work on both, and are all this module uses.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from qtpy.QtCore import QEvent, QObject, QSize, Qt, QThreadPool
+from qtpy.QtWidgets import (
+    QComboBox,
+    QFrame,
+    QMainWindow,
+    QScrollArea,
+    QSizePolicy,
+    QWidget,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    import napari
+
+__all__ = [
+    "WorkerHost",
+    "find_layer",
+    "grey_image_layers",
+    "is_grey_image",
+    "scrolling",
+    "section",
+    "wrap_labels",
+]
+
+
+# -- layers -------------------------------------------------------------------
+def is_grey_image(layer: Any, ndims: tuple[int, ...] = (2,)) -> bool:
+    """Whether ``layer`` is a single-scale, grey-scale Image layer with ``ndim`` in ``ndims``."""
+    from napari.layers import Image
+
+    return (
+        isinstance(layer, Image)
+        and not getattr(layer, "multiscale", False)
+        and not getattr(layer, "rgb", False)
+        and layer.ndim in ndims
+    )
+
+
+def grey_image_layers(
+    viewer: napari.viewer.Viewer, ndims: tuple[int, ...] = (2,), exclude: Any = ()
+) -> list[str]:
+    """Names of the grey-scale image layers of ``ndims`` dimensions, bottom to top.
+
+    ``exclude`` is anything supporting ``name in exclude`` (e.g. :class:`OwnedLayers`).
+    """
+    return [
+        layer.name
+        for layer in viewer.layers
+        if is_grey_image(layer, ndims) and layer.name not in exclude
+    ]
+
+
+def find_layer(viewer: napari.viewer.Viewer, unique_id: Any) -> Any:
+    """The layer of the viewer whose ``unique_id`` is ``unique_id``, or None."""
+    for layer in viewer.layers:
+        if layer.unique_id == unique_id:
+            return layer
+    return None
+
+
+# -- layout -------------------------------------------------------------------
+class _VerticalScrollArea(QScrollArea):
+    """Scrolls vertically only; as wide as its content needs, as short as ``min_height``."""
+
+    def __init__(self, min_height: int) -> None:
+        super().__init__()
+        self._min_height = int(min_height)
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setWidgetResizable(True)
+        self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Expanding)
+
+    def _width(self, hint: QSize) -> int:
+        bar = self.verticalScrollBar().sizeHint().width()
+        return hint.width() + bar + 2 * self.frameWidth()
+
+    def minimumSizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        content = self.widget()
+        if content is None:
+            return super().minimumSizeHint()
+        return QSize(self._width(content.minimumSizeHint()), self._min_height)
+
+    def sizeHint(self) -> QSize:  # noqa: N802 - Qt API
+        content = self.widget()
+        if content is None:
+            return super().sizeHint()
+        hint = content.sizeHint()
+        return QSize(self._width(hint), max(self._min_height, hint.height()))
+
+
+def scrolling(widget: QWidget, min_height: int = 120) -> QScrollArea:
+    """Put ``widget`` in a frameless vertical scroll area that may shrink to ``min_height``.
+
+    A dock's minimum height is then small, so several docks stacked on one side
+    of the window still fit a laptop screen; the content scrolls instead. There
+    is no horizontal scrolling: the content follows the dock's width (long labels
+    wrap, drop-downs elide a long layer name instead of widening the dock).
+    """
+    for combo in widget.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(8)
+    scroll = _VerticalScrollArea(min_height)
+    scroll.setWidget(widget)
+    return scroll
+
+
+def wrap_labels(*labels: Any) -> None:
+    """Let magicgui labels wrap, so a long message never widens the dock."""
+    for label in labels:
+        native = label.native
+        native.setWordWrap(True)
+        native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        native.setMinimumWidth(50)
+
+
+# -- workers ------------------------------------------------------------------
+class WorkerHost(QObject):
+    """Runs one widget's napari workers on a private thread pool and stops them in time.
+
+    Closing the viewer (or removing the dock) calls ``on_close`` and then waits
+    until every worker thread has returned. Without that wait, a computation
+    still running when Python shuts down emits into deleted Qt signal objects
+    (``RuntimeError: wrapped C/C++ object of type WorkerBaseSignals has been
+    deleted``) and the process aborts. The private pool makes the wait exact
+    (:meth:`QThreadPool.waitForDone` returns after ``run()`` has returned) and
+    never waits for other plugins' workers.
+
+    Only public Qt events are watched: the widget losing its parent (napari's
+    ``remove_dock_widget``) and the main window's Close event (``viewer.close()``,
+    the window's close button), whichever comes first.
+
+    Parameters
+    ----------
+    widget : QWidget
+        The dock widget's native widget.
+    on_close : callable
+        Called once, on the main thread, before waiting: it should ask the
+        workers to stop (set cancel flags, ``worker.quit()``, resume a paused one).
+    timeout : float
+        Seconds to wait for the workers after ``on_close``.
+    """
+
+    def __init__(
+        self, widget: QWidget, on_close: Callable[[], None], timeout: float = 60.0
+    ) -> None:
+        super().__init__()  # no Qt parent: it lives as long as the Python widget object
+        self._widget = widget
+        self._on_close = on_close
+        self.timeout = float(timeout)
+        self._pool = QThreadPool()
+        self._workers: list[Any] = []  # references kept until their thread has returned
+        self._watched: set[int] = set()
+        #: True once the viewer is closing or the dock was removed.
+        self.closing = False
+        widget.installEventFilter(self)
+        widget.destroyed.connect(self._on_destroyed)
+
+    def _on_destroyed(self, *_: object) -> None:
+        try:
+            self.close()
+        except RuntimeError:  # pragma: no cover - Qt objects already gone at shutdown
+            pass
+
+    # -- workers --
+    def start(self, worker: Any) -> None:
+        """Run a worker made with ``create_worker(..., _start_thread=False)``."""
+        if self._pool.activeThreadCount() == 0:
+            self._workers.clear()
+        self._workers.append(worker)
+        self.watch()
+        self._pool.start(worker)
+
+    @property
+    def busy(self) -> bool:
+        """True while a worker thread of this host is running."""
+        return self._pool.activeThreadCount() > 0
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until every worker thread returned; True if they all did in time."""
+        ms = int(1000 * (self.timeout if timeout is None else timeout))
+        done = self._pool.waitForDone(ms)
+        if done:
+            self._workers.clear()
+        return done
+
+    def close(self, timeout: float | None = None) -> bool:
+        """Call ``on_close`` (once) and wait for the workers; True if they all returned."""
+        if not self.closing:
+            self.closing = True
+            self._on_close()
+        return self.wait(timeout)
+
+    # -- watching the viewer's window --
+    def watch(self) -> None:
+        """Watch the widget's ancestors and its window (call again once docked)."""
+        try:
+            node = self._widget.parentWidget()
+        except RuntimeError:  # the widget is already deleted
+            return
+        while node is not None:
+            if id(node) not in self._watched:
+                node.installEventFilter(self)
+                self._watched.add(id(node))
+            node = node.parentWidget()
+
+    def eventFilter(self, obj: QObject, event: QEvent) -> bool:  # noqa: N802 - Qt API
+        # (attributes may be gone while Python tears the object down: do nothing then)
+        if getattr(self, "closing", True):
+            return False
+        kind = event.type()
+        if kind == QEvent.Type.ParentChange:
+            if obj is self._widget and self._widget.parent() is None:
+                self.close()  # napari's remove_dock_widget un-parents the widget
+            else:
+                self.watch()
+        elif kind == QEvent.Type.Close and isinstance(obj, QMainWindow) and obj is not None:
+            try:
+                mine = obj is self._widget.window()
+            except RuntimeError:
+                mine = False
+            if mine:
+                self.close()
+        return False
+
+
+def section(title: str, content: QWidget, expanded: bool = True) -> QWidget:
+    """A collapsible section (superqt's ``QCollapsible``) holding ``content``."""
+    from superqt import QCollapsible
+
+    box = QCollapsible(title)
+    box.setContentsMargins(0, 0, 0, 0)
+    box.addWidget(content)
+    if expanded:
+        box.expand(animate=False)
+    else:
+        box.collapse(animate=False)
+    return box

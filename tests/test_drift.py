@@ -1,0 +1,342 @@
+"""Drift correction (headless): shift estimation, stack alignment, bad input."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from napari_emdenoise.drift import (
+    AlignmentInfo,
+    ShiftEstimate,
+    align_stack,
+    apply_shift,
+    chain_shifts,
+    estimate_shift,
+    synthetic,
+)
+from napari_emdenoise.drift.correlation import bandpass, ncc_map, parabolic_peak
+
+SIZE = (96, 96)
+
+
+def make_pair(content: str, shift, dose, seed: int, modality: str = "tem"):
+    """A pair of ``content`` with a given registration shift (``dose=None``: clean), atomic
+    content at a typical 0.1 Å/pixel (columns 5–10 pixels wide)."""
+    rng = np.random.default_rng(seed)
+    pad = int(math.ceil(max(abs(s) for s in shift))) + 10
+    shape = (SIZE[0] + 2 * pad, SIZE[1] + 2 * pad)
+    canvas, info = synthetic.clean_canvas(content, shape, rng, pixel_size=0.1)
+    return synthetic.shifted_pair(
+        canvas, SIZE, shift, modality=modality, dose=dose, rng=rng, info=info
+    )
+
+
+def err(estimate, truth) -> float:
+    return float(np.hypot(*(np.asarray(estimate, float) - np.asarray(truth, float))))
+
+
+# --------------------------------------------------------------------------- convention
+
+
+def test_sign_convention_is_skimage_phase_cross_correlation():
+    from skimage.registration import phase_cross_correlation
+
+    pair = make_pair("particles", (5.25, -11.5), None, seed=1)
+    reference = phase_cross_correlation(pair.reference, pair.moving, upsample_factor=100)[0]
+    assert err(reference, pair.shift) < 0.1  # the synthetic pair obeys skimage's convention
+    for method in ("ncc", "phase", "cnn"):  # the sign; accuracy is tested below
+        estimate = estimate_shift(pair.reference, pair.moving, method=method, denoise=False)
+        assert err(estimate, reference) < 0.3, method
+    # and shifting moving by the estimate registers it onto the reference
+    estimate = estimate_shift(pair.reference, pair.moving, method="cnn", denoise=False)
+    aligned = apply_shift(pair.moving, estimate)
+    inner = (slice(16, -16), slice(16, -16))
+    assert np.corrcoef(aligned[inner].ravel(), pair.reference[inner].ravel())[0, 1] > 0.99
+
+
+def test_estimate_unpacks_like_a_pair_and_carries_its_uncertainty():
+    pair = make_pair("amorphous", (1.5, 2.25), 100.0, seed=2)
+    est = estimate_shift(pair.reference, pair.moving, method="cnn", denoise=False)
+    assert isinstance(est, ShiftEstimate) and isinstance(est, tuple)
+    dy, dx = est
+    assert np.asarray(est).shape == (2,) and (dy, dx) == (est[0], est[1])
+    assert all(0 < s < 5 for s in est.sigma)
+    assert -1 <= est.peak <= 1 and est.method == "cnn"
+
+
+# --------------------------------------------------------------------------- accuracy
+
+
+CASES = [
+    # content, shift (an integer and a sub-pixel one per content type)
+    ("lattice", (2.0, -1.0)),
+    ("lattice", (-0.7, 1.3)),
+    ("amorphous", (7.0, 12.0)),
+    ("amorphous", (-9.35, 4.6)),
+    ("particles", (-15.0, 3.0)),
+    ("particles", (11.25, -20.8)),
+    ("mixed", (4.0, 21.0)),
+    ("mixed", (-6.4, -13.55)),
+]
+
+
+@pytest.mark.parametrize("content,shift", CASES)
+@pytest.mark.parametrize("method", ["cnn", "ncc"])
+def test_known_shifts_are_recovered_on_clean_frames(content, shift, method):
+    pair = make_pair(content, shift, None, seed=10)
+    if pair.period_px is not None:
+        assert np.hypot(*shift) < 0.45 * pair.period_px  # keep lattice shifts unambiguous
+    est = estimate_shift(pair.reference, pair.moving, method=method, denoise=False)
+    assert err(est, shift) < 0.15
+
+
+@pytest.mark.parametrize("content,shift", CASES[1::2])
+@pytest.mark.parametrize("denoise", [False, True])
+def test_known_shifts_are_recovered_on_noisy_frames(content, shift, denoise):
+    pair = make_pair(content, shift, 200.0, seed=11)
+    denoiser = pair.denoiser if denoise else False
+    est = estimate_shift(pair.reference, pair.moving, method="cnn", denoise=denoiser)
+    assert err(est, shift) < 0.4
+    assert max(est.sigma) < 1.0
+
+
+@pytest.mark.parametrize("method,tolerance", [("cnn", 0.4), ("ncc", 0.4), ("phase", 1.0)])
+def test_shift_of_a_third_of_the_frame_is_found(method, tolerance):
+    shift = (32.4, -31.7)  # a third of the 96-pixel frame along both axes
+    pair = make_pair("particles", shift, 100.0, seed=12)
+    est = estimate_shift(pair.reference, pair.moving, method=method, denoise=False)
+    assert err(est, shift) < tolerance
+
+
+def test_no_pull_towards_zero_shift():
+    """Opposite shifts give opposite estimates; the mean error along the shift is ~0."""
+    along = []
+    for k, shift in enumerate([(6.3, 0.0), (0.0, -6.3), (4.45, 4.45), (-17.8, 9.2)]):
+        for sign in (1, -1):
+            s = (sign * shift[0], sign * shift[1])
+            pair = make_pair("amorphous", s, None, seed=20 + k)
+            est = np.asarray(estimate_shift(pair.reference, pair.moving, "cnn", denoise=False))
+            unit = np.asarray(s) / np.hypot(*s)
+            along.append(float(np.dot(est - s, unit)))
+    assert abs(np.mean(along)) < 0.03
+    assert max(abs(a) for a in along) < 0.15
+
+
+def test_uncertainty_grows_as_the_dose_falls():
+    sigmas = []
+    for dose in (2000.0, 20.0, 2.0):
+        pair = make_pair("particles", (3.3, -2.6), dose, seed=30)
+        est = estimate_shift(pair.reference, pair.moving, "cnn", denoise=False)
+        sigmas.append(float(np.hypot(*est.sigma)))
+    assert sigmas[0] < sigmas[1] < sigmas[2]
+
+
+def test_ncc_map_peak_is_where_the_frames_overlap_best():
+    rng = np.random.default_rng(0)
+    ref = ndimage.gaussian_filter(rng.random((64, 80)), 1.5)
+    mov = np.roll(ref, (-5, 9), axis=(0, 1))  # mov(y, x) = ref(y + 5, x - 9): shift (5, -9)
+    ncc = ncc_map(bandpass(ref, 0), bandpass(mov, 0))
+    assert ncc.peak() == (5, -9)
+    assert ncc.value((5, -9)) == pytest.approx(1.0, abs=1e-9)  # overlap has no wrapped pixels
+    assert parabolic_peak(ncc, (5, -9)) == pytest.approx((5, -9), abs=0.1)
+
+
+# --------------------------------------------------------------------------- stacks
+
+
+@pytest.fixture(scope="module")
+def movie():
+    frames, shifts, _info = synthetic.drifting_movie(
+        10,
+        SIZE,
+        np.random.default_rng(5),
+        content="particles",
+        modality="tem",
+        dose=50.0,
+        step=2.0,
+    )
+    return frames, shifts
+
+
+@pytest.mark.parametrize("reference", ["first", "previous", "mean"])
+def test_align_stack_recovers_a_random_walk(movie, reference):
+    frames, truth = movie
+    aligned, shifts, info = align_stack(
+        frames, reference=reference, method="ncc", denoise=False, return_info=True
+    )
+    assert shifts.shape == (10, 2) and isinstance(info, AlignmentInfo)
+    offset = shifts[0] if reference == "mean" else np.zeros(2)  # mean: shifts onto the mean
+    rms = np.sqrt(np.mean(np.sum((shifts - offset - truth) ** 2, axis=1)))
+    assert rms < 0.3
+    assert aligned.shape == frames.shape and aligned.dtype == np.float32
+    inner = (slice(24, -24), slice(24, -24))
+    for i in (3, 9):
+        r = np.corrcoef(aligned[i][inner].ravel(), aligned[0][inner].ravel())[0, 1]
+        raw = np.corrcoef(frames[i][inner].ravel(), frames[0][inner].ravel())[0, 1]
+        assert r > raw
+
+
+def test_align_stack_cnn_with_denoising_applies_shifts_to_the_raw_frames(movie):
+    frames, truth = movie
+    aligned, shifts = align_stack(frames[:5], method="cnn", denoise="lrtem")
+    assert np.sqrt(np.mean(np.sum((shifts - truth[:5]) ** 2, axis=1))) < 0.3
+    for i in range(5):  # the raw frames are shifted, not the denoised copies
+        np.testing.assert_array_equal(aligned[i], apply_shift(frames[i], shifts[i]))
+
+
+def test_previous_flags_a_frame_that_breaks_transitivity(movie):
+    frames, _truth = movie
+    broken = frames.copy()
+    broken[6] = np.random.default_rng(1).permutation(broken[6].ravel()).reshape(SIZE)
+    _, shifts, info = align_stack(
+        broken, reference="previous", method="ncc", denoise=False, return_info=True
+    )
+    assert info.outlier[6] or info.outlier[7]
+    assert not info.outlier[[2, 3, 4, 9]].any()
+    good = [0, 1, 2, 3, 4, 5, 7, 8, 9]  # the chain goes around the broken frame
+    assert np.sqrt(np.mean(np.sum((shifts[good] - _truth[good]) ** 2, axis=1))) < 0.5
+    assert np.isfinite(info.closure[2:]).all() and np.isnan(info.closure[:2]).all()
+
+
+def test_chain_shifts_uses_the_path_that_avoids_a_failed_pair():
+    steps = np.array([[0, 0], [1.0, 0.5], [1.0, 0.5], [1.0, 0.5], [1.0, 0.5]])
+    truth = np.cumsum(steps, axis=0)
+    pairwise = steps.copy()
+    pairwise[3] = [9.0, -7.0]  # a failed estimate between frames 2 and 3
+    skip = np.full_like(steps, np.nan)
+    skip[2:] = truth[2:] - truth[:-2]
+    sigma = np.full_like(steps, 0.05)
+    pair_peak = np.ones(5)
+    pair_peak[3] = 0.2  # the failed pair correlates poorly
+    skip_peak = np.ones(5)
+    shifts, sig, outlier, closure = chain_shifts(pairwise, sigma, skip, sigma, pair_peak, skip_peak)
+    np.testing.assert_allclose(shifts, truth, atol=1e-9)
+    assert outlier.tolist() == [False, False, False, True, True]
+    assert closure[3] > 10 and closure[2] < 1e-9
+    assert (sig[0] == 0).all() and (sig[1:] > 0).all()
+    # frame 3 was reached through the skip 1 → 3: σ² = σ1² + σ_skip² (chained, accumulates)
+    np.testing.assert_allclose(sig[3] ** 2, sig[1] ** 2 + 0.05**2)
+
+
+def test_align_stack_is_lazy_for_dask(movie):
+    da = pytest.importorskip("dask.array")
+    frames, _ = movie
+    lazy = da.from_array(frames[:4], chunks=(1, -1, -1))
+    aligned, shifts = align_stack(lazy, method="ncc", denoise=False)
+    assert isinstance(aligned, da.Array)
+    eager, eager_shifts = align_stack(frames[:4], method="ncc", denoise=False)
+    np.testing.assert_allclose(shifts, eager_shifts)
+    np.testing.assert_allclose(aligned.compute(), eager)
+
+
+def test_progress_and_cancel(movie):
+    from napari_emdenoise.engine import Cancelled
+
+    frames, _ = movie
+    seen = []
+    align_stack(
+        frames[:4],
+        reference="previous",
+        method="ncc",
+        denoise=False,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert seen[0] == (0, 5) and seen[-1] == (5, 5)
+    assert all(b[0] >= a[0] for a, b in zip(seen, seen[1:]))
+    with pytest.raises(Cancelled):
+        align_stack(frames[:4], method="ncc", denoise=False, cancel=lambda: True)
+
+
+def test_integer_frames_give_the_same_result_as_float(movie):
+    frames, _ = movie
+    counts = np.round(frames[:3] * 1000).astype(np.uint16)
+    _, s_int = align_stack(counts, method="ncc", denoise=False)
+    _, s_float = align_stack(counts.astype(np.float64), method="ncc", denoise=False)
+    np.testing.assert_allclose(s_int, s_float)
+
+
+def test_apply_shift_integer_is_exact_and_fills_the_border():
+    frame = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30)
+    out = apply_shift(frame, (2, -3), fill_value=-1)
+    np.testing.assert_array_equal(out[2:, :-3], frame[:-2, 3:])
+    assert (out[:2] == -1).all() and (out[:, -3:] == -1).all()
+    sub = apply_shift(frame.astype(float), (0.5, 0.0), fill_value=np.nan)
+    assert np.isnan(sub[0]).all() and np.isfinite(sub[1:]).all()
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_input_gives_clear_errors():
+    rng = np.random.default_rng(0)
+    a = rng.random((40, 40))
+    with pytest.raises(ValueError, match="same shape"):
+        estimate_shift(a, rng.random((40, 41)), method="ncc", denoise=False)
+    with pytest.raises(ValueError, match="same shape"):
+        align_stack([a, rng.random((41, 40))], method="ncc", denoise=False)
+    with pytest.raises(ValueError, match="2-D frame"):
+        align_stack(a, method="ncc", denoise=False)
+    with pytest.raises(ValueError, match="at least 2 frames"):
+        align_stack(a[None], method="ncc", denoise=False)
+    with pytest.raises(ValueError, match="3-D"):
+        align_stack(a[None, None], method="ncc", denoise=False)
+    nan = a.copy()
+    nan[3, 3] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        estimate_shift(a, nan, method="ncc", denoise=False)
+    with pytest.raises(ValueError, match="NaN"):
+        align_stack(np.stack([a, nan]), method="ncc", denoise=False)
+    with pytest.raises(ValueError, match="too small"):
+        estimate_shift(a[:8, :8], a[:8, :8], method="ncc", denoise=False)
+    with pytest.raises(ValueError, match="too small"):
+        align_stack(np.zeros((3, 8, 8)), method="ncc", denoise=False)
+    with pytest.raises(ValueError, match="2-D"):
+        estimate_shift(a[None], a[None], method="ncc", denoise=False)
+    with pytest.raises(ValueError, match="complex"):
+        estimate_shift(a + 1j, a, method="ncc", denoise=False)
+    with pytest.raises(ValueError, match="constant"):
+        estimate_shift(np.ones((40, 40)), a, method="ncc", denoise=False)
+    with pytest.raises(ValueError, match="method"):
+        estimate_shift(a, a, method="sift")
+    with pytest.raises(ValueError, match="reference"):
+        align_stack(np.stack([a, a]), reference="last")
+    with pytest.raises(ValueError, match="denoise"):
+        estimate_shift(a, a, denoise=3.5)
+    with pytest.raises(ValueError, match="no shift regressor"):
+        estimate_shift(a, a, model="/nonexistent/regressor.safetensors", denoise=False)
+
+
+# --------------------------------------------------------------------------- the model
+
+
+def test_bundled_regressor_card_and_round_trip(tmp_path):
+    from napari_emdenoise.drift.regressor import (
+        BUNDLED_REGRESSOR,
+        load_regressor,
+        predict_offsets,
+        save_regressor,
+    )
+
+    model, card = load_regressor()
+    assert card["arch"] == "shift_regressor" and BUNDLED_REGRESSOR.is_file()
+    assert card["metrics"]["val_rms_px"] <= card["metrics"]["val_parabolic_rms_px"]
+    x = np.random.default_rng(0).random((3, 4, 15, 15)).astype(np.float32)
+    path = save_regressor(model, tmp_path / "copy.safetensors", {"notes": "test"})
+    copy, copy_card = load_regressor(path)
+    assert copy_card["notes"] == "test"
+    np.testing.assert_allclose(predict_offsets(copy, x)[0], predict_offsets(model, x)[0])
+
+
+def test_regressor_is_flip_equivariant():
+    """Flipping the correlation crop flips the predicted offset (no directional bias)."""
+    from napari_emdenoise.drift.regressor import load_regressor, predict_offsets
+
+    model, _ = load_regressor()
+    x = np.random.default_rng(1).random((4, 4, 15, 15)).astype(np.float32)
+    mean, sigma = predict_offsets(model, x)
+    mean_f, sigma_f = predict_offsets(model, x[:, :, ::-1, :].copy())
+    np.testing.assert_allclose(mean_f, mean * [-1, 1], atol=1e-5)
+    np.testing.assert_allclose(sigma_f, sigma, rtol=1e-5)

@@ -1,0 +1,124 @@
+"""The Drift correction dock widget, opened from the Plugins menu in a real viewer."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from napari_emdenoise.drift import synthetic
+
+DISPLAY_NAME = "Drift correction"
+
+
+@pytest.fixture
+def drift_dock(make_napari_viewer, open_dock):
+    viewer = make_napari_viewer()
+    frames, shifts, _ = synthetic.drifting_movie(
+        8,
+        (64, 64),
+        np.random.default_rng(2),
+        content="particles",
+        modality="tem",
+        dose=100.0,
+        step=1.5,
+    )
+    viewer.add_image(
+        frames,
+        name="movie",
+        scale=(2.0, 0.5, 0.5),
+        translate=(0.0, 10.0, -4.0),
+        units=("s", "nm", "nm"),
+    )
+    widget = open_dock(viewer, DISPLAY_NAME)
+    return viewer, widget, frames, shifts
+
+
+def run(widget, qtbot):
+    widget.start()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120000)
+
+
+def test_widget_aligns_the_stack_and_exports_the_table(drift_dock, qtbot, tmp_path):
+    viewer, widget, frames, truth = drift_dock
+    assert widget.layer.value == "movie"
+    widget.method.value = "ncc"
+    widget.reference.value = "previous"
+    widget.denoise.value = False
+    assert not widget.denoiser.enabled
+    n_layers = len(viewer.layers)
+    run(widget, qtbot)
+    assert widget.last_error == ""
+    assert len(viewer.layers) == n_layers + 2  # new layers only
+    np.testing.assert_array_equal(viewer.layers["movie"].data, frames)  # input untouched
+    aligned = viewer.layers["movie aligned"]
+    assert aligned.data.shape == frames.shape
+    assert tuple(aligned.scale) == (2.0, 0.5, 0.5)
+    assert tuple(aligned.translate) == (0.0, 10.0, -4.0)
+    track = viewer.layers["movie drift"]
+    assert track.data.shape == (8, 4) and tuple(track.scale) == (2.0, 0.5, 0.5)
+    shifts = np.array([[r["dy_px"], r["dx_px"]] for r in widget.table])
+    assert np.sqrt(np.mean(np.sum((shifts - truth) ** 2, axis=1))) < 0.4
+    # the track shows where a fixed specimen point sits: centre minus the shift
+    np.testing.assert_allclose(track.data[:, 2:], 31.5 - shifts, atol=1e-9)
+    # the plot has both curves and their uncertainty bands
+    for name in ("dy", "dx", "dy band", "dx band"):
+        assert name in widget.plot.items
+    x, y = widget.plot.items["dx"].getData()
+    np.testing.assert_allclose(y, shifts[:, 1])
+    assert widget.plot.save_button.isEnabled()
+    path = widget.save_csv(tmp_path / "drift.csv")
+    with path.open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 8
+    assert {"frame", "dy_px", "dx_px", "sigma_y_px", "sigma_x_px", "dy_nm", "dx_nm"} <= set(rows[0])
+    assert float(rows[3]["dx_nm"]) == pytest.approx(0.5 * float(rows[3]["dx_px"]))
+    assert widget.progress.value == widget.progress.max
+    # outputs are not offered as inputs
+    assert "movie aligned" not in widget.layer.choices
+
+
+def test_widget_default_cnn_with_denoising(drift_dock, qtbot):
+    viewer, widget, frames, truth = drift_dock
+    assert widget.method.value == "cnn" and widget.denoise.value
+    widget.denoiser.value = "lrtem"
+    run(widget, qtbot)
+    assert widget.last_error == ""
+    shifts = widget.info.shifts
+    assert np.sqrt(np.mean(np.sum((shifts - truth) ** 2, axis=1))) < 0.4
+    assert (widget.info.sigma[1:] > 0).all()
+
+
+def test_widget_cancel_adds_no_layer(drift_dock, qtbot):
+    viewer, widget, frames, _ = drift_dock
+    viewer.add_image(np.concatenate([frames] * 12), name="long movie")  # long enough to cancel
+    widget.layer.value = "long movie"
+    widget.denoise.value = False
+    n_layers = len(viewer.layers)
+    widget.start()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120000)
+    assert len(viewer.layers) == n_layers
+    assert widget.status.value.startswith("cancelled")
+
+
+def test_widget_bad_input_shows_the_error(drift_dock, qtbot):
+    viewer, widget, frames, _ = drift_dock
+    bad = frames.copy()
+    bad[2, 5, 5] = np.nan
+    viewer.add_image(bad, name="broken")
+    widget.layer.value = "broken"
+    widget.denoise.value = False
+    n_layers = len(viewer.layers)
+    run(widget, qtbot)
+    assert "NaN" in widget.last_error
+    assert len(viewer.layers) == n_layers
+
+
+def test_drifting_movie_sample():
+    from napari_emdenoise._widgets.drift import drifting_movie_sample
+
+    [(data, meta, kind)] = drifting_movie_sample()
+    assert kind == "image" and data.shape == (24, 128, 128)
+    assert np.asarray(meta["metadata"]["true_shifts_px"]).shape == (24, 2)
