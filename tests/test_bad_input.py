@@ -646,11 +646,6 @@ def test_unknown_layer_parameter_is_refused_by_name() -> None:
         NoiseParams.from_dict({"modality": "stem", "layers": {name: {"foo": 1}}})
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="NoiseParams.from_dict (noise/pipeline.py) does not yet check its top-level keys "
-    "with noise._params.check_known_keys",
-)
 def test_distort_refuses_unknown_top_level_parameters() -> None:
     from napari_emdenoise.noise import distort
 

@@ -562,3 +562,10 @@ def test_dark_field_branch_keeps_a_dark_background():
             columns, np.random.default_rng(seed), dark_field_probability=0.0
         )
         assert not info["dark_field"] and info["background"]["type"] in ("plane", "gaussian")
+
+
+def test_huge_clean_image_is_refused_before_any_work():
+    with pytest.raises(MemoryError, match="smaller image"):
+        generate_clean("hr", (10**6, 10**6), rng=0)
+    with pytest.raises(ValueError, match="smaller image"):  # TooLargeError is both
+        generate_clean("lr", (10**6, 10**6), rng=0)

@@ -216,3 +216,20 @@ def test_the_deep_cnn_of_seed_002_trains_and_exports(tmp_path, arch):
     model, card = load_model(done.model_path)
     assert card.arch == arch and card.training["steps"] == 3
     assert np.isfinite(done.metrics["val_psnr"])
+
+
+def test_pairs_are_mirrored_along_the_fast_scan_axis_half_of_the_time(monkeypatch):
+    """Mirrored pairs keep a network from learning a preferred direction to move features."""
+    import napari_emdenoise.training.datasets as ds
+
+    cfg = PairConfig(modality="stem", kind="hr", patch_size=32, seed=3)
+    monkeypatch.setattr(ds, "FAST_SCAN_FLIP_PROBABILITY", 0.0)
+    plain = [make_training_pair(cfg, i) for i in range(12)]
+    monkeypatch.setattr(ds, "FAST_SCAN_FLIP_PROBABILITY", 1.0)
+    for i, (x, y) in enumerate(plain[:3]):
+        xm, ym = make_training_pair(cfg, i)
+        np.testing.assert_array_equal(xm, x[:, ::-1])
+        np.testing.assert_array_equal(ym, y[:, ::-1])
+    monkeypatch.setattr(ds, "FAST_SCAN_FLIP_PROBABILITY", 0.5)
+    flipped = [not np.array_equal(make_training_pair(cfg, i)[0], x) for i, (x, _) in enumerate(plain)]
+    assert 2 <= sum(flipped) <= 10  # both outcomes occur (binomial(12, 0.5))

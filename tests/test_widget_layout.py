@@ -4,13 +4,21 @@ from __future__ import annotations
 
 import pytest
 
-DOCKS = ("Restore", "Noise-model playground", "Train")
+
+def _docks() -> list[str]:
+    """Every dock widget the manifest contributes (a new dock is checked too)."""
+    import npe2
+
+    manifest = npe2.PluginManager.instance().get_manifest("napari-emdenoise")
+    return [widget.display_name for widget in manifest.contributions.widgets or []]
 
 
 @pytest.fixture
 def all_docks(make_napari_viewer, open_dock, qtbot):
     viewer = make_napari_viewer(show=True)
-    widgets = {name: open_dock(viewer, name) for name in DOCKS}
+    docks = _docks()
+    assert {"Restore", "Noise-model playground", "Train"} <= set(docks)
+    widgets = {name: open_dock(viewer, name) for name in docks}
     viewer.window._qt_window.resize(1280, 800)
     qtbot.wait(300)
     return viewer, widgets  # (not the Qt window: napari's leak check would see it held)

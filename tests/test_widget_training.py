@@ -162,7 +162,7 @@ def test_preview_on_a_user_image_and_adversarial_terms(train_widget, qtbot):
 
     viewer, widget = train_widget
     image = np.random.default_rng(1).poisson(20.0, (300, 90)).astype(np.uint16)
-    viewer.add_image(image, name="my micrograph")
+    viewer.add_image(image, name="my micrograph", scale=(0.5, 0.5), units=("nm", "nm"))
     widget.preview_layer.value = "my micrograph"
     widget.weights["adversarial"].value = 5e-4
     widget.disc_channels.value = 8
@@ -173,6 +173,10 @@ def test_preview_on_a_user_image_and_adversarial_terms(train_widget, qtbot):
     assert widget.last_error == ""
     preview = viewer.layers[USER_PREVIEW_LAYER].data
     assert preview.shape == (256, 90)  # centred crop of at most 256 px per side
+    # ... shown on top of the crop it restores, in the image's units
+    layer = viewer.layers[USER_PREVIEW_LAYER]
+    assert tuple(layer.translate) == (11.0, 0.0) and tuple(layer.scale) == (0.5, 0.5)
+    assert [str(u) for u in layer.units] == ["nanometer", "nanometer"]
     np.testing.assert_array_equal(viewer.layers["my micrograph"].data, image)  # untouched
     assert widget.plot.series["discriminator"].n == 3
     assert widget.plot.series["adversarial"].n == 3

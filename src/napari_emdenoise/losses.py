@@ -1,4 +1,4 @@
-"""Generator and discriminator losses of the CGRDN GAN (seed 001, eqs 2–15).
+"""Generator and discriminator losses of the CGRDN GAN (Lobato et al. 2023, eqs 2–15).
 
 All functions take batches of shape ``(B, C, H, W)``: ``y_g`` the generated
 (restored) images and ``y`` the undistorted ground truth, in the same
@@ -6,6 +6,10 @@ intensity unit. "Per image" statistics are taken over ``(C, H, W)`` of each
 batch element, standard deviations are population ones (divisor ``C·H·W``),
 and every loss returns a scalar tensor averaged over the batch. This module
 imports torch; import it lazily from code that must start fast.
+
+Reference: I. Lobato, T. Friedrich and S. Van Aert, "Deep convolutional neural
+networks to restore single-shot electron microscopy images", arXiv:2303.17025
+(2023); equation numbers refer to it.
 """
 
 from __future__ import annotations
@@ -36,7 +40,7 @@ __all__ = [
 ]
 
 #: Default σ_min of eqs 5 and 7, in image intensity units. Clean training
-#: images are normalised to a maximum of 1 (seed 001, eq 26) with std/mean
+#: images are normalised to a maximum of 1 (Lobato et al. 2023, eq 26) with std/mean
 #: ratios of 0.01–0.35, so their standard deviations span ≈0.005–0.3; 0.01
 #: caps the contrast weight at 100 for nearly flat images.
 SIGMA_MIN: float = 0.01
@@ -82,7 +86,7 @@ def _image_std(t: torch.Tensor) -> torch.Tensor:
 
 # --------------------------------------------------------------------- pixel losses
 def contrast_weight(y: torch.Tensor, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
-    """Per-image weight ``w_y = 1 / max(σ_min, Std{y})`` (seed 001, eq 5).
+    """Per-image weight ``w_y = 1 / max(σ_min, Std{y})`` (Lobato et al. 2023, eq 5).
 
     Parameters
     ----------
@@ -104,7 +108,7 @@ def contrast_weight(y: torch.Tensor, sigma_min: float = SIGMA_MIN) -> torch.Tens
 def contrast_weighted_l1(
     y_g: torch.Tensor, y: torch.Tensor, sigma_min: float = SIGMA_MIN
 ) -> torch.Tensor:
-    """Contrast-weighted L1 loss, ``E{w_y |y - y_g|}`` (seed 001, eqs 4–5).
+    """Contrast-weighted L1 loss, ``E{w_y |y - y_g|}`` (Lobato et al. 2023, eqs 4–5).
 
     The mean absolute error of each image is multiplied by its weight
     :func:`contrast_weight` (so every example counts equally whatever its
@@ -118,7 +122,7 @@ def contrast_weighted_l1(
 def contrast_weighted_l2(
     y_g: torch.Tensor, y: torch.Tensor, sigma_min: float = SIGMA_MIN
 ) -> torch.Tensor:
-    """Contrast-weighted L2 loss, ``E{w_y |y - y_g|²}`` (seed 001, eq 6).
+    """Contrast-weighted L2 loss, ``E{w_y |y - y_g|²}`` (Lobato et al. 2023, eq 6).
 
     As printed in the paper the weight is not squared, so this term (unlike
     eq 4) scales linearly with the image intensity; it penalises outliers
@@ -130,7 +134,7 @@ def contrast_weighted_l2(
 
 
 def local_whitening(y: torch.Tensor, window: int, sigma_min: float = SIGMA_MIN) -> torch.Tensor:
-    """Local whitening transform ``y^S`` with an ``S × S`` box (seed 001, eq 7).
+    """Local whitening transform ``y^S`` with an ``S × S`` box (Lobato et al. 2023, eq 7).
 
     ``y^S_ij = (y_ij - E_S{y}_ij) / max(σ_min, Std_S{y}_ij)``, where the local
     mean and (population) standard deviation are taken over the ``S × S``
@@ -184,7 +188,7 @@ def mlwt_loss(
     windows: Sequence[int] = (2, 4, 8, 16),
     sigma_min: float = SIGMA_MIN,
 ) -> torch.Tensor:
-    """Multi-local whitening transform loss (seed 001, eqs 7–8).
+    """Multi-local whitening transform loss (Lobato et al. 2023, eqs 7–8).
 
     ``(1/|windows|) Σ_S E{|y^S - y_g^S|}`` with ``y^S`` from
     :func:`local_whitening` (each image whitened with its own local
@@ -208,7 +212,7 @@ def fourier_loss(
     eps: float = FOURIER_EPS,
     norm: str = "ortho",
 ) -> torch.Tensor:
-    """Fourier-space loss ``E[|F(y - y_g)|^γ]`` (seed 001, eq 9).
+    """Fourier-space loss ``E[|F(y - y_g)|^γ]`` (Lobato et al. 2023, eq 9).
 
     Computed as the mean over batch, channels and frequencies of
     ``(|F|² + eps)^(γ/2)``; ``eps`` keeps the gradient finite where the
@@ -295,7 +299,7 @@ def _relativistic_bce(c_real: Logits, c_fake: Logits, real_target: float) -> tor
 
 
 def relativistic_adversarial_loss(c_real: Logits, c_fake: Logits) -> torch.Tensor:
-    """Relativistic average adversarial (generator) loss (seed 001, eq 12 with eqs 2–3).
+    """Relativistic average adversarial (generator) loss (Lobato et al. 2023, eq 12 with eqs 2–3).
 
     ``-E{log(1 - D_Rap(y, y_g))} - E{log D_Rap(y_g, y)}`` with
     ``D_Rap(a, b) = σ(C(a) - E{C(b)})``, evaluated from the raw logits with
@@ -319,7 +323,7 @@ def relativistic_adversarial_loss(c_real: Logits, c_fake: Logits) -> torch.Tenso
 
 
 def relativistic_discriminator_loss(c_real: Logits, c_fake: Logits) -> torch.Tensor:
-    """Relativistic average discriminator loss (seed 001, eq 15).
+    """Relativistic average discriminator loss (Lobato et al. 2023, eq 15).
 
     ``-E{log D_Rap(y, y_g)} - E{log(1 - D_Rap(y_g, y))}``; arguments as for
     :func:`relativistic_adversarial_loss` (pass ``C(y_g)`` computed from a
@@ -331,10 +335,10 @@ def relativistic_discriminator_loss(c_real: Logits, c_fake: Logits) -> torch.Ten
 # ----------------------------------------------------------------- total loss
 @dataclass(frozen=True)
 class LossWeights:
-    """Weights λ of the generator loss (seed 001, eqs 13–14) and loss settings.
+    """Weights λ of the generator loss (Lobato et al. 2023, eqs 13–14) and loss settings.
 
-    The defaults are the authors' released training configuration as recorded
-    in SPEC §4: ``l1 = 10`` and ``adversarial = 5e-4``, every other term off.
+    The defaults are the training configuration the authors released with their
+    models: ``l1 = 10`` and ``adversarial = 5e-4``, every other term off.
     Terms with weight 0 are not computed. The other terms are meant to be
     switched on with weights that keep them at a fraction of the L1 term;
     :meth:`all_terms` is such a balanced starting point.
@@ -423,7 +427,7 @@ def generator_loss(
     c_real: Logits | None = None,
     c_fake: Logits | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Total generator loss ``L_pixel-wise + λ_Adv L_Adv`` (seed 001, eqs 13–14).
+    """Total generator loss ``L_pixel-wise + λ_Adv L_Adv`` (Lobato et al. 2023, eqs 13–14).
 
     Parameters
     ----------

@@ -99,8 +99,9 @@ class _VerticalScrollArea(QScrollArea):
         content = self.widget()
         if content is None:
             return super().sizeHint()
-        hint = content.sizeHint()
-        return QSize(self._width(hint), max(self._min_height, hint.height()))
+        # start as narrow as the content allows: the canvas gets the width
+        width = self._width(content.minimumSizeHint())
+        return QSize(width, max(self._min_height, content.sizeHint().height()))
 
 
 def scrolling(widget: QWidget, min_height: int = 120) -> QScrollArea:

@@ -11,7 +11,6 @@ table that "Save CSV…" writes.
 
 from __future__ import annotations
 
-import csv
 import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,6 +19,7 @@ import numpy as np
 from magicgui import widgets as mw
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
+from ..drift.table import drift_table, write_table
 from ._common import WorkerHost, is_grey_image, scrolling, wrap_labels
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -27,58 +27,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["DriftPlot", "DriftWidget", "drift_table", "drifting_movie_sample", "write_table"]
 
-#: Table columns (pixels unless the unit says otherwise).
-COLUMNS = ("frame", "dy_px", "dx_px", "sigma_y_px", "sigma_x_px", "peak_ncc", "outlier")
 NO_DENOISER = "(raw frames)"
-
-
-def drift_table(info: Any, scale: tuple[float, float] = (1.0, 1.0), unit: str = "") -> list[dict]:
-    """One row per frame: shift, uncertainty, correlation peak, outlier flag (and calibrated).
-
-    Parameters
-    ----------
-    info : napari_emdenoise.drift.AlignmentInfo
-        From ``align_stack(..., return_info=True)``.
-    scale : tuple of float
-        ``(y, x)`` pixel size; when not 1, calibrated columns are added.
-    unit : str
-        Unit of ``scale`` (column names ``dy_<unit>``, ``dx_<unit>``).
-
-    Returns
-    -------
-    list of dict
-    """
-    rows = []
-    calibrated = tuple(float(s) for s in scale) != (1.0, 1.0)
-    label = unit or "units"
-    for i, (shift, sigma) in enumerate(zip(info.shifts, info.sigma)):
-        row = {
-            "frame": i,
-            "dy_px": float(shift[0]),
-            "dx_px": float(shift[1]),
-            "sigma_y_px": float(sigma[0]),
-            "sigma_x_px": float(sigma[1]),
-            "peak_ncc": float(info.peak[i]),
-            "outlier": bool(info.outlier[i]),
-        }
-        if calibrated:
-            row[f"dy_{label}"] = float(shift[0]) * float(scale[0])
-            row[f"dx_{label}"] = float(shift[1]) * float(scale[1])
-        rows.append(row)
-    return rows
-
-
-def write_table(rows: list[dict], path: str | Path) -> Path:
-    """Write :func:`drift_table` rows as CSV (a header line, then one line per frame)."""
-    path = Path(path)
-    if not rows:
-        raise ValueError("there is no drift table yet: run the alignment first")
-    with path.open("w", newline="", encoding="utf-8") as fh:
-        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({k: (repr(v) if isinstance(v, float) else v) for k, v in row.items()})
-    return path
 
 
 def drifting_movie_sample() -> list[tuple]:

@@ -87,11 +87,7 @@ class PlaygroundWidget(mw.Container):
         header = mw.Container(
             widgets=[self.source, self.kind, self.size, self.modality, self.seed], labels=True
         )
-        toggles = mw.Container(
-            widgets=[self.live, self.show_stages, self.show_diffs],
-            layout="horizontal",
-            labels=False,
-        )
+        toggles = mw.Container(widgets=[self.live, self.show_stages, self.show_diffs], labels=False)
         self.update_button = mw.PushButton(text="Update")
         self.random_button = mw.PushButton(text="Random (paper ranges)")
         self.reset_button = mw.PushButton(text="Defaults")
@@ -138,9 +134,11 @@ class PlaygroundWidget(mw.Container):
         wrap_labels(self.status, self.fit_status)
         # Buttons and status stay; the rest scrolls (the forms of ~12 layers are taller
         # than a laptop screen) and the dock can shrink when other docks share its side.
-        self.extend([buttons, self.status])
+        # One scroll area holds everything, buttons and status first: the dock can shrink
+        # to a few lines when other docks share its side (the ~12 layer forms are taller
+        # than a laptop screen anyway).
         self.forms_box = mw.Container(labels=False)
-        body = mw.Container(widgets=[header, toggles, files], labels=False)
+        body = mw.Container(widgets=[buttons, self.status, header, toggles, files], labels=False)
         body.native.layout().addWidget(
             section("Fit the noise to a micrograph", fit_box.native, expanded=False)
         )

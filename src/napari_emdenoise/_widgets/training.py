@@ -39,7 +39,7 @@ PLAYGROUND_NOISE = "playground (live settings)"
 FILE_NOISE = "settings file (JSON)"
 SCRATCH = "scratch"
 NO_PREVIEW = "none"
-#: Loss-weight fields shown as editors (all seed 001 terms, eqs 4–15).
+#: Loss-weight fields shown as editors (every term of Lobato et al. 2023, eqs 4–15).
 _WEIGHT_FIELDS = ("l1", "l2", "mlwt", "fourier", "mean", "std", "adversarial", "sigma_min")
 #: Most progress/plot refreshes per second, whatever the step rate.
 UI_REFRESH_HZ = 2.0
@@ -170,6 +170,8 @@ class TrainWidget(mw.Container):
         self.last_error = ""
         #: Why the data are made in this process although data workers were asked for.
         self.in_process_reason = ""
+        #: Scale, units and translate of the user-image preview (it lies on its source crop).
+        self._preview_geometry: dict[str, Any] = {}
 
         # -- model
         self.model_name = mw.LineEdit(label="model name", value="my_model")
@@ -251,31 +253,29 @@ class TrainWidget(mw.Container):
                          self.out_dir, self.resume, self.install],
             ),
         }  # fmt: skip
-        settings = mw.Container(labels=False)
+        # One scroll area holds everything, controls first: the dock can shrink to a few
+        # lines when other docks share its side of the window, and Start stays on top.
+        controls = mw.Container(
+            widgets=[
+                mw.Container(
+                    widgets=[self.start_button, self.pause_button, self.stop_button,
+                             self.checkpoint_button, self.onnx_button],
+                    layout="horizontal",
+                    labels=False,
+                ),
+                self.progress,
+                self.status,
+            ],
+            labels=False,
+        )  # fmt: skip
+        wrap_labels(self.status)
+        settings = mw.Container(widgets=[controls], labels=False)
         for title, fields in self._boxes.items():
             expanded = not title.startswith("Loss")
             settings.native.layout().addWidget(section(title, fields.native, expanded))
         settings.native.layout().addStretch(1)
         self._settings = settings  # keep the magicgui wrappers alive
-        self.extend(
-            [
-                mw.Container(
-                    widgets=[
-                        self.start_button,
-                        self.pause_button,
-                        self.stop_button,
-                        self.checkpoint_button,
-                        self.onnx_button,
-                    ],
-                    layout="horizontal",
-                    labels=False,
-                ),  # fmt: skip
-                self.progress,
-                self.status,
-            ]
-        )
-        wrap_labels(self.status)
-        self.native.layout().insertWidget(0, scrolling(settings.native, 60), 1)
+        self.native.layout().addWidget(scrolling(settings.native, 60), 1)
         self.plot = self._make_plot()
         self._last_step: Any = None
         self._ui_timer = QTimer(self.native)
@@ -434,8 +434,11 @@ class TrainWidget(mw.Container):
     def _preview_image(self):
         name = self.preview_layer.value
         if name in (NO_PREVIEW, None) or name not in self.viewer.layers:
+            self._preview_geometry = {}
             return None
-        return self.viewer.layers[name].data
+        layer = self.viewer.layers[name]
+        self._preview_geometry = _crop_geometry(layer)
+        return layer.data
 
     # -- run control ----------------------------------------------------------
     @property
@@ -495,7 +498,7 @@ class TrainWidget(mw.Container):
         if image is None:
             self.layers.remove(USER_PREVIEW_LAYER)
         elif self.layers.get(USER_PREVIEW_LAYER) is None:
-            self.layers.set(USER_PREVIEW_LAYER, np.zeros_like(image))
+            self.layers.set(USER_PREVIEW_LAYER, np.zeros_like(image), self._preview_geometry)
 
     def stop(self) -> None:
         """End the run after the current step; the checkpoint and model are written."""
@@ -624,7 +627,7 @@ class TrainWidget(mw.Container):
         self.layers.set(PREVIEW_LAYER, preview_montage(*event.preview))
         if event.user_preview is not None:
             image, restored_user = event.user_preview
-            self.layers.set(USER_PREVIEW_LAYER, restored_user)
+            self.layers.set(USER_PREVIEW_LAYER, restored_user, self._preview_geometry)
         else:
             self.layers.remove(USER_PREVIEW_LAYER)
 
@@ -708,3 +711,21 @@ def _mark_checkpoint(model_path: Path, planned_steps: int | None) -> None:
         card_path.write_text(json.dumps(card, indent=2), encoding="utf-8")
     except (OSError, ValueError):  # pragma: no cover - the card is the trainer's; keep going
         pass
+
+
+def _crop_geometry(layer: Any) -> dict[str, Any]:
+    """Geometry that puts the trainer's centred preview crop of ``layer`` on top of it."""
+    from ..training.trainer import PREVIEW_MAX_SIDE
+
+    h, w = np.shape(layer.data)[-2:]
+    top, left = max((h - PREVIEW_MAX_SIDE) // 2, 0), max((w - PREVIEW_MAX_SIDE) // 2, 0)
+    scale = tuple(float(v) for v in layer.scale[-2:])
+    translate = tuple(float(v) for v in layer.translate[-2:])
+    geometry: dict[str, Any] = {
+        "scale": scale,
+        "translate": (translate[0] + top * scale[0], translate[1] + left * scale[1]),
+    }
+    units = getattr(layer, "units", None)
+    if units is not None:
+        geometry["units"] = tuple(units)[-2:]
+    return geometry

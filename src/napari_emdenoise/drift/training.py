@@ -39,9 +39,16 @@ from typing import Any
 
 import numpy as np
 
-from .synthetic import CONTENT_TYPES, MODALITIES, random_pair
+from .synthetic import CONTENT_TYPES, MAX_JITTER_PX, MODALITIES, random_pair
 
-__all__ = ["TrainSettings", "build_examples", "generate_dataset", "load_shards", "train"]
+__all__ = [
+    "TrainSettings",
+    "build_examples",
+    "export_bundled",
+    "generate_dataset",
+    "load_shards",
+    "train",
+]
 
 _SHARD = "pairs_{:05d}.npz"
 
@@ -421,6 +428,68 @@ def train(
             )
 
 
+def export_bundled(
+    run_dir: str | Path, data_dir: str | Path, target: str | Path | None = None
+) -> Path:
+    """Copy a run's best model to the bundled location with a complete model card.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        Training run folder (``best.safetensors`` and its card).
+    data_dir : path-like
+        The shards it was trained on (their settings go into the card).
+    target : path-like, optional
+        Destination (default :data:`.regressor.BUNDLED_REGRESSOR`).
+
+    Returns
+    -------
+    pathlib.Path
+        The weights written.
+    """
+    from .regressor import BUNDLED_REGRESSOR, load_regressor, save_regressor
+
+    model, card = load_regressor(Path(run_dir) / "best.safetensors")
+    shards = sorted(Path(data_dir).glob("pairs_*.npz"))
+    metas = []
+    n_pairs = 0
+    for path in shards:
+        with np.load(path) as data:
+            metas.append(json.loads(str(data["meta"])))
+            n_pairs += int(data["shift"].shape[0])
+    denoisers: dict[str, str] = {}
+    for meta in metas:
+        denoisers.update(meta["denoisers"])
+    first = metas[0]
+    card["data"] = {
+        "pairs": n_pairs,
+        "frame_px": first["shape"],
+        "dose_counts_per_px": first["dose_range"],
+        "dose_distribution": "log-uniform",
+        "contents": first["contents"],
+        "modalities": first["modalities"],
+        "noise": "project distortion model (napari_emdenoise.noise), random parameters, "
+        f"geometric post-processing off, scan jitter capped at {MAX_JITTER_PX} px",
+        "shift": "uniform in a disc of radius a third of the frame; lattices below 0.45 "
+        "of the shortest repeat distance",
+        "examples": "each pair twice: denoised+raw correlation maps, raw maps only; "
+        "random flips during training",
+        "denoisers_sha256_16": denoisers,
+        "generator_seeds": f"numpy default_rng([{first['seed'][0]}, shard]) for shards "
+        f"0..{len(shards) - 1}",
+    }
+    card["notes"] = (
+        "CNN shift regressor after Vasudevan & Jesse, 'Deep Learning as a Tool for Image "
+        "Denoising and Drift Correction', Microscopy and Microanalysis 2019: conv layers + "
+        "three fully connected layers on a 15x15 crop of the normalised cross-correlation "
+        "around the classical integer peak; predicts a correction to the 3-point parabola "
+        "and a per-axis log sigma. Trained on CPU with napari_emdenoise.drift.training."
+    )
+    out = Path(target) if target is not None else BUNDLED_REGRESSOR
+    extra = {k: v for k, v in card.items() if k not in ("format", "name", "arch", "config")}
+    return save_regressor(model, out, extra)
+
+
 def _main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m napari_emdenoise.drift.training")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -437,12 +506,19 @@ def _main(argv: list[str] | None = None) -> None:
     tr.add_argument("--batch-size", type=int, default=TrainSettings.batch_size)
     tr.add_argument("--lr", type=float, default=TrainSettings.lr)
     tr.add_argument("--seed", type=int, default=0)
+    ex = sub.add_parser("export", help="bundle a run's best model with its card")
+    ex.add_argument("--run", required=True)
+    ex.add_argument("--data", required=True)
+    ex.add_argument("--to", default=None)
     args = parser.parse_args(argv)
     import torch
 
     torch.set_num_threads(1)
     if args.command == "generate":
         generate_dataset(args.out, args.pairs, (args.size, args.size), args.seed, args.per_shard)
+        return
+    if args.command == "export":
+        print(export_bundled(args.run, args.data, args.to))
         return
     paths = [p for folder in args.data for p in sorted(Path(folder).glob("pairs_*.npz"))]
     print(f"{len(paths)} shards", flush=True)

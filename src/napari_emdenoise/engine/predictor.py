@@ -586,6 +586,9 @@ def restore(
         Tile size in pixels. None: the whole frame in one pass if it has at
         most 640² pixels (CPU) / 4096² (CUDA), else tiles of at most 512 pixels,
         sized so that the fewest tiles cover the frame with the least overlap.
+        A given size must be at least 64 pixels with the default overlap (at
+        least 16 and more than ``overlap`` otherwise): smaller tiles give
+        visibly tiled results and are refused.
     overlap : int, optional
         Overlap between tiles in pixels (default 32).
     batch_size : int, optional

@@ -28,7 +28,7 @@ class Layer:
     params_type : type
         The :class:`LayerParams` subclass ``func`` takes.
     equation : str
-        Equation number(s) in seed 001 (e.g. ``"30"`` or ``"41-42"``).
+        Equation number(s) in Lobato et al. (2023) (e.g. ``"30"`` or ``"41-42"``).
     title : str
         Human-readable name shown in the playground.
     applies_to_target : bool

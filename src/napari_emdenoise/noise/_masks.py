@@ -1,6 +1,6 @@
 """Random-walk defect masks shared by the TEM and S(T)EM noise models.
 
-Black pixels and zingers (seed 001, eqs 37–38 for TEM, 52–53 for S(T)EM) are
+Black pixels and zingers (Lobato et al. 2023, eqs 37–38 for TEM, 52–53 for S(T)EM) are
 modelled by a sensitivity mask: a number of seed points placed uniformly on the
 sensor, each grown into a small region by a random walk. This module builds the
 boolean mask; the layers decide what happens to the masked pixels.

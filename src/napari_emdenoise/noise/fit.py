@@ -8,7 +8,7 @@ mean intensity ``μ``, the variance
 with ``a`` the gain (intensity units per detected electron, so ``(μ − offset)/a``
 electrons were counted) and ``b`` the read-noise variance (intensity units²);
 ``offset`` is the detector's dark level (the intensity of zero electrons). This
-is exactly the noise of our own simulator (seed 001): for the S(T)EM detector
+is exactly the noise of our own simulator (Lobato et al. 2023): for the S(T)EM detector
 (eqs 45–46) ``x ← (P(αx) + N(0, σ_pmt))/α`` gives ``var = μ/α + (σ_pmt/α)²``,
 i.e. ``a = 1/α`` and ``b = (σ_pmt/α)²``; for TEM shot + thermal noise (eqs 30,
 34) ``x ← P(αx)/α + N(0, σ)`` gives ``a = 1/α`` and ``b = σ²``. The dose of

@@ -29,7 +29,7 @@ import numpy as np
 
 from .._validation import as_float_image
 from ._layer import Layer
-from ._params import LayerParams
+from ._params import LayerParams, check_known_keys
 from .post import POST_LAYERS
 from .stem import STEM_LAYERS, fast_scan_lag, shift_along_fast_scan
 from .tem import TEM_LAYERS
@@ -154,6 +154,7 @@ class NoiseParams:
         """Inverse of :meth:`to_dict`; validates every value."""
         if not isinstance(data, Mapping) or "modality" not in data:
             raise ValueError("noise parameters must be a mapping with a 'modality' key")
+        check_known_keys(data, ("format", "version", "modality", "layers"), "noise parameters")
         version = data.get("version", PARAMS_FORMAT_VERSION)
         if version > PARAMS_FORMAT_VERSION:
             raise ValueError(

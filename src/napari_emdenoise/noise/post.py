@@ -1,4 +1,4 @@
-"""Post-processing distortions (seed 001, "Post-processing distortions").
+"""Post-processing distortions (Lobato et al. 2023, "Post-processing distortions").
 
 Distortions a user or acquisition software adds after recording: an
 interpolating linear transform, Gaussian smoothing, burnt-in annotations
@@ -471,4 +471,4 @@ POST_LAYERS: tuple[Layer, ...] = (
     Layer("annotations", annotations, AnnotationsParams, "", "Annotations", applies_to_target=True),
     Layer("crops", crops, CropsParams, "", "Crops", applies_to_target=True),
 )
-"""Post-processing layers in pipeline order (seed 001, "Post-processing distortions")."""
+"""Post-processing layers in pipeline order (Lobato et al. 2023, "Post-processing distortions")."""

@@ -1,4 +1,4 @@
-"""S(T)EM scan jitter (seed 001, eqs 41–42).
+"""S(T)EM scan jitter (Lobato et al. 2023, eqs 41–42).
 
 A scanning microscope records one pixel at a time along a row (the *fast*
 scan direction, image axis -1) and then moves to the next row (the *slow*

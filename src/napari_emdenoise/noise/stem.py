@@ -457,7 +457,8 @@ def fast_scan_lag(params: FastScanBlurParams) -> float:
 def shift_along_fast_scan(image: np.ndarray, lag: float) -> np.ndarray:
     """Move a 2-D (or stacked ``(n, H, W)``) image by ``lag`` pixels along x, sub-pixel.
 
-    Cubic-spline interpolation; the edges continue with the nearest value.
+    Cubic-spline interpolation, clipped to the input's value range; the edges
+    continue with the nearest value.
 
     Parameters
     ----------
@@ -473,9 +474,11 @@ def shift_along_fast_scan(image: np.ndarray, lag: float) -> np.ndarray:
     """
     if lag == 0.0:
         return np.asarray(image, dtype=np.float32).copy()
-    shift = (0.0,) * (image.ndim - 1) + (float(lag),)
-    out = scipy.ndimage.shift(np.asarray(image, dtype=np.float64), shift, order=3, mode="nearest")
-    return out.astype(np.float32)
+    src = np.asarray(image, dtype=np.float64)
+    shift = (0.0,) * (src.ndim - 1) + (float(lag),)
+    out = scipy.ndimage.shift(src, shift, order=3, mode="nearest")
+    # the cubic spline overshoots at sharp edges: keep the input's value range
+    return np.clip(out, src.min(), src.max()).astype(np.float32)
 
 
 def fast_scan_blur(

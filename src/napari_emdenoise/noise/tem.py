@@ -1,4 +1,4 @@
-"""TEM distortion layers (seed 001, "TEM noise model", eqs 27–40).
+"""TEM distortion layers (Lobato et al. 2023, "TEM noise model", eqs 27–40).
 
 Each layer is a pure function ``layer(image, params, rng) -> image`` and a
 parameter dataclass; :data:`TEM_LAYERS` lists them in pipeline order:
@@ -120,7 +120,7 @@ def _defect_mask(
 
 # -- camera MTF (eqs 27–29) --------------------------------------------------
 def radial_mtf(g: np.ndarray | float, a: float, b: float, c: float) -> np.ndarray:
-    """Rotationally symmetric part of the camera MTF (seed 001, eq 29).
+    """Rotationally symmetric part of the camera MTF (Lobato et al. 2023, eq 29).
 
     ``MTF_r(g) = a·exp(−g²/2b²) + (1 − a)·exp(−g²/2c²)``.
 
@@ -144,7 +144,7 @@ def radial_mtf(g: np.ndarray | float, a: float, b: float, c: float) -> np.ndarra
 
 
 def mtf_is_monotone(a: float, b: float, c: float) -> bool:
-    """Paper's acceptance test for ``MTF_r`` (seed 001, text after eq 29).
+    """Paper's acceptance test for ``MTF_r`` (Lobato et al. 2023, text after eq 29).
 
     ``MTF_r`` is evaluated on 1000 points spanning 10 Nyquist units; it is
     accepted when it is non-negative and non-increasing there. (Both Gaussians
@@ -160,7 +160,7 @@ def mtf_is_monotone(a: float, b: float, c: float) -> bool:
 
 @dataclass
 class CameraMTFParams(OccurringParams):
-    """Camera modulation-transfer function (seed 001, eqs 28–29).
+    """Camera modulation-transfer function (Lobato et al. 2023, eqs 28–29).
 
     Ranges are our choice (the paper gives none): they span MTFs at Nyquist
     (including the pixel sinc, 2/π there) from ≈0 (scintillator-coupled CCD
@@ -217,7 +217,7 @@ def _mtf_axis(n: int, width: float) -> np.ndarray:
 
 
 def camera_mtf(image: np.ndarray, params: CameraMTFParams, rng: np.random.Generator) -> np.ndarray:
-    """Blur by the camera point-spread function (seed 001, eqs 27–29).
+    """Blur by the camera point-spread function (Lobato et al. 2023, eqs 27–29).
 
     ``y ← y ⊗ PSF`` with ``PSF = F⁻¹{MTF_r(g)·sinc(πu/2)·sinc(πv/2)}``. The
     Gaussians of eq 29 are separable, so the 2-D transfer function is a sum
@@ -269,7 +269,7 @@ def sample_dose(
     high: float = _DOSE_RANGE[1],
     scale: float = _DOSE_SCALE,
 ) -> float:
-    """Draw a dose favouring low values, as seed 001 does for eq 30.
+    """Draw a dose favouring low values, as Lobato et al. (2023) do for eq 30.
 
     The paper draws α "exponential, with a scale parameter of 0.5 and a range
     [0.5, 750]/E{y}". Our reading: ``t ~ Exp(scale)`` truncated to [0, 1]
@@ -304,7 +304,7 @@ def sample_dose(
 
 @dataclass
 class ShotNoiseParams(OccurringParams):
-    """Poisson counting noise (seed 001, eq 30). Always occurs."""
+    """Poisson counting noise (Lobato et al. 2023, eq 30). Always occurs."""
 
     dose: float = param(
         20.0, *_DOSE_RANGE, hard_min=0.0, hard_max=1e9, unit="e⁻/pixel", log=True,
@@ -328,7 +328,7 @@ class ShotNoiseParams(OccurringParams):
 
 
 def shot_noise(image: np.ndarray, params: ShotNoiseParams, rng: np.random.Generator) -> np.ndarray:
-    """Poisson shot noise at a given dose (seed 001, eq 30).
+    """Poisson shot noise at a given dose (Lobato et al. 2023, eq 30).
 
     ``x ← P(α·x)/α`` with ``α = dose/E{x}``: the image mean corresponds to
     ``dose`` electrons per pixel and the output keeps the input intensity
@@ -374,7 +374,7 @@ def shot_noise(image: np.ndarray, params: ShotNoiseParams, rng: np.random.Genera
 # -- fixed-pattern noise (eq 31) ---------------------------------------------
 @dataclass
 class FixedPatternNoiseParams(OccurringParams):
-    """Residual pixel-gain mismatch after flat-field correction (seed 001, eq 31).
+    """Residual pixel-gain mismatch after flat-field correction (Lobato et al. 2023, eq 31).
 
     Range and occurrence (0.5) are our choice: 0.1–5 % residual gain spread.
     """
@@ -390,7 +390,7 @@ class FixedPatternNoiseParams(OccurringParams):
 def fixed_pattern_noise(
     image: np.ndarray, params: FixedPatternNoiseParams, rng: np.random.Generator
 ) -> np.ndarray:
-    """Multiplicative pixel-gain noise ``x ← x + x·N(0, σ_fpn)`` (seed 001, eq 31).
+    """Multiplicative pixel-gain noise ``x ← x + x·N(0, σ_fpn)`` (Lobato et al. 2023, eq 31).
 
     The gain pattern is a property of the sensor; here each call draws a new
     sensor from ``rng`` (the same seed gives the same pattern). The added
@@ -409,7 +409,7 @@ def fixed_pattern_noise(
 # -- dark current (eqs 32–33) ------------------------------------------------
 @dataclass
 class DarkCurrentParams(OccurringParams):
-    """Dark-current non-uniformity and its shot noise (seed 001, eqs 32–33).
+    """Dark-current non-uniformity and its shot noise (Lobato et al. 2023, eqs 32–33).
 
     Dark counts are electrons, independent of the signal, so they are given
     in e⁻/pixel (the same count unit as the dose) and converted to image
@@ -455,7 +455,7 @@ class DarkCurrentParams(OccurringParams):
 def dark_count_map(
     shape: tuple[int, int], params: DarkCurrentParams, rng: np.random.Generator
 ) -> np.ndarray:
-    """Expected dark counts per pixel, DCNU (seed 001, eq 32).
+    """Expected dark counts per pixel, DCNU (Lobato et al. 2023, eq 32).
 
     A mixture: most pixels follow a log-normal distribution whose own mean
     and standard deviation are ``dark_mean`` and ``dark_std`` (μ, σ of the
@@ -487,7 +487,7 @@ def dark_count_map(
 def dark_current(
     image: np.ndarray, params: DarkCurrentParams, rng: np.random.Generator
 ) -> np.ndarray:
-    """Add dark counts with their shot noise (seed 001, eqs 32–33).
+    """Add dark counts with their shot noise (Lobato et al. 2023, eqs 32–33).
 
     ``x ← x + P(DCNU)/α`` with DCNU from :func:`dark_count_map` and
     ``α = dose/E{x}`` (counts per unit intensity, as in eq 30). The mean
@@ -512,7 +512,7 @@ def dark_current(
 # -- readout noise (eqs 34–36) -----------------------------------------------
 @dataclass
 class ThermalNoiseParams(OccurringParams):
-    """White Gaussian readout noise (seed 001, eq 34). Range, occurrence 0.5: ours."""
+    """White Gaussian readout noise (Lobato et al. 2023, eq 34). Range, occurrence 0.5: ours."""
 
     sigma: float = param(
         0.01, 0.001, 0.1, hard_min=0.0, hard_max=1e3, unit="intensity", log=True,
@@ -525,7 +525,7 @@ class ThermalNoiseParams(OccurringParams):
 def thermal_noise(
     image: np.ndarray, params: ThermalNoiseParams, rng: np.random.Generator
 ) -> np.ndarray:
-    """Add white Gaussian noise ``x ← x + N(0, σ)`` (seed 001, eq 34).
+    """Add white Gaussian noise ``x ← x + N(0, σ)`` (Lobato et al. 2023, eq 34).
 
     ``σ`` is in units of the image intensity (the clean maximum is 1).
     """
@@ -537,7 +537,7 @@ def thermal_noise(
 
 @dataclass
 class FlickerNoiseParams(OccurringParams):
-    """1/f readout noise (seed 001, eq 35). Range, occurrence 0.25: ours."""
+    """1/f readout noise (Lobato et al. 2023, eq 35). Range, occurrence 0.25: ours."""
 
     sigma: float = param(
         0.01, 0.001, 0.05, hard_min=0.0, hard_max=1e3, unit="intensity", log=True,
@@ -562,7 +562,7 @@ def _inverse_frequency(h: int, w: int) -> np.ndarray:
 def flicker_noise(
     image: np.ndarray, params: FlickerNoiseParams, rng: np.random.Generator
 ) -> np.ndarray:
-    """Add 1/f noise ``x ← x + F⁻¹{F{N(0, 1)}/f}`` scaled to std σ (seed 001, eq 35).
+    """Add 1/f noise ``x ← x + F⁻¹{F{N(0, 1)}/f}`` scaled to std σ (Lobato et al. 2023, eq 35).
 
     White Gaussian noise is filtered in Fourier space by ``1/f``, ``f`` the
     radial spatial frequency in cycles/pixel, with the ``f = 0`` term set to
@@ -586,7 +586,7 @@ def flicker_noise(
 
 @dataclass
 class ResetNoiseParams(OccurringParams):
-    """Row-wise reset noise (seed 001, eq 36). Range, occurrence 0.25: ours."""
+    """Row-wise reset noise (Lobato et al. 2023, eq 36). Range, occurrence 0.25: ours."""
 
     sigma: float = param(
         0.01, 0.001, 0.05, hard_min=0.0, hard_max=1e3, unit="intensity", log=True,
@@ -599,7 +599,7 @@ class ResetNoiseParams(OccurringParams):
 def reset_noise(
     image: np.ndarray, params: ResetNoiseParams, rng: np.random.Generator
 ) -> np.ndarray:
-    """Add one ``N(0, σ)`` offset per row to the whole row (seed 001, eq 36).
+    """Add one ``N(0, σ)`` offset per row to the whole row (Lobato et al. 2023, eq 36).
 
     Rows are the first array axis (horizontal lines in napari).
     """
@@ -612,7 +612,7 @@ def reset_noise(
 # -- defect masks (eqs 37–38) ------------------------------------------------
 @dataclass
 class BlackPixelsParams(OccurringParams):
-    """Black pixels and regions (seed 001, eq 37). Ranges, occurrence 0.25: ours."""
+    """Black pixels and regions (Lobato et al. 2023, eq 37). Ranges, occurrence 0.25: ours."""
 
     n_points: int = param(
         5, 1, 20, hard_min=0, hard_max=100_000, unit="points",
@@ -633,7 +633,7 @@ class BlackPixelsParams(OccurringParams):
 def black_pixels(
     image: np.ndarray, params: BlackPixelsParams, rng: np.random.Generator
 ) -> np.ndarray:
-    """Multiply by a black-pixel sensitivity mask ``x ← x·S_black`` (seed 001, eq 37).
+    """Multiply by a black-pixel sensitivity mask ``x ← x·S_black`` (Lobato et al. 2023, eq 37).
 
     ``S_black`` is ``sensitivity`` on the regions of
     :func:`~napari_emdenoise.noise._masks.random_walk_mask` (drawn first from
@@ -647,7 +647,10 @@ def black_pixels(
 
 @dataclass
 class ZingersParams(OccurringParams):
-    """Zingers: bright spots and streaks (seed 001, eq 38). Ranges, occurrence 0.25: ours."""
+    """Zingers: bright spots and streaks (Lobato et al. 2023, eq 38).
+
+    Ranges and occurrence 0.25: ours.
+    """
 
     n_points: int = param(
         3, 1, 20, hard_min=0, hard_max=100_000, unit="points",
@@ -666,7 +669,7 @@ class ZingersParams(OccurringParams):
 
 
 def zingers(image: np.ndarray, params: ZingersParams, rng: np.random.Generator) -> np.ndarray:
-    """Set random-walk regions to a bright value (seed 001, eq 38).
+    """Set random-walk regions to a bright value (Lobato et al. 2023, eq 38).
 
     Deviation from eq 38 (``x ← x·S_zinger``): a zinger is a burst of
     scintillator photons that does not depend on the signal, and a
@@ -685,7 +688,7 @@ def zingers(image: np.ndarray, params: ZingersParams, rng: np.random.Generator) 
 # -- upper clip and quantisation (eqs 39–40) ---------------------------------
 @dataclass
 class UpperClipParams(OccurringParams):
-    """Saturation (seed 001, eq 39). Range, occurrence 0.25: ours.
+    """Saturation (Lobato et al. 2023, eq 39). Range, occurrence 0.25: ours.
 
     The threshold is a quantile of the image rather than a fraction of its
     maximum, so that a few zingers do not set it.
@@ -700,7 +703,7 @@ class UpperClipParams(OccurringParams):
 
 
 def upper_clip(image: np.ndarray, params: UpperClipParams, rng: np.random.Generator) -> np.ndarray:
-    """Saturate: ``x ← min(x, T_u)``, ``T_u`` the ``quantile`` of x (seed 001, eq 39).
+    """Saturate: ``x ← min(x, T_u)``, ``T_u`` the ``quantile`` of x (Lobato et al. 2023, eq 39).
 
     Pixels below ``T_u`` are unchanged and no output pixel exceeds it;
     ``quantile = 1`` leaves the image as it is. Deterministic.
@@ -715,7 +718,7 @@ def upper_clip(image: np.ndarray, params: UpperClipParams, rng: np.random.Genera
 
 @dataclass
 class QuantisationParams(OccurringParams):
-    """Analog-to-digital quantisation (seed 001, eq 40). Range, occurrence 0.5: ours."""
+    """Analog-to-digital quantisation (Lobato et al. 2023, eq 40). Range, occurrence 0.5: ours."""
 
     gain: float = param(
         255.0, 4.0, 1000.0, hard_min=1e-6, hard_max=1e9, unit="levels / intensity", log=True,
@@ -728,7 +731,7 @@ class QuantisationParams(OccurringParams):
 def quantisation(
     image: np.ndarray, params: QuantisationParams, rng: np.random.Generator
 ) -> np.ndarray:
-    """Round to ADC levels: ``x ← round(g·x)/g`` (seed 001, eq 40).
+    """Round to ADC levels: ``x ← round(g·x)/g`` (Lobato et al. 2023, eq 40).
 
     Eq 40 returns ``round(g·x)`` in ADC units; the division by ``g`` keeps the
     normalised intensity scale, so ``out·g`` is integer-valued (to float32

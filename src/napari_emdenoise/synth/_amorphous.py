@@ -1,4 +1,4 @@
-"""Amorphous specimens and individual points (seed 001, "Specimen generation")."""
+"""Amorphous specimens and individual points (Lobato et al. 2023, "Specimen generation")."""
 
 from __future__ import annotations
 
@@ -56,9 +56,9 @@ def amorphous_slab(
     z : int
         Atomic number.
     density_g_cm3 : float
-        Mass density in g/cm³ (seed 001: [2, 7]).
+        Mass density in g/cm³ (Lobato et al. 2023: [2, 7]).
     min_distance : float
-        Minimum interatomic distance in Å (seed 001: [0.95, 1.6]).
+        Minimum interatomic distance in Å (Lobato et al. 2023: [0.95, 1.6]).
     box_lo, box_hi : numpy.ndarray
         ``(x, y)`` corners of the extended field of view, in Å.
     thickness : float
@@ -120,7 +120,7 @@ def individual_points(
     count : int
         Expected number of points in the box.
     min_distance : float
-        Minimum distance in Å (seed 001: [1, 20] pixels).
+        Minimum distance in Å (Lobato et al. 2023: [1, 20] pixels).
     box_lo, box_hi : numpy.ndarray
         ``(x, y)`` corners of the extended field of view, in Å.
     thickness : float

@@ -6,6 +6,7 @@ from typing import Any, Literal, overload
 
 import numpy as np
 
+from .._validation import check_fits_in_memory
 from ._random import as_generator, check_shape
 from .atomic import generate_atomic
 from .contrast import CLEAN_STD_MEAN_RANGE, apply_random_contrast
@@ -16,6 +17,10 @@ __all__ = ["KINDS", "generate_clean"]
 #: ``"hr"``: atomic resolution; ``"lr"``: low magnification.
 KINDS = ("hr", "lr")
 _MAX_ATTEMPTS = 20
+
+#: Peak working memory of the generator per output pixel, in bytes (measured:
+#: float64 work images, site tables and rendering buffers).
+_BYTES_PER_PIXEL = {"hr": 320, "lr": 128}
 
 
 def _usable(raw: np.ndarray) -> bool:
@@ -50,7 +55,7 @@ def generate_clean(
     *,
     return_info: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]:
-    """Generate one random undistorted EM image (seed 001, "Data generation").
+    """Generate one random undistorted EM image (Lobato et al. 2023, "Data generation").
 
     ``"hr"`` images are projected atomic specimens (eqs 16–22), ``"lr"``
     images superimpose particles, grains, bands, boxes and cracks; both then
@@ -95,6 +100,12 @@ def generate_clean(
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
     shape = check_shape(shape)
+    n_pixels = float(shape[0]) * float(shape[1])
+    check_fits_in_memory(
+        n_pixels * _BYTES_PER_PIXEL[kind],
+        f"a {shape[0]}×{shape[1]} {kind.upper()} clean image",
+        hint="generate a smaller image (e.g. 2048×2048) or tiles of it",
+    )
     rng = as_generator(rng)
     attempts = 0
     for _ in range(_MAX_ATTEMPTS):

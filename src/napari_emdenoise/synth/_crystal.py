@@ -1,4 +1,4 @@
-"""Random crystals and their projections (seed 001, "Specimen generation").
+"""Random crystals and their projections (Lobato et al. 2023, "Specimen generation").
 
 A crystal is a random 3-D lattice (one of six lattice systems, lattice
 parameters in [3.1, 25] Å, angles in [45°, 120°]) with a random basis whose
@@ -258,7 +258,7 @@ def zone_axis_columns(
     budget : int
         Soft cap on the number of sites.
     mistilt_sigma_deg : float
-        Standard deviation σ of the mistilt, in degrees (seed 001 uses 5°;
+        Standard deviation σ of the mistilt, in degrees (Lobato et al. 2023 use 5°;
         the default 1° keeps columns visible, see :mod:`..atomic`).
 
     Returns

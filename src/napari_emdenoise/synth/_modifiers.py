@@ -1,4 +1,4 @@
-"""Specimen modifiers of seed 001: wedge, shapes and defects.
+"""Specimen modifiers of Lobato et al. (2023): wedge, shapes and defects.
 
 Wedges and shapes remove material in 3-D; for a projected site the kept
 intensity is the fraction of its depth extent that is still inside the
@@ -48,7 +48,7 @@ class Wedge:
     sides : str
         ``"top"``, ``"bottom"`` or ``"both"``.
     angle_top_deg, angle_bottom_deg : float
-        Surface angles in degrees (seed 001: [5°, 45°]; 0 for a flat face).
+        Surface angles in degrees (Lobato et al. 2023: [5°, 45°]; 0 for a flat face).
     direction_rad : float
         In-plane direction φ of the thickness gradient.
     edge_A : float
@@ -169,7 +169,7 @@ def draw_shape(
     thickness: float,
     box_size: float,
 ) -> Polytope:
-    """Draw one of the three shapes of seed 001 (probability 1/3 each).
+    """Draw one of the three shapes of Lobato et al. (2023) (probability 1/3 each).
 
     * polygon rod: infinite prism along a random 3-D direction with a regular
       cross-section of 3–15 vertices and circumradius in [0.01, 0.5]·box_size;
@@ -256,7 +256,7 @@ def apply_defects(
 
     n_sel ~ U{0, …, round(0.25 N)} sites are chosen; with probability 0.5
     they are displaced by N(0, r_m) in x and y (r_m of their species, the
-    "atomic radius" of seed 001), otherwise they are removed.
+    "atomic radius" of Lobato et al. (2023)), otherwise they are removed.
     """
     n = len(sites)
     n_sel = int(rng.integers(0, int(round(0.25 * n)) + 1))

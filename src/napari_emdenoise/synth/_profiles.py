@@ -1,4 +1,4 @@
-"""Projected atomic-column profiles f_Z(r) of seed 001 (eqs 17–22).
+"""Projected atomic-column profiles f_Z(r) of Lobato et al. (2023) (eqs 17–22).
 
 Each atomic species of a specimen gets one radial profile
 
@@ -27,7 +27,7 @@ __all__ = [
     "sample_profiles",
 ]
 
-#: Largest atomic number drawn (seed 001: Z ∈ [1, 103]).
+#: Largest atomic number drawn (Lobato et al. 2023: Z ∈ [1, 103]).
 Z_MAX = 103
 _ALL_Z = np.arange(1, Z_MAX + 1)
 
@@ -40,7 +40,7 @@ _RMS_RADIUS_EXPONENT = 0.08
 def projected_rms_radius(z: np.ndarray | int) -> np.ndarray:
     """Smooth approximation of r̂_Z, the 2-D rms radius of the projected potential.
 
-    Eq 21 of seed 001 defines r̂_Z² = ∫ r² V_Z^p(r) r dr / ∫ V_Z^p(r) r dr.
+    Eq 21 of Lobato et al. (2023) defines r̂_Z² = ∫ r² V_Z^p(r) r dr / ∫ V_Z^p(r) r dr.
     Expanding the Mott–Bethe relation V(q) ∝ (Z - f_x(q)) / q² at small q
     gives r̂_Z² = M4 / (5 M2), where M_k = Σ <r^k> over the electrons of the
     atom. The exact hydrogen 1s density gives r̂_1 = sqrt(1.5) a0 = 0.648 Å.
@@ -117,7 +117,7 @@ def atomic_profile(
     h1, h2, h3 : float
         Weights of the Gaussian, exponential and Butterworth terms.
     n : float
-        Butterworth order (seed 001: n ∈ [4, 16]).
+        Butterworth order (Lobato et al. 2023: n ∈ [4, 16]).
     r_m : float
         Profile radius, same unit as ``r``.
 

@@ -1,4 +1,4 @@
-"""Render projected atoms into an image by FFT convolution (eq 16 of seed 001).
+"""Render projected atoms into an image by FFT convolution (eq 16 of Lobato et al. (2023)).
 
 y(r) = Σ_Z Σ_i w_i f_Z(|r - r_i|) is computed per species as a point-density
 image (sub-pixel bilinear deposit of the weights w_i) convolved once with that

@@ -1,4 +1,4 @@
-"""Contrast post-processing of undistorted images (seed 001, eqs 23–26).
+"""Contrast post-processing of undistorted images (Lobato et al. 2023, eqs 23–26).
 
 Applied to high- and low-resolution images alike, in this order: contrast
 inversion (eq 23, probability 0.5), power law (eq 24, probability 0.5), a
@@ -80,7 +80,7 @@ def power_transform(y: np.ndarray, beta: float) -> np.ndarray:
     y : numpy.ndarray
         2-D image.
     beta : float
-        Exponent β > 0 (seed 001 draws it from U[0.5, 1.5]).
+        Exponent β > 0 (Lobato et al. 2023 draw it from U[0.5, 1.5]).
 
     Returns
     -------
@@ -95,7 +95,7 @@ def power_transform(y: np.ndarray, beta: float) -> np.ndarray:
 def plane_background(
     shape: tuple[int, int], height: float, direction_rad: float, low_fraction: float
 ) -> np.ndarray:
-    """Positive tilted plane over the image (the "3-D plane" background of seed 001).
+    """Positive tilted plane over the image (the "3-D plane" background of Lobato et al. (2023)).
 
     The plane rises linearly along ``direction_rad`` from
     ``low_fraction · height`` at one corner of the image to ``height`` at the
@@ -138,7 +138,7 @@ def gaussian_background(
     centre : tuple of float
         ``(row, col)`` of the centre, in pixels.
     sigma : float
-        Standard deviation in pixels (seed 001: [0.2, 0.6] · min(n_x, n_y)).
+        Standard deviation in pixels (Lobato et al. 2023: [0.2, 0.6] · min(n_x, n_y)).
     height : float
         Peak value (≥ 0).
 
@@ -225,7 +225,7 @@ def enforce_std_mean_ratio(
     y : numpy.ndarray
         Non-negative 2-D image with at least one positive value.
     low, high : float
-        Allowed range of r (seed 001: [0.01, 0.35]).
+        Allowed range of r (Lobato et al. 2023: [0.01, 0.35]).
     rng : numpy.random.Generator, optional
         Draws the target ratio; ``None`` picks the nearest bound.
 

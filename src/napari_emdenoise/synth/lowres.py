@@ -1,4 +1,4 @@
-"""Low-resolution undistorted images, seed 001 "Data generation".
+"""Low-resolution undistorted images, Lobato et al. (2023), "Data generation".
 
 A random non-empty subset of object types (soft particles, sharp particles,
 Voronoi grains, bands, boxes, cracks) is rendered, each type as one
@@ -30,7 +30,7 @@ Shape = tuple[int, int]
 def _positions(rng: np.random.Generator, shape: Shape, count: int) -> np.ndarray:
     """Between 1 and ``count`` ``(row, col)`` points at least d px apart.
 
-    d ~ U[1, 20] px (seed 001), reduced on small images so that the points
+    d ~ U[1, 20] px (Lobato et al. 2023), reduced on small images so that the points
     fit; fewer than ``count`` come back when the hard core is too dense.
     """
     d = rng.uniform(1.0, 20.0) * min(1.0, min(shape) / 80.0)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from ..metrics import psnr, ssim
-from .checkpoints import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoints import CHECKPOINT_NAME, check_resumable, load_checkpoint, save_checkpoint
 from .datasets import PairConfig, SyntheticPairs
 
 #: Longest side (pixels) of the user-image preview restored at every validation.
@@ -292,6 +292,7 @@ class Trainer:
             )
         self.step = 0
         if self.resume and self.checkpoint_path.exists():
+            check_resumable(self.checkpoint_path, cfg.to_dict())
             state, _ = load_checkpoint(self.checkpoint_path)
             self.model.load_state_dict(state["generator"])
             self.opt_g.load_state_dict(state["opt_g"])

@@ -1,0 +1,96 @@
+"""Command line: ``python -m napari_emdenoise.drift INPUT -o aligned.tif --table drift.csv``.
+
+Reads a ``(frames, y, x)`` stack with :func:`napari_emdenoise.io.readers.read_em`
+(dm3/dm4, emd, mrc, tif, npy, zarr…), aligns it with
+:func:`napari_emdenoise.drift.align_stack` and writes the aligned stack with
+its pixel size (:func:`napari_emdenoise.io.writers.write_tif` or ``write_zarr``)
+and the drift table as CSV. ``main(argv)`` is what an ``emdenoise drift``
+sub-command calls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .pipeline import DEFAULT_DENOISER, METHODS, REFERENCES
+
+__all__ = ["build_parser", "main"]
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    """Arguments of the drift command (added to ``parser`` when given)."""
+    parser = parser or argparse.ArgumentParser(
+        prog="python -m napari_emdenoise.drift",
+        description="Align a drifting frame stack (denoise → NCC → CNN shift regressor).",
+    )
+    parser.add_argument("input", help="(frames, y, x) stack: tif, mrc, dm4, emd, npy, zarr…")
+    parser.add_argument("-o", "--output", required=True, help="aligned stack (.tif or .zarr)")
+    parser.add_argument("--table", help="write the drift table (CSV) here")
+    parser.add_argument("--reference", choices=REFERENCES, default="first")
+    parser.add_argument("--method", choices=METHODS, default="cnn")
+    parser.add_argument(
+        "--denoiser", default=DEFAULT_DENOISER, help="restoration model for the shift estimate"
+    )
+    parser.add_argument("--no-denoise", action="store_true", help="correlate the raw frames")
+    parser.add_argument("--dataset", type=int, default=0, help="dataset index in the file")
+    parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the command; returns the exit status (2 for bad input)."""
+    from ..io.readers import read_em
+    from ..io.writers import write_tif, write_zarr
+    from .pipeline import align_stack
+    from .table import drift_table, write_table
+
+    args = build_parser().parse_args(argv)
+    try:
+        datasets = read_em(args.input, lazy=True)
+        if not 0 <= args.dataset < len(datasets):
+            raise ValueError(
+                f"{args.input} has {len(datasets)} dataset(s); got --dataset {args.dataset}"
+            )
+        data, meta = datasets[args.dataset]
+        out = Path(args.output)
+        for target in (out, Path(args.table) if args.table else None):
+            if target is not None and target.exists() and not args.overwrite:
+                raise ValueError(f"{target} exists; pass --overwrite to replace it")
+
+        def progress(done: int, total: int) -> None:
+            print(f"\r{done}/{total} pairs", end="", file=sys.stderr, flush=True)
+
+        aligned, shifts, info = align_stack(
+            data,
+            reference=args.reference,
+            method=args.method,
+            denoise=False if args.no_denoise else args.denoiser,
+            progress=progress,
+            return_info=True,
+        )
+        print(file=sys.stderr)
+        aligned = np.asarray(aligned.compute() if hasattr(aligned, "compute") else aligned)
+        written_meta = {**meta, "name": f"{meta.get('name', out.stem)} aligned"}
+        if out.suffix.lower() == ".zarr":
+            write_zarr(out, aligned, written_meta, overwrite=args.overwrite)
+        else:
+            write_tif(out, aligned, written_meta, overwrite=args.overwrite)
+        if args.table:
+            scale = tuple(meta.get("scale", (1.0, 1.0, 1.0)))[-2:]
+            units = tuple(meta.get("units", ("", "", "")))
+            unit = str(units[-1]) if units and str(units[-1]) not in ("pixel", "px") else ""
+            write_table(drift_table(info, scale, unit), args.table)
+            print(f"wrote {args.table}", file=sys.stderr)
+        print(f"wrote {out}", file=sys.stderr)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
