@@ -111,10 +111,8 @@ def training(out: Path, steps: int) -> Path:
     _wait(lambda: not widget.running and widget._worker is None, 1800, "the training run")
     if widget.last_error:
         raise RuntimeError(widget.last_error)
-    # the network's output on the centred crop, on top of the noisy image it restores
-    from napari_emdenoise._widgets.training import PREVIEW_LAYER
-
-    viewer.layers[PREVIEW_LAYER].visible = False
+    # the network's output on the centred crop, on top of the noisy image it restores;
+    # right of it, input | target | output on a validation pair
     viewer.reset_view()
     path = _save(viewer, out / "training.png")
     viewer.close()

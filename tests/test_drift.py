@@ -127,12 +127,14 @@ def test_no_pull_towards_zero_shift():
 
 
 def test_uncertainty_grows_as_the_dose_falls():
-    sigmas = []
-    for dose in (2000.0, 20.0, 2.0):
-        pair = make_pair("particles", (3.3, -2.6), dose, seed=30)
-        est = estimate_shift(pair.reference, pair.moving, "cnn", denoise=False)
-        sigmas.append(float(np.hypot(*est.sigma)))
-    assert sigmas[0] < sigmas[1] < sigmas[2]
+    for content in ("particles", "amorphous"):
+        sigmas = []
+        for dose in (2000.0, 2.0, 0.5):
+            pair = make_pair(content, (3.3, -2.6), dose, seed=30)
+            est = estimate_shift(pair.reference, pair.moving, "cnn", denoise=False)
+            sigmas.append(float(np.hypot(*est.sigma)))
+        assert sigmas[0] < sigmas[1] < sigmas[2], content
+        assert sigmas[2] > 1.5 * sigmas[0], content
 
 
 def test_ncc_map_peak_is_where_the_frames_overlap_best():

@@ -231,5 +231,7 @@ def test_pairs_are_mirrored_along_the_fast_scan_axis_half_of_the_time(monkeypatc
         np.testing.assert_array_equal(xm, x[:, ::-1])
         np.testing.assert_array_equal(ym, y[:, ::-1])
     monkeypatch.setattr(ds, "FAST_SCAN_FLIP_PROBABILITY", 0.5)
-    flipped = [not np.array_equal(make_training_pair(cfg, i)[0], x) for i, (x, _) in enumerate(plain)]
+    flipped = [
+        not np.array_equal(make_training_pair(cfg, i)[0], x) for i, (x, _) in enumerate(plain)
+    ]
     assert 2 <= sum(flipped) <= 10  # both outcomes occur (binomial(12, 0.5))

@@ -158,7 +158,7 @@ def test_closing_the_viewer_stops_training_and_keeps_the_checkpoint(train_widget
 
 
 def test_preview_on_a_user_image_and_adversarial_terms(train_widget, qtbot):
-    from napari_emdenoise._widgets.training import USER_PREVIEW_LAYER
+    from napari_emdenoise._widgets.training import PREVIEW_LAYER, USER_PREVIEW_LAYER
 
     viewer, widget = train_widget
     image = np.random.default_rng(1).poisson(20.0, (300, 90)).astype(np.uint16)
@@ -177,6 +177,9 @@ def test_preview_on_a_user_image_and_adversarial_terms(train_widget, qtbot):
     layer = viewer.layers[USER_PREVIEW_LAYER]
     assert tuple(layer.translate) == (11.0, 0.0) and tuple(layer.scale) == (0.5, 0.5)
     assert [str(u) for u in layer.units] == ["nanometer", "nanometer"]
+    # the validation montage sits right of the image, at its pixel size
+    montage = viewer.layers[PREVIEW_LAYER]
+    assert tuple(montage.translate) == (0.0, (90 + 16) * 0.5) and tuple(montage.scale) == (0.5, 0.5)
     np.testing.assert_array_equal(viewer.layers["my micrograph"].data, image)  # untouched
     assert widget.plot.series["discriminator"].n == 3
     assert widget.plot.series["adversarial"].n == 3

@@ -314,7 +314,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             last[0] = pct
             print(f"  {pct:3d} % ({done}/{total} tiles)", file=sys.stderr, flush=True)
 
-    out = restore(data, model=module, device=device, tile_size=args.tile_size, progress=progress)
+    out = restore(
+        data,
+        model=module,
+        device=device,
+        tile_size=args.tile_size,
+        progress=progress,
+        safeguard=args.safeguard,
+    )
     meta = {**meta, "emdenoise_model": args.model, "source": str(src)}
     residual = None if res_path is None else data.astype(np.float32) - out
     write_tif(dst, out, meta, overwrite=args.overwrite)
@@ -646,6 +653,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--dataset", type=_non_negative_int, default=0, help="dataset index in multi-dataset files"
     )
     rs.add_argument("--residual", action="store_true", help="also write input - restored")
+    rs.add_argument(
+        "--safeguard",
+        action="store_true",
+        help="blend the restoration with the input by the SURE-optimal weight (assumes "
+        "pixel-independent noise; pulls an unsure model back towards the input)",
+    )
     rs.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs (never the input)"
     )

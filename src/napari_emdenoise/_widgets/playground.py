@@ -132,8 +132,6 @@ class PlaygroundWidget(mw.Container):
             labels=True,
         )
         wrap_labels(self.status, self.fit_status)
-        # Buttons and status stay; the rest scrolls (the forms of ~12 layers are taller
-        # than a laptop screen) and the dock can shrink when other docks share its side.
         # One scroll area holds everything, buttons and status first: the dock can shrink
         # to a few lines when other docks share its side (the ~12 layer forms are taller
         # than a laptop screen anyway).

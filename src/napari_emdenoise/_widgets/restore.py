@@ -2,7 +2,8 @@
 
 The input layer is never modified: the result goes to ``"<name> restored"``
 (and optionally ``"<name> residual"`` = input − restored, to check that only
-noise was removed), with the input's scale, translate and metadata.
+noise was removed), with the input's scale, translate, units and metadata and
+the name of the model asked for when *Restore* was clicked.
 """
 
 from __future__ import annotations

@@ -170,8 +170,10 @@ class TrainWidget(mw.Container):
         self.last_error = ""
         #: Why the data are made in this process although data workers were asked for.
         self.in_process_reason = ""
-        #: Scale, units and translate of the user-image preview (it lies on its source crop).
+        #: Scale, units and translate of the user-image preview (it lies on its source crop)
+        #: and of the validation montage (beside that image, at its pixel size).
         self._preview_geometry: dict[str, Any] = {}
+        self._montage_geometry: dict[str, Any] = {}
 
         # -- model
         self.model_name = mw.LineEdit(label="model name", value="my_model")
@@ -434,10 +436,11 @@ class TrainWidget(mw.Container):
     def _preview_image(self):
         name = self.preview_layer.value
         if name in (NO_PREVIEW, None) or name not in self.viewer.layers:
-            self._preview_geometry = {}
+            self._preview_geometry, self._montage_geometry = {}, {}
             return None
         layer = self.viewer.layers[name]
         self._preview_geometry = _crop_geometry(layer)
+        self._montage_geometry = _beside_geometry(layer)
         return layer.data
 
     # -- run control ----------------------------------------------------------
@@ -493,7 +496,8 @@ class TrainWidget(mw.Container):
         n = cfg.pairs.patch_size
         blank = np.zeros((n, n), np.float32)
         if self.layers.get(PREVIEW_LAYER) is None:
-            self.layers.set(PREVIEW_LAYER, preview_montage(blank, blank, blank))
+            montage = preview_montage(blank, blank, blank)
+            self.layers.set(PREVIEW_LAYER, montage, self._montage_geometry)
         image = trainer.preview_image
         if image is None:
             self.layers.remove(USER_PREVIEW_LAYER)
@@ -624,7 +628,7 @@ class TrainWidget(mw.Container):
     def _on_ValidationEvent(self, event: Any) -> None:  # noqa: N802
         self.plot.add_validation(event.step, event.psnr, event.psnr_input)
         # one layer, input | target | restored side by side: one layer to update
-        self.layers.set(PREVIEW_LAYER, preview_montage(*event.preview))
+        self.layers.set(PREVIEW_LAYER, preview_montage(*event.preview), self._montage_geometry)
         if event.user_preview is not None:
             image, restored_user = event.user_preview
             self.layers.set(USER_PREVIEW_LAYER, restored_user, self._preview_geometry)
@@ -724,6 +728,21 @@ def _crop_geometry(layer: Any) -> dict[str, Any]:
     geometry: dict[str, Any] = {
         "scale": scale,
         "translate": (translate[0] + top * scale[0], translate[1] + left * scale[1]),
+    }
+    units = getattr(layer, "units", None)
+    if units is not None:
+        geometry["units"] = tuple(units)[-2:]
+    return geometry
+
+
+def _beside_geometry(layer: Any) -> dict[str, Any]:
+    """Geometry that shows a preview at ``layer``'s pixel size, just right of it."""
+    w = np.shape(layer.data)[-1]
+    scale = tuple(float(v) for v in layer.scale[-2:])
+    translate = tuple(float(v) for v in layer.translate[-2:])
+    geometry: dict[str, Any] = {
+        "scale": scale,
+        "translate": (translate[0], translate[1] + (w + 16) * scale[1]),
     }
     units = getattr(layer, "units", None)
     if units is not None:

@@ -442,7 +442,11 @@ class AlignmentInfo:
         ``(n,)`` correlation at the peak of each frame's estimate.
     outlier : numpy.ndarray
         ``(n,)`` bool: the frame failed the transitivity check
-        (``reference="previous"``) or its estimate is ambiguous.
+        (``reference="previous"``; always False otherwise).
+    ambiguous : numpy.ndarray
+        ``(n,)`` bool: another correlation peak was almost as significant
+        (:attr:`ShiftEstimate.ambiguous`; expected for crystals, whose
+        lattice translations all correlate).
     closure : numpy.ndarray
         ``(n,)`` transitivity error in pixels, ``|s(i-2→i) − s(i-2→i-1) − s(i-1→i)|``
         (NaN where not measured).
@@ -456,6 +460,7 @@ class AlignmentInfo:
     sigma: np.ndarray
     peak: np.ndarray
     outlier: np.ndarray
+    ambiguous: np.ndarray
     closure: np.ndarray
     pairwise: np.ndarray
     reference: str
@@ -786,7 +791,8 @@ def align_stack(
         shifts=shifts.copy(),
         sigma=sig,
         peak=peak,
-        outlier=outlier | ambiguous,
+        outlier=outlier,
+        ambiguous=ambiguous,
         closure=closure,
         pairwise=pairwise,
         reference=reference,

@@ -264,6 +264,7 @@ def save_regressor(model: Any, path: str | Path, card: dict[str, Any] | None = N
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     tmp = path.with_name(f".{path.name}.tmp")
     save_file(state, str(tmp))
+    tmp.chmod(0o644)  # readable by every user of an installed package
     tmp.replace(path)
     full = {
         "format": _CARD_FORMAT,

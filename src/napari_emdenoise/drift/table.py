@@ -9,11 +9,20 @@ from typing import Any
 __all__ = ["COLUMNS", "drift_table", "write_table"]
 
 #: Columns always present (pixels); calibrated ``dy_<unit>``/``dx_<unit>`` follow when known.
-COLUMNS = ("frame", "dy_px", "dx_px", "sigma_y_px", "sigma_x_px", "peak_ncc", "outlier")
+COLUMNS = (
+    "frame",
+    "dy_px",
+    "dx_px",
+    "sigma_y_px",
+    "sigma_x_px",
+    "peak_ncc",
+    "outlier",
+    "ambiguous",
+)
 
 
 def drift_table(info: Any, scale: tuple[float, float] = (1.0, 1.0), unit: str = "") -> list[dict]:
-    """One row per frame: shift, uncertainty, correlation peak, outlier flag (and calibrated).
+    """One row per frame: shift, uncertainty, correlation peak, flags (and calibrated shifts).
 
     Parameters
     ----------
@@ -40,6 +49,7 @@ def drift_table(info: Any, scale: tuple[float, float] = (1.0, 1.0), unit: str = 
             "sigma_x_px": float(sigma[1]),
             "peak_ncc": float(info.peak[i]),
             "outlier": bool(info.outlier[i]),
+            "ambiguous": bool(info.ambiguous[i]),
         }
         if calibrated:
             row[f"dy_{label}"] = float(shift[0]) * float(scale[0])
