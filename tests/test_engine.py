@@ -496,3 +496,14 @@ def test_odd_frames_under_the_budget_run_in_one_pass(shape):
     one_pass = restore(x, "hrstem", progress=lambda done, total: calls.append(total))
     assert calls and set(calls) == {1}
     np.testing.assert_array_equal(one_pass, restore(x, "hrstem", tile_size=4096, overlap=0))
+
+
+def test_restore_refuses_rgb_pictures_and_4d_data():
+    rgb = np.random.default_rng(0).random((32, 40, 3)).astype(np.float32)
+    with pytest.raises(ValueError, match="RGB"):
+        restore(rgb, model=Strided())
+    with pytest.raises(ValueError, match="4-D STEM"):
+        restore(np.zeros((2, 2, 8, 8), np.float32), model=Strided())
+    # a genuine 3-frame stack is not mistaken for RGB
+    stack = np.random.default_rng(1).random((3, 16, 16)).astype(np.float32)
+    assert restore(stack, model=Strided()).shape == stack.shape

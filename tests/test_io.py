@@ -396,3 +396,31 @@ def test_reader_hook_output_builds_a_napari_layer(tmp_path: Path, image: np.ndar
     out = write_single_image(str(tmp_path / "out.tif"), layer.data, layer.as_layer_data_tuple()[1])
     ((_, info),) = read_em(out[0])
     assert info["scale"] == pytest.approx((0.5, 0.2, 0.2)) and info["units"] == ("s", "nm", "nm")
+
+
+def test_hspy_file_is_read_with_its_calibration(tmp_path: Path) -> None:
+    """HyperSpy's own format, written here with rosettasciio's writer."""
+    from rsciio.hspy import file_writer
+
+    from napari_emdenoise.io.readers import read_em
+
+    data = np.arange(64 * 48, dtype=np.float32).reshape(64, 48)
+    axes = [
+        {"name": n, "scale": 0.02, "units": "nm", "size": s, "offset": 0.0, "navigate": False}
+        for n, s in (("y", 64), ("x", 48))
+    ]
+    signal = {
+        "data": data,
+        "axes": axes,
+        "metadata": {"General": {"title": "haadf"}, "Signal": {"signal_type": ""}},
+        "original_metadata": {},
+        "tmp_parameters": {},
+        "attributes": {"_lazy": False},
+        "learning_results": {},
+        "models": {},
+        "package_info": {"name": "", "version": ""},
+    }
+    file_writer(str(tmp_path / "a.hspy"), signal)
+    (out, meta), *_ = read_em(tmp_path / "a.hspy")
+    np.testing.assert_array_equal(np.asarray(out), data)
+    assert meta["scale"] == pytest.approx((0.02, 0.02)) and meta["units"] == ("nm", "nm")

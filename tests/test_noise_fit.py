@@ -335,6 +335,13 @@ def test_cli_fit_noise_writes_settings_for_training(tmp_path, capsys):
     assert params.modality == "stem"
     assert rel(params["detector_noise"].dose, 30.0) < 0.10
     assert rel(params["detector_noise"].sigma_pmt, 3.0) < 0.15
+    # the dark level can also be estimated from the data
+    out_auto = tmp_path / "noise_auto.json"
+    assert main(["fit-noise", str(path), "--offset", "auto", "--out", str(out_auto)]) == 0
+    # (less precise than with the known dark level: one more free parameter)
+    assert rel(NoiseParams.load(out_auto)["detector_noise"].dose, 30.0) < 0.25
+    assert main(["fit-noise", str(path), "--offset", "dark"]) == 2  # neither a number nor auto
+    capsys.readouterr()
     # a stack is refused with a clear message, not a traceback
     stack = tmp_path / "stack.tif"
     tifffile.imwrite(stack, np.stack([y, y]).astype(np.float32))

@@ -70,6 +70,11 @@ def _float_in(low: float, *, strict: bool, name: str = "number") -> Callable[[st
     return parse
 
 
+def _offset_value(text: str) -> float | str:
+    """``auto`` or a finite number (argparse type of ``fit-noise --offset``)."""
+    return "auto" if text.strip().lower() == "auto" else _finite_float(text)
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -713,10 +718,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fn.add_argument(
         "--offset",
-        type=_finite_float,
+        type=_offset_value,
         default=0.0,
         help="detector dark level: intensity of zero electrons, in image units (a HAADF "
-        "detector's DC level; the fit warns when the data say it is not 0)",
+        "detector's DC level; the fit warns when the data say it is not 0), or 'auto' to "
+        "estimate it",
     )
     fn.add_argument("--block", type=_int_at_least(4), default=16, help="tile size in pixels")
     fn.add_argument(

@@ -185,7 +185,7 @@ class DriftWidget(mw.Container):
         box.setContentsMargins(0, 0, 0, 0)
         box.addWidget(form.native)
         box.addWidget(self.plot, 1)
-        self.native.layout().addWidget(scrolling(panel, 200))
+        self.native.layout().addWidget(scrolling(panel, 60))
         self.run_button.changed.connect(lambda *_: self.start())
         self.cancel_button.changed.connect(lambda *_: self.cancel())
         self.denoise.changed.connect(self._sync_denoiser)

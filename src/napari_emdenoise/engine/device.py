@@ -1,6 +1,6 @@
 """Choice of the torch device, mixed precision and out-of-memory detection.
 
-Device rules (SPEC §5): CUDA when available, else Apple MPS, else the CPU,
+Device rules: CUDA when available, else Apple MPS, else the CPU,
 unless the user names one. Mixed precision (autocast) is used on CUDA only:
 bfloat16 where the GPU supports it, float16 otherwise. On MPS and the CPU the
 networks run in float32, which is both safe and, on the CPU, not slower.

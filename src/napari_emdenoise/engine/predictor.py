@@ -577,7 +577,7 @@ def restore(
         series, in-situ movie; frames are restored independently), any
         integer or float dtype, finite, at least 2 pixels per axis. numpy,
         dask and zarr arrays are accepted; a lazy stack is read one frame at
-        a time. 4-D STEM data go to :mod:`.stack4d` instead.
+        a time. RGB(A) pictures (last axis 3 or 4) are refused.
     model : str, pathlib.Path or torch.nn.Module
         Bundled model name (e.g. ``"hrstem"``), checkpoint path (both via
         :func:`napari_emdenoise.models.registry.load_model`) or a network.
@@ -636,7 +636,14 @@ def restore(
     if ndim == 4:
         raise ValueError(
             "restore takes a 2-D image or a (frames, y, x) stack; 4-D STEM data "
-            "(scan_y, scan_x, det_y, det_x) are handled by napari_emdenoise.engine.stack4d"
+            "(scan_y, scan_x, det_y, det_x) need a diffraction-pattern denoiser, which this "
+            "version does not have yet"
+        )
+    shape_in = tuple(int(s) for s in getattr(image, "shape", ()))
+    if ndim == 3 and shape_in[-1] in (3, 4) and shape_in[0] > 4:
+        raise ValueError(
+            f"an array of shape {shape_in} looks like an RGB(A) picture, not a stack of "
+            "micrographs; convert it to grey levels (e.g. skimage.color.rgb2gray) first"
         )
     if ndim not in (2, 3):
         raise ValueError(f"image must be 2-D (y, x) or 3-D (frames, y, x), got a {ndim}-D array")

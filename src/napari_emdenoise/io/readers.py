@@ -1,7 +1,7 @@
 """Read EM image files into arrays with calibrated axes, and the npe2 reader hook.
 
 Formats: Gatan ``.dm3``/``.dm4``, ``.emd`` (Velox and Berkeley/NCEM),
-FEI TIA ``.ser``, ``.mrc``, Merlin ``.mib``, ASTAR ``.blo`` through
+FEI TIA ``.ser``, ``.mrc``, Merlin ``.mib``, ASTAR ``.blo``, HyperSpy ``.hspy`` through
 rosettasciio (``rsciio``, imported only when such a file is read); TIFF
 through tifffile (ImageJ and OME calibrations are read here, vendor tags of
 FEI/Thermo, Zeiss, TVIPS, Olympus, JEOL and DigitalMicrograph TIFFs through
@@ -62,6 +62,7 @@ _RSCIIO_FORMATS: dict[str, tuple[str, str]] = {
     ".mrc": ("rsciio.mrc", "MRC"),
     ".mib": ("rsciio.quantumdetector", "QuantumDetector"),
     ".blo": ("rsciio.blockfile", "Blockfile"),
+    ".hspy": ("rsciio.hspy", "HSPY"),
 }
 SUPPORTED_EXTENSIONS: tuple[str, ...] = (
     *_RSCIIO_FORMATS,

@@ -7,11 +7,11 @@ registry function that needs it is used.
 Modules
 -------
 cgrdn
-    CGRDN restoration generator (seed 001) and its named configurations.
+    CGRDN restoration generator (Lobato, Friedrich & Van Aert 2023) and its named configurations.
 discriminators
     PatchGAN and multi-scale patch discriminators.
 dncnn
-    DnCNN denoiser and its bias-free variant (seed 002).
+    DnCNN denoiser and its bias-free variant (Vincent, Mohan, Fernandez-Granda & Crozier 2020).
 registry
     Architecture table, model cards, safetensors save/load, model listing.
 """

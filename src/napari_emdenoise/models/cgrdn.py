@@ -73,15 +73,15 @@ class CGRDNConfig:
     in_channels : int
         Image channels (1 for EM images); the output has the same number.
     features : int
-        Channels of the feature maps between blocks (SPEC: 64).
+        Channels of the feature maps between blocks (released models: 64).
     growth : int
-        Channels added by each dense conv layer of an RDB (SPEC: 32).
+        Channels added by each dense conv layer of an RDB (released models: 32).
     n_grdb : int
-        Number of grouped residual dense blocks (SPEC: 4).
+        Number of grouped residual dense blocks (released models: 4).
     n_rdb : int
-        Residual dense blocks per GRDB (SPEC: 4).
+        Residual dense blocks per GRDB (released models: 4).
     n_conv : int
-        Dense 3×3 conv layers per RDB (SPEC: 8).
+        Dense 3×3 conv layers per RDB (released models: 8).
     upsampling : {"bilinear", "transposed"}
         How the half-resolution features return to full resolution (see the
         module docstring). A configuration dict without this key (models
@@ -153,7 +153,7 @@ CGRDN_CONFIGS: dict[str, CGRDNConfig] = {
 
 
 class ResidualDenseBlock(nn.Module):
-    """Residual dense block (RDB, seed 001 Fig. 9c).
+    """Residual dense block (RDB, Lobato et al. 2023, Fig. 9c).
 
     ``n_conv`` 3×3 conv + ReLU layers, each fed the concatenation of the
     block input and all previous layer outputs; a 1×1 conv fuses the
@@ -177,7 +177,7 @@ class ResidualDenseBlock(nn.Module):
 
 
 class GroupedResidualDenseBlock(nn.Module):
-    """Grouped residual dense block (GRDB, seed 001 Fig. 9b).
+    """Grouped residual dense block (GRDB, Lobato et al. 2023, Fig. 9b).
 
     ``n_rdb`` cascaded RDBs whose outputs are concatenated, fused by a 1×1
     conv to ``features`` channels and added to the block input.

@@ -1,7 +1,7 @@
-"""Patch discriminators for the conditional GANs (seed 001 Fig. 10, seed 000).
+"""Patch discriminators for the conditional GANs (Lobato et al. 2023, Fig. 10; Cao et al. 2024).
 
 :class:`PatchDiscriminator` is the 70×70 PatchGAN of pix2pix (Isola et al.)
-as modified in seed 001, section "Discriminator architecture": it sees the
+as modified by Lobato et al. (2023), section "Discriminator architecture": it sees the
 concatenation of the distorted input ``x`` and a clean or generated image,
 uses instance normalisation instead of batch normalisation, LeakyReLU(0.2),
 and returns the raw logits ``C(·)`` of every patch (no sigmoid), as needed by
@@ -99,7 +99,7 @@ class PatchDiscriminator(nn.Module):
     n_layers : int
         Number of stride-2 convolutions (3 gives the 70×70 receptive field).
     norm : {"instance", "batch", "none"}
-        Normalisation of the hidden layers (seed 001: instance).
+        Normalisation of the hidden layers (Lobato et al. 2023: instance).
     padding : {"same", "valid"} or int
         Convolution padding; see the module docstring.
 
@@ -221,7 +221,7 @@ class MultiScalePatchDiscriminator(nn.Module):
     Parameters
     ----------
     n_scales : int
-        Number of scales (2 in the 4D-STEM Pix2Pix work, seed 000).
+        Number of scales (2 in the 4D-STEM Pix2Pix work of Cao et al. 2024).
     **kwargs
         Passed to every :class:`PatchDiscriminator` (``in_channels``,
         ``base_channels``, ``n_layers``, ``norm``, ``padding``).

@@ -1,6 +1,8 @@
-"""Deep residual CNN denoiser (seed 002) and its bias-free variant.
+"""Deep residual CNN denoiser and its bias-free variant.
 
-Seed 002 trains "a network with 20 convolutional layers, each with 64
+Vincent, Mohan, Fernandez-Granda & Crozier, "Denoising Large In Situ TEM Image
+Datasets: A Convolutional Neural Network-based Approach" (Microscopy and
+Microanalysis, 2020) train "a network with 20 convolutional layers, each with 64
 channels" with an L2 loss, citing Mohan et al. (2019), "Robust and
 interpretable blind image denoising via bias-free convolutional neural
 networks". The layout is the classic DnCNN: conv + ReLU, ``depth - 2`` ×
@@ -27,7 +29,7 @@ from ._normalization import NORM_STD_FLOOR, denormalize, normalize_per_image
 
 __all__ = ["DNCNN_BF_CONFIGS", "DNCNN_CONFIGS", "BiasFreeBatchNorm2d", "DnCNN"]
 
-#: Named sizes of the biased DnCNN. ``"full"`` is seed 002's 20 × 64 network
+#: Named sizes of the biased DnCNN. ``"full"`` is the 20 × 64 network of Vincent et al. (2020)
 #: (667,073 parameters), ``"small"`` 10 × 32 (74,849), ``"tiny"`` 4 × 8 (1,337).
 DNCNN_CONFIGS: dict[str, dict[str, Any]] = {
     "full": {"depth": 20, "features": 64, "bias": True, "batch_norm": True, "normalize": True},
@@ -78,14 +80,14 @@ class BiasFreeBatchNorm2d(nn.Module):
 
 
 class DnCNN(nn.Module):
-    """Residual CNN denoiser (seed 002), optionally bias-free.
+    """Residual CNN denoiser (Vincent et al. 2020), optionally bias-free.
 
     Parameters
     ----------
     depth : int
-        Number of convolution layers (seed 002: 20), at least 2.
+        Number of convolution layers (Vincent et al. 2020: 20), at least 2.
     features : int
-        Channels of the hidden layers (seed 002: 64).
+        Channels of the hidden layers (Vincent et al. 2020: 64).
     bias : bool
         If False, build the bias-free variant: no conv biases and
         :class:`BiasFreeBatchNorm2d` instead of :class:`torch.nn.BatchNorm2d`.

@@ -7,7 +7,7 @@ intermediate stage (the playground shows one napari layer per stage);
 :func:`make_pair` also returns the clean *target*, to which the layers that the
 paper applies to both images (TEM camera MTF, eq 27; interpolation,
 annotations and crops) are applied identically; :func:`sample_params` draws
-random parameters as seed 001 does for training.
+random parameters as Lobato et al. (2023) do for training.
 
 Every layer receives its own child generator spawned from the caller's
 generator, so switching one layer off or changing one of its parameters leaves
@@ -315,7 +315,7 @@ def sample_params(
     *,
     pixel_size: float | None = None,
 ) -> NoiseParams:
-    """Draw random parameters for every layer, as seed 001 draws them for training.
+    """Draw random parameters for every layer, as Lobato et al. (2023) draw them for training.
 
     Occurrence probabilities are drawn by each parameter class's ``sample``
     (they set ``enabled``).

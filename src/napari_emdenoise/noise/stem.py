@@ -1,4 +1,7 @@
-"""S(T)EM distortion layers (seed 001, "S(T)EM noise model", eqs 41–55).
+"""S(T)EM distortion layers, eqs 41–55 of Lobato, Friedrich & Van Aert.
+
+Source: "Deep convolutional neural networks to restore single-shot electron
+microscopy images" (2023, arXiv:2303.17025), section "S(T)EM noise model".
 
 A scanning microscope records one pixel at a time: the probe moves along a
 row (the *fast* scan direction, image axis -1, left to right) and then to the
@@ -746,4 +749,4 @@ STEM_LAYERS: tuple[Layer, ...] = (
     Layer("upper_clip", upper_clip, UpperClipParams, "54", "Upper clip"),
     Layer("quantisation", quantisation, QuantisationParams, "55", "Quantisation"),
 )
-"""The S(T)EM distortion layers in pipeline order (seed 001, eqs 41–55)."""
+"""The S(T)EM distortion layers in pipeline order (Lobato et al. 2023, eqs 41–55)."""

@@ -1,11 +1,11 @@
-"""High-resolution (atomic) undistorted images, seed 001 "Data generation".
+"""High-resolution (atomic) undistorted images, Lobato et al. (2023), "Data generation".
 
 A random specimen (crystal, amorphous layer or individual points), optionally
 shaped by a wedge, a shape and defects and lying on a support layer, is
 projected and rendered as a linear superposition of eq-17 atomic profiles
 (eq 16). Contrast post-processing (eqs 23–26) lives in :mod:`.contrast`.
 
-Deviations from seed 001, chosen for speed or realism:
+Deviations from Lobato et al. (2023), chosen for speed or realism:
 
 * space groups are not modelled; a random basis is drawn in one of six
   lattice systems, lattice lengths log-uniform in [3.1, 25] Å;
@@ -39,13 +39,13 @@ from ._sites import Sites
 
 __all__ = ["PIXEL_SIZE_RANGE", "SPECIMEN_TYPES", "generate_atomic"]
 
-#: Pixel size range in Å (seed 001).
+#: Pixel size range in Å (Lobato et al. 2023).
 PIXEL_SIZE_RANGE = (0.025, 0.90)
 SPECIMEN_TYPES = ("crystalline", "amorphous", "points")
 ORIENTATIONS = ("zone_axis", "random")
 #: Specimen thickness range in Å (2–30 nm, as for the support layer).
 THICKNESS_RANGE = (20.0, 300.0)
-#: Support thickness range in Å (seed 001: [1, 30] nm).
+#: Support thickness range in Å (Lobato et al. 2023: [1, 30] nm).
 SUPPORT_THICKNESS_RANGE = (10.0, 300.0)
 #: Extra intensity factor of the support relative to the specimen ("weaker").
 SUPPORT_WEIGHT_RANGE = (0.05, 0.4)
@@ -171,7 +171,7 @@ def generate_atomic(
 ) -> tuple[np.ndarray, dict]:
     """Render a random atomic-resolution specimen (before contrast post-processing).
 
-    Every choice is drawn as in seed 001 unless fixed by a keyword (``None``
+    Every choice is drawn as in Lobato et al. (2023) unless fixed by a keyword (``None``
     means "draw at random").
 
     Parameters

@@ -45,7 +45,7 @@ class PairConfig:
         Side of the square patches, in pixels.
     noise : NoiseParams or None
         Fixed distortion settings (e.g. saved from the playground); ``None``
-        draws new parameters for every pair as seed 001 does.
+        draws new parameters for every pair as Lobato et al. (2023) do.
     seed : int
         Base seed of every stream.
     clean_pool : int

@@ -1,4 +1,4 @@
-"""Headless GAN trainer for the restoration networks (seed 001, Methods).
+"""Headless GAN trainer for the restoration networks (Lobato, Friedrich & Van Aert 2023, "Methods").
 
 :meth:`Trainer.run` is a generator: it trains the generator (and, when the
 adversarial weight is positive, the relativistic patch discriminator) on
@@ -426,7 +426,7 @@ class Trainer:
                 "lr": cfg.lr,
                 "seed": cfg.pairs.seed,
                 "loss_weights": self.weights.to_dict(),
-                "noise": "random (seed 001 ranges)"
+                "noise": "random (Lobato et al. 2023 ranges)"
                 if cfg.pairs.noise is None
                 else cfg.pairs.noise.to_dict(),
                 "clean_pool": cfg.pairs.clean_pool,
