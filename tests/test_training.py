@@ -235,3 +235,27 @@ def test_pairs_are_mirrored_along_the_fast_scan_axis_half_of_the_time(monkeypatc
         not np.array_equal(make_training_pair(cfg, i)[0], x) for i, (x, _) in enumerate(plain)
     ]
     assert 2 <= sum(flipped) <= 10  # both outcomes occur (binomial(12, 0.5))
+
+
+def test_a_stopped_run_exports_a_card_marked_as_checkpoint(tmp_path):
+    cfg = TrainConfig(
+        name="stopped",
+        model_config="tiny",
+        pairs=PairConfig(patch_size=32, seed=0),
+        steps=50,
+        batch_size=2,
+        val_size=2,
+        val_every=100,
+        checkpoint_every=100,
+        num_workers=0,
+        out_dir=str(tmp_path),
+    )
+    trainer = Trainer(cfg)
+    for event in trainer.run():
+        if isinstance(event, StepEvent) and event.step == 3:
+            trainer.stop()
+    import json
+
+    card = json.loads((tmp_path / "stopped.json").read_text())
+    assert card["training"]["stopped"] is True and card["training"]["planned_steps"] == 50
+    assert card["training"]["steps"] < 50

@@ -49,6 +49,23 @@ def test_restore_adds_a_layer_with_the_input_geometry_and_leaves_input_alone(res
     assert out.metadata["emdenoise_model"] == widget.model.value
 
 
+def test_safeguard_checkbox_reaches_the_engine(restore_widget, qtbot):
+    from napari_emdenoise.engine.predictor import restore
+
+    viewer, widget, _ = restore_widget
+    data = (np.random.default_rng(2).poisson(50.0, (96, 96))).astype(np.float32)
+    viewer.add_image(data, name="flat")
+    widget.layer.value = "flat"
+    widget.safeguard.value = True
+    widget.start()
+    _wait(widget, qtbot)
+    assert widget.last_error == ""
+    out = viewer.layers["flat restored"].data
+    expected = restore(data, model=widget.model.value, safeguard=True)
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
+    assert not np.allclose(expected, restore(data, model=widget.model.value), atol=1e-3)
+
+
 def test_a_model_change_during_the_run_is_not_recorded(restore_widget, qtbot):
     viewer, widget, _ = restore_widget
     used = widget.model.value

@@ -123,6 +123,13 @@ class RestoreWidget(mw.Container):
             label="tile size [px] (0 = auto)", value=0, min=0, max=8192, step=64
         )
         self.residual = mw.CheckBox(text="show residual (input − restored)", value=False)
+        self.safeguard = mw.CheckBox(
+            text="safeguard: keep only the change that lowers the estimated error",
+            value=False,
+            tooltip="Blend the restoration with the input by the SURE-optimal weight. Assumes "
+            "pixel-independent (Poisson–Gaussian) noise; on images with correlated noise it keeps "
+            "too little of the restoration.",
+        )
         self.run_button = mw.PushButton(text="Restore")
         self.cancel_button = mw.PushButton(text="Cancel", enabled=False)
         self.progress = mw.ProgressBar(value=0, min=0, max=1, label="progress")
@@ -136,6 +143,7 @@ class RestoreWidget(mw.Container):
                 self.device,
                 self.tile_size,
                 self.residual,
+                self.safeguard,
                 self.run_button,
                 self.cancel_button,
                 self.progress,
@@ -303,6 +311,7 @@ class RestoreWidget(mw.Container):
             device=device,
             tile_size=tile,
             cancel=self._cancel.is_set,
+            safeguard=bool(self.safeguard.value),
             _start_thread=False,
         )
         worker.yielded.connect(self._on_progress)

@@ -650,8 +650,6 @@ class TrainWidget(mw.Container):
             f"(input {event.metrics['val_psnr_input']:.2f} dB)"
         )
         if event.stopped and event.model_path is not None:
-            planned = self.trainer.config.steps if self.trainer is not None else None
-            _mark_checkpoint(event.model_path, planned)
             message += " · saved as a checkpoint (Start continues it)"
         if self.install.value and event.model_path is not None:
             try:
@@ -699,22 +697,6 @@ class TrainWidget(mw.Container):
                 self.status.value = f"exported {self.export_onnx(path)}"
             except (ImportError, ValueError, OSError, RuntimeError) as exc:
                 self._show_error(f"ONNX export failed: {exc}")
-
-
-def _mark_checkpoint(model_path: Path, planned_steps: int | None) -> None:
-    """Record in a model card that its run was stopped early (Restore marks such models).
-
-    A later run that reaches its last step exports the card again, without the mark.
-    """
-    import json
-
-    card_path = Path(model_path).with_suffix(".json")
-    try:
-        card = json.loads(card_path.read_text(encoding="utf-8"))
-        card.setdefault("training", {}).update(stopped=True, planned_steps=planned_steps)
-        card_path.write_text(json.dumps(card, indent=2), encoding="utf-8")
-    except (OSError, ValueError):  # pragma: no cover - the card is the trainer's; keep going
-        pass
 
 
 def _crop_geometry(layer: Any) -> dict[str, Any]:

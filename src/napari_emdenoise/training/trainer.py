@@ -432,6 +432,9 @@ class Trainer:
                 "clean_pool": cfg.pairs.clean_pool,
                 "init_from": cfg.init_from,
                 "device": str(self.device),
+                # A run stopped before its last step is a checkpoint, not a finished
+                # model: Restore marks it (a later run that finishes exports it again).
+                **({"stopped": True, "planned_steps": cfg.steps} if self.step < cfg.steps else {}),
             },
             metrics=metrics,
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
