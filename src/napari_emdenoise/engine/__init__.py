@@ -11,7 +11,9 @@ import importlib
 from typing import Any
 
 __all__ = [
+    "BACKENDS",
     "Cancelled",
+    "OnnxPredictor",
     "TileGrid",
     "TiledPredictor",
     "assemble",
@@ -25,6 +27,8 @@ __all__ = [
 ]
 
 _WHERE = {
+    "BACKENDS": "predictor",
+    "OnnxPredictor": "onnx_backend",
     "Cancelled": "predictor",
     "TiledPredictor": "predictor",
     "restore": "predictor",

@@ -18,6 +18,12 @@ that is true, the predictor normalises the whole frame once with the frame's
 statistics, switches the network's own normalisation off while the tiles run
 (restoring the attribute afterwards) and undoes the normalisation on the
 blended output: the result is what the network computes on the whole frame.
+
+Back ends: on the CPU the network can run in ONNX Runtime
+(:mod:`.onnx_backend`, 1.5–2× faster than torch on the bundled models);
+:func:`restore` picks it automatically when it is installed. Both back ends
+share the tiling, normalisation, progress, cancel and out-of-memory handling
+here and agree to float32 rounding.
 """
 
 from __future__ import annotations
@@ -43,6 +49,7 @@ from .safeguard import sure_blend
 from .tiling import TileBlender, TileGrid, balanced_tile
 
 __all__ = [
+    "BACKENDS",
     "Cancelled",
     "TiledPredictor",
     "infer_size_multiple",
@@ -60,9 +67,18 @@ CancelCallback = Callable[[], bool]
 _STD_FLOOR = NORM_REL_FLOOR
 
 #: Largest frame (pixels) run as one tile when ``tile_size`` is None.
-# Measured on the 2-core CPU (benchmarks/restore_speed.py): one 1024² pass is slower
-# than 512-pixel tiles (cache-bound), so the CPU budget for a single pass is small.
-_WHOLE_IMAGE_BUDGET = {"cuda": 4096 * 4096, "mps": 2048 * 2048, "cpu": 640 * 640}
+# Measured on the 2-core CPU (benchmarks/restore_speed.py, hrstem, 1 thread): a whole
+# 1024² frame takes 0.9× the time of 512-px tiles in torch (peak 0.95 GiB) and 0.6× in
+# ONNX Runtime (1.8 GiB); a whole 2048² frame is slower than tiles in both (6 GiB in
+# ONNX Runtime), so larger frames are tiled.
+_WHOLE_IMAGE_BUDGET = {"cuda": 4096 * 4096, "mps": 2048 * 2048, "cpu": 1024 * 1024}
+#: Largest tile of the automatic tiling (frames over the whole-image budget).
+_AUTO_TILE = 1024
+#: Overlap of the automatic tiling. Tiles discard ``overlap // 4`` = 32 px at inner
+# edges: measured on the bundled CGRDN (1536² lattice image), the tiled result then
+# equals the whole-frame one to float rounding (3.6e-7 of the range); with a 32-px
+# overlap it differed by up to 1.1 % (1024-px tiles) to 6.8 % (512-px tiles).
+_AUTO_OVERLAP = 128
 _DEFAULT_TILE = 512
 _DEFAULT_OVERLAP = 32
 _MIN_TILE = 16
@@ -567,6 +583,7 @@ def restore(
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
     safeguard: bool = False,
+    backend: str = "auto",
 ) -> np.ndarray:
     """Restore an EM image or a stack of frames with a trained network.
 
@@ -586,13 +603,16 @@ def restore(
         for a name/path.
     tile_size : int or tuple of int, optional
         Tile size in pixels. None: the whole frame in one pass if it has at
-        most 640² pixels (CPU) / 4096² (CUDA), else tiles of at most 512 pixels,
-        sized so that the fewest tiles cover the frame with the least overlap.
+        most 1024² pixels (CPU) / 2048² (MPS) / 4096² (CUDA), the reference
+        result; else tiles of at most 1024 pixels overlapping by 128 (which
+        reproduces the whole-frame result of the bundled networks to float
+        rounding), sized so that the fewest tiles cover the frame.
         A given size must be at least 64 pixels with the default overlap (at
         least 16 and more than ``overlap`` otherwise): smaller tiles give
         visibly tiled results and are refused.
     overlap : int, optional
-        Overlap between tiles in pixels (default 32).
+        Overlap between tiles in pixels (default 32 for a given ``tile_size``,
+        128 for the automatic tiling).
     batch_size : int, optional
         Tiles per forward pass (default 4 on CUDA, 1 elsewhere).
     progress : callable, optional
@@ -610,6 +630,15 @@ def restore(
         whose noise is correlated (fast-scan blur, interpolation) it
         under-estimates the noise and keeps too little of the restoration,
         which is why it is off by default.
+    backend : {"auto", "torch", "onnxruntime"}
+        What runs the network. ``"onnxruntime"``: ONNX Runtime on the CPU
+        (the network is exported once per weights and torch version to a
+        cache folder, see :mod:`.onnx_backend`); needs the ``onnx`` extra.
+        ``"auto"``: ONNX Runtime on the CPU when it is installed, the network
+        exports and either its export is already cached or the call has at
+        least 512² pixels (enough to repay a first export); torch otherwise,
+        and always on a GPU. Both back ends use the same tiles and agree to
+        float32 rounding.
 
     Returns
     -------
@@ -619,8 +648,11 @@ def restore(
     Raises
     ------
     ValueError
-        For NaN/inf, empty, 1-D or 4-D input, an axis under 2 pixels, or an
-        unknown model or device.
+        For NaN/inf, empty, 1-D or 4-D input, an axis under 2 pixels, an
+        unknown model, device or backend, or ``backend="onnxruntime"`` with a
+        device other than the CPU.
+    ImportError
+        For ``backend="onnxruntime"`` without onnxruntime, onnx and onnxscript.
     Cancelled
         If ``cancel`` returned True.
 
@@ -632,6 +664,7 @@ def restore(
     """
     image = tensor_to_numpy(image)
     _check_tiling_args(tile_size, overlap, batch_size)
+    _check_backend(backend)
     ndim = _image_ndim(image)
     if ndim == 4:
         raise ValueError(
@@ -664,15 +697,19 @@ def restore(
         if frame_shape[0] * frame_shape[1] <= budget:
             tile_size = (max(frame_shape[0], 2), max(frame_shape[1], 2))
         else:
+            if overlap is None:
+                overlap = _AUTO_OVERLAP
             tile_size = tuple(
-                balanced_tile(n, _DEFAULT_TILE, _DEFAULT_OVERLAP) for n in frame_shape
+                balanced_tile(n, max(_AUTO_TILE, 2 * overlap + _MIN_TILE), overlap)
+                for n in frame_shape
             )
     if overlap is None:
         overlap = min(_DEFAULT_OVERLAP, max(0, min(_as_pair(tile_size, "tile_size")) // 2 - 1))
     if batch_size is None:
         batch_size = 4 if dev.type == "cuda" else 1
-    predictor = TiledPredictor(
-        module, device=dev, tile_size=tile_size, overlap=overlap, batch_size=batch_size
+    n_pixels = int(np.prod(shape, dtype=np.int64))
+    predictor = _make_predictor(
+        backend, module, dev, n_pixels, tile_size=tile_size, overlap=overlap, batch_size=batch_size
     )
 
     frames = data[None] if ndim == 2 else data  # type: ignore[index]
@@ -707,6 +744,54 @@ def restore(
     return out[0] if ndim == 2 else out
 
 
+BACKENDS = ("auto", "torch", "onnxruntime")
+#: Smallest call (pixels over all frames) for which ``backend="auto"`` exports a
+#: network that is not in the cache yet (the export costs a few seconds once).
+_AUTO_EXPORT_MIN_PIXELS = 512 * 512
+
+
+def _check_backend(backend: object) -> None:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        names = ", ".join(map(repr, BACKENDS))
+        raise ValueError(f"backend must be one of {names}, got {backend!r}")
+
+
+def _make_predictor(
+    backend: str,
+    module: torch.nn.Module,
+    dev: torch.device,
+    n_pixels: int,
+    *,
+    tile_size: int | tuple[int, int],
+    overlap: int,
+    batch_size: int,
+) -> TiledPredictor:
+    """The predictor of ``backend`` (``"auto"`` resolved, see :func:`restore`)."""
+    if backend == "onnxruntime" and dev.type != "cpu":
+        raise ValueError(f'backend="onnxruntime" runs on the CPU only, not on {dev}')
+    if backend != "torch" and dev.type == "cpu":
+        from . import onnx_backend
+
+        wanted = backend == "onnxruntime"
+        if not wanted and onnx_backend.onnxruntime_available():
+            try:
+                wanted = n_pixels >= _AUTO_EXPORT_MIN_PIXELS or onnx_backend.is_cached(module)
+            except Exception as exc:  # a module whose weights cannot be hashed
+                logger.info("ONNX Runtime not used: %s", exc)
+        if wanted:
+            try:
+                return onnx_backend.OnnxPredictor(
+                    module, tile_size=tile_size, overlap=overlap, batch_size=batch_size
+                )
+            except (ImportError, RuntimeError) as exc:
+                if backend == "onnxruntime":
+                    raise
+                logger.info("ONNX Runtime not used, running the network in torch: %s", exc)
+    return TiledPredictor(
+        module, device=dev, tile_size=tile_size, overlap=overlap, batch_size=batch_size
+    )
+
+
 @functools.lru_cache(maxsize=4)
 def _cached_model(model: str, device: str) -> torch.nn.Module:
     """One loaded copy of a named model per process (dask workers reuse it)."""
@@ -721,6 +806,7 @@ def _restore_block(
     tile_size: int | tuple[int, int] | None,
     overlap: int | None,
     batch_size: int | None,
+    backend: str = "auto",
 ) -> np.ndarray:
     if isinstance(model, str):
         dev = str(resolve_device(device))
@@ -732,6 +818,7 @@ def _restore_block(
         tile_size=tile_size,
         overlap=overlap,
         batch_size=batch_size,
+        backend=backend,
     )
 
 
@@ -742,6 +829,7 @@ def restore_dask(
     tile_size: int | tuple[int, int] | None = None,
     overlap: int | None = None,
     batch_size: int | None = None,
+    backend: str = "auto",
 ) -> Any:
     """Lazy restoration of a stack: one dask task per frame.
 
@@ -751,7 +839,7 @@ def restore_dask(
         ``(frames, height, width)`` or ``(height, width)`` array, dask or
         anything ``dask.array.asarray`` accepts. It is rechunked to whole
         frames (a frame is normalised as a whole and tiled internally).
-    model, device, tile_size, overlap, batch_size
+    model, device, tile_size, overlap, batch_size, backend
         As for :func:`restore`. A model name or path is loaded once per
         worker process, so the graph runs on a ``dask.distributed`` cluster;
         a module is shipped with the graph.
@@ -771,6 +859,7 @@ def restore_dask(
     import dask.array as da
 
     _check_tiling_args(tile_size, overlap, batch_size)
+    _check_backend(backend)
     arr = tensor_to_numpy(arr)
     darr = arr if isinstance(arr, da.Array) else da.asarray(arr)
     if darr.ndim not in (2, 3):
@@ -799,5 +888,6 @@ def restore_dask(
         tile_size=tile_size,
         overlap=overlap,
         batch_size=batch_size,
+        backend=backend,
     )
     return result[0] if squeeze else result
