@@ -28,6 +28,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 __all__ = [
+    "CancellableRun",
     "WorkerHost",
     "find_layer",
     "grey_image_layers",
@@ -251,3 +252,27 @@ def section(title: str, content: QWidget, expanded: bool = True) -> QWidget:
     else:
         box.collapse(animate=False)
     return box
+
+
+class CancellableRun:
+    """Run/Cancel bookkeeping shared by the docks that start one worker at a time.
+
+    The widget provides ``status`` and ``progress`` (magicgui widgets),
+    ``run_button``/``cancel_button``, a ``threading.Event`` ``_cancel``, the
+    running ``_worker`` (or None) and ``last_error``.
+    """
+
+    def _error(self, message: str) -> None:
+        self.last_error = message
+        self.status.value = f"⚠ {message}"
+        self.progress.value = 0
+        self._finish()
+
+    def _finish(self) -> None:
+        self._worker = None
+        self.run_button.enabled = True
+        self.cancel_button.enabled = False
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next check (no layer is added)."""
+        self._cancel.set()

@@ -20,7 +20,7 @@ from magicgui import widgets as mw
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..drift.table import drift_table, write_table
-from ._common import WorkerHost, is_grey_image, scrolling, wrap_labels
+from ._common import CancellableRun, WorkerHost, is_grey_image, scrolling, wrap_labels
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -121,7 +121,7 @@ class DriftPlot(QWidget):
         self.save_button.setEnabled(True)
 
 
-class DriftWidget(mw.Container):
+class DriftWidget(CancellableRun, mw.Container):
     """Dock widget that aligns a frame stack and shows the measured drift.
 
     Parameters
@@ -240,21 +240,6 @@ class DriftWidget(mw.Container):
             self.layer.value = choices[-1]
 
     # -- run ------------------------------------------------------------------------
-    def _error(self, message: str) -> None:
-        self.last_error = message
-        self.status.value = f"⚠ {message}"
-        self.progress.value = 0
-        self._finish()
-
-    def _finish(self) -> None:
-        self._worker = None
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
-
-    def cancel(self) -> None:
-        """Ask the running alignment to stop (no layer is added)."""
-        self._cancel.set()
-
     def start(self) -> None:
         """Align the selected stack in a worker thread."""
         from napari.qt.threading import create_worker

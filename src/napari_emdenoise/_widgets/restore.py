@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 
-from ._common import WorkerHost, is_grey_image, scrolling, wrap_labels
+from ._common import CancellableRun, WorkerHost, is_grey_image, scrolling, wrap_labels
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -88,7 +88,7 @@ def model_label(name: str, card: Any) -> str:
     return f"{name} (checkpoint)" if card is not None and is_checkpoint(card) else name
 
 
-class RestoreWidget(mw.Container):
+class RestoreWidget(CancellableRun, mw.Container):
     """Dock widget that restores an image layer with a bundled or user-trained model.
 
     Parameters
@@ -248,21 +248,6 @@ class RestoreWidget(mw.Container):
         self.card.value = _card_text(card) if card else ""
 
     # -- run ----------------------------------------------------------------------
-    def _error(self, message: str) -> None:
-        self.last_error = message
-        self.status.value = f"⚠ {message}"
-        self.progress.value = 0
-        self._finish()
-
-    def _finish(self) -> None:
-        self._worker = None
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
-
-    def cancel(self) -> None:
-        """Ask the running restoration to stop (no layer is added)."""
-        self._cancel.set()
-
     def start(self) -> None:
         """Restore the selected layer in a worker thread."""
         from napari.qt.threading import create_worker

@@ -32,7 +32,9 @@ import functools
 from collections.abc import Callable
 
 import numpy as np
-from scipy import ndimage, stats
+from scipy import stats
+
+from ..noise.variance import noise_variance_line
 
 __all__ = [
     "bm3d_gat",
@@ -284,27 +286,6 @@ def estimate_poisson_gaussian(
     gain, sigma : float
         Estimated counts per electron and read-noise standard deviation, in counts.
     """
-    x = np.asarray(noisy, dtype=np.float64)
-    # High-pass with unit noise gain: x − mean of the 4 neighbours, scaled.
-    kernel = np.array([[0, -0.25, 0], [-0.25, 1.0, -0.25], [0, -0.25, 0]])
-    hp = ndimage.convolve(x, kernel, mode="reflect") / np.sqrt(1.25)
-    smooth = ndimage.uniform_filter(x, 3, mode="reflect")
-    h, w = (s - s % block for s in x.shape)
-    hb = hp[:h, :w].reshape(h // block, block, w // block, block)
-    sb = smooth[:h, :w].reshape(h // block, block, w // block, block)
-    var = hb.var(axis=(1, 3), ddof=1).ravel()
-    mean = sb.mean(axis=(1, 3)).ravel()
-    edges = np.quantile(mean, np.linspace(0, 1, n_bins + 1))
-    xs, ys = [], []
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (mean >= lo) & (mean <= hi)
-        if sel.sum() < 4:
-            continue
-        # The median block: blocks with structure (edges, columns) only raise the upper half.
-        xs.append(np.median(mean[sel]))
-        ys.append(np.median(var[sel]))
-    if len(xs) < 2:
-        return 1.0, float(np.sqrt(max(np.var(hp), 0.0)))
-    slope, intercept = np.polyfit(np.asarray(xs), np.asarray(ys), 1)
+    slope, intercept = noise_variance_line(noisy, n_bins=n_bins, block=block)
     gain = float(max(slope, 1e-6))
     return gain, float(np.sqrt(max(intercept, 0.0)))
