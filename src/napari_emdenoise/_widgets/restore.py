@@ -297,6 +297,10 @@ class RestoreWidget(CancellableRun, mw.Container):
             tile_size=tile,
             cancel=self._cancel.is_set,
             safeguard=bool(self.safeguard.value),
+            # PyTorch in the viewer: the ONNX Runtime path exports the model on first
+            # use (seconds, without progress), and a viewer closed during that export
+            # was seen to abort at interpreter exit once under heavy load.
+            backend="torch",
             _start_thread=False,
         )
         worker.yielded.connect(self._on_progress)

@@ -28,7 +28,7 @@ The exported graph contract
 
 The graph therefore computes what the PyTorch model computes on the whole
 image, and what :func:`napari_emdenoise.engine.restore` returns for images the
-engine runs in one pass (up to 640² pixels on a CPU). Larger images are
+engine runs in one pass (up to 1024² pixels on a CPU). Larger images are
 tiled by the engine; to do the same outside Python, cut tiles yourself (the
 graph accepts any tile) — or run the whole image if memory allows.
 
