@@ -137,3 +137,18 @@ def test_restore_reports_corrupt_files(tmp_path, tiny_user_model, capsys):
         main(["restore", str(bad), "-o", str(tmp_path / "o.tif"), "--model", tiny_user_model]) == 2
     )
     assert "error" in capsys.readouterr().err
+
+
+def test_demo_writes_calibrated_tiffs(tmp_path):
+    from napari_emdenoise.io.readers import read_em
+    from napari_emdenoise.training.datasets import PairConfig, make_training_pair
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--size", "64", "--index", "2", "--out", str(out)]) == 0
+    *_, info = make_training_pair(
+        PairConfig(modality="stem", kind="hr", patch_size=64), 2, "test", return_info=True
+    )
+    for name in ("distorted", "restored", "clean"):
+        (_, meta), *_ = read_em(out / f"{name}.tif")
+        assert meta["units"] == ("nm", "nm")
+        assert meta["scale"][0] == pytest.approx(info["pixel_size_A"] / 10.0, rel=1e-4)

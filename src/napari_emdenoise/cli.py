@@ -173,10 +173,19 @@ def _atomic(path: Path, write: Callable[[Path], None]) -> None:
     _replace_atomically(Path(path), write)
 
 
-def _write_plain_tif(path: Path, image: object) -> None:
+def _write_plain_tif(path: Path, image: object, pixel_nm: float = 0.0) -> None:
+    """TIFF, atomically; with ``pixel_nm`` > 0 calibrated with ImageJ tags (read by Fiji)."""
     import tifffile
 
-    _atomic(path, lambda tmp: tifffile.imwrite(tmp, image))
+    if pixel_nm > 0:
+        kwargs = {
+            "imagej": True,
+            "resolution": (1.0 / pixel_nm, 1.0 / pixel_nm),
+            "metadata": {"unit": "nm"},
+        }
+    else:
+        kwargs = {}
+    _atomic(path, lambda tmp: tifffile.imwrite(tmp, image, **kwargs))
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -359,7 +368,10 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     )
     cfg = PairConfig(modality=card.modality, kind=card.kind, patch_size=args.size)
     # the benchmarks' held-out stream: never seen in training or validation
-    distorted, target, params = make_training_pair(cfg, args.index, "test", return_params=True)
+    distorted, target, params, info = make_training_pair(
+        cfg, args.index, "test", return_params=True, return_info=True
+    )
+    pixel_nm = info.get("pixel_size_A", 0.0) / 10.0  # atomic-resolution images only
     if args.dose is not None:  # same clean image and noise stream, chosen dose
         params = params.with_dose(args.dose)
         cfg = dataclasses.replace(cfg, noise=params)
@@ -367,7 +379,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     restored = restore(distorted, model=args.model, device=args.device)
     for name, img in (("distorted", distorted), ("restored", restored), ("clean", target)):
-        _write_plain_tif(out_dir / f"{name}.tif", img.astype(np.float32))
+        _write_plain_tif(out_dir / f"{name}.tif", img.astype(np.float32), pixel_nm)
     _write_text(out_dir / "noise_params.json", json.dumps(params.to_dict(), indent=2))
     _atomic(out_dir / "demo.png", lambda tmp: _save_triptych(tmp, distorted, restored, target))
     dose = next((p.dose for p in params.layers.values() if hasattr(p, "dose")), float("nan"))

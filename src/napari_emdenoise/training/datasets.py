@@ -106,11 +106,18 @@ class PairConfig:
 
 
 def make_training_pair(
-    cfg: PairConfig, index: int, split: str = "train", *, return_params: bool = False
-) -> tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, NoiseParams]:
+    cfg: PairConfig,
+    index: int,
+    split: str = "train",
+    *,
+    return_params: bool = False,
+    return_info: bool = False,
+) -> tuple[Any, ...]:
     """Pair ``index`` of ``split``: ``(distorted, target)``, float32 (P, P) each.
 
-    With ``return_params`` also the :class:`NoiseParams` used (benchmarks bin by dose).
+    With ``return_params`` also the :class:`NoiseParams` used (benchmarks bin by
+    dose), with ``return_info`` also the clean image's record (pixel size in Å
+    for atomic-resolution images, ``"pixel_size_A"``), in that order.
     """
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
@@ -137,7 +144,12 @@ def make_training_pair(
         # features in (see FAST_SCAN_FLIP_PROBABILITY).
         distorted = np.ascontiguousarray(distorted[:, ::-1])
         target = np.ascontiguousarray(target[:, ::-1])
-    return (distorted, target, params) if return_params else (distorted, target)
+    out: tuple[Any, ...] = (distorted, target)
+    if return_params:
+        out += (params,)
+    if return_info:
+        out += (info,)
+    return out
 
 
 class SyntheticPairs:
