@@ -62,10 +62,6 @@ logger = logging.getLogger(__name__)
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
 
-#: Relative floor of the normalisation scale for a network without a
-#: ``std_floor`` attribute (the networks' own default).
-_STD_FLOOR = NORM_REL_FLOOR
-
 #: Largest frame (pixels) run as one tile when ``tile_size`` is None.
 # Measured on the 2-core CPU (benchmarks/restore_speed.py, hrstem, 1 thread): a whole
 # 1024² frame takes 0.9× the time of 512-px tiles in torch (peak 0.95 GiB) and 0.6× in
@@ -141,11 +137,6 @@ def _inference_state(model: torch.nn.Module) -> Iterator[bool]:
                 model.train(saved.training)
                 if saved.normalize is not _MISSING:
                     model.normalize = saved.normalize
-
-
-def _normalisation(frame: np.ndarray, std_floor: float) -> tuple[float, float]:
-    """Mean and scale of a frame, exactly as the networks normalise (float64 sums)."""
-    return normalization_stats(frame, std_floor)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -415,8 +406,9 @@ class TiledPredictor:
         height, width = frame.shape
         with _inference_state(self.model) as normalise:
             if normalise:
-                floor = float(getattr(self.model, "std_floor", _STD_FLOOR))
-                mean, scale = _normalisation(frame, floor)
+                # a network without ``std_floor`` gets the networks' own default
+                floor = float(getattr(self.model, "std_floor", NORM_REL_FLOOR))
+                mean, scale = normalization_stats(frame, floor)
                 frame = (frame - np.float32(mean)) / np.float32(scale)
             ph, pw = self._padded_shape(frame.shape)
             if (ph, pw) != frame.shape:

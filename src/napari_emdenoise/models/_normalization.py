@@ -39,7 +39,7 @@ NORM_REL_FLOOR: float = 1e-6
 #: Absolute lower bound of the scale, only reached by an all-zero image.
 NORM_ABS_FLOOR: float = 1e-15
 
-#: Kept for code that reads a model's ``std_floor`` attribute: the networks'
+#: Name of the floor before version 0.3 (public API, kept as an alias): the networks'
 #: ``std_floor`` is now the relative floor.
 NORM_STD_FLOOR: float = NORM_REL_FLOOR
 

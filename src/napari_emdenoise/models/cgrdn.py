@@ -48,7 +48,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_image_batch
-from ._normalization import NORM_STD_FLOOR, denormalize, normalize_per_image
+from ._normalization import NORM_REL_FLOOR, denormalize, normalize_per_image
 
 __all__ = [
     "UPSAMPLING_MODES",
@@ -236,7 +236,7 @@ class CGRDN(nn.Module):
             raise ValueError(f"config must be a CGRDNConfig, got {type(cfg).__name__}")
         self.config = cfg
         self.normalize = bool(normalize)
-        self.std_floor = NORM_STD_FLOOR
+        self.std_floor = NORM_REL_FLOOR
         c, f = cfg.in_channels, cfg.features
         self.head = nn.Conv2d(c, f, kernel_size=3, padding=1)
         self.down = nn.Conv2d(f, f, kernel_size=4, stride=2, padding=1)

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from ._checks import check_image_batch
-from ._normalization import NORM_STD_FLOOR, denormalize, normalize_per_image
+from ._normalization import NORM_REL_FLOOR, denormalize, normalize_per_image
 
 __all__ = ["DNCNN_BF_CONFIGS", "DNCNN_CONFIGS", "BiasFreeBatchNorm2d", "DnCNN"]
 
@@ -133,7 +133,7 @@ class DnCNN(nn.Module):
         self.batch_norm = bool(batch_norm)
         self.in_channels = in_channels
         self.normalize = bool(normalize)
-        self.std_floor = NORM_STD_FLOOR
+        self.std_floor = NORM_REL_FLOOR
 
         layers: list[nn.Module] = [
             nn.Conv2d(in_channels, features, 3, padding=1, bias=self.bias),

@@ -330,13 +330,13 @@ def _publish(tmp: Path, target: Path) -> None:
 
 def _graph_spec(model: nn.Module) -> _GraphSpec:
     from ..engine.predictor import infer_size_multiple
-    from ._normalization import NORM_STD_FLOOR
+    from ._normalization import NORM_REL_FLOOR
 
     config = getattr(model, "config", None)
     channels = getattr(config, "in_channels", None) or getattr(model, "in_channels", None) or 1
     return _GraphSpec(
         normalize=bool(getattr(model, "normalize", False)),
-        std_floor=float(getattr(model, "std_floor", NORM_STD_FLOOR)),
+        std_floor=float(getattr(model, "std_floor", NORM_REL_FLOOR)),
         size_multiple=infer_size_multiple(model),
         channels=int(channels),
     )

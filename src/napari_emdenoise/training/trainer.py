@@ -271,7 +271,7 @@ class Trainer:
             if cfg.init_partial:
                 self.model = build_model(cfg.arch, cfg.model_config)
                 self.model_config = _config_dict(self.model)
-                self.partially_loaded = copy_matching_tensors(source, self.model)
+                copy_matching_tensors(source, self.model)
             else:
                 self.model = source
                 self.model_config = card.config
