@@ -507,3 +507,10 @@ def test_restore_refuses_rgb_pictures_and_4d_data():
     # a genuine 3-frame stack is not mistaken for RGB
     stack = np.random.default_rng(1).random((3, 16, 16)).astype(np.float32)
     assert restore(stack, model=Strided()).shape == stack.shape
+
+
+def test_restore_refuses_a_diffraction_pattern_model():
+    from napari_emdenoise.models.registry import build_model
+
+    with pytest.raises(ValueError, match="diffraction patterns"):
+        restore(np.ones((64, 64), np.float32), model=build_model("pix2pix", "tiny"))

@@ -223,3 +223,48 @@ def test_automatic_tiling_matches_the_whole_frame(tiny, monkeypatch, backend):
     assert calls[-1] > 1, "the frame was not tiled"
     whole = restore(image, model=tiny, tile_size=image.shape, backend=backend)
     assert _rel_diff(tiled, whole) <= 1e-3
+
+
+# --- export in a child process (what the Restore widget does before backend="auto") ---
+@pytest.fixture(scope="module")
+def saved_tiny(cache, tmp_path_factory):
+    """A tiny CGRDN saved as a user model file (a child process can load it by path)."""
+    from napari_emdenoise.models.registry import ModelCard, save_model
+
+    torch.manual_seed(1)
+    model = build_model("cgrdn", "tiny").eval()
+    card = ModelCard(name="tiny-child", arch="cgrdn", config=model.config.to_dict(),
+                     modality="stem", kind="hr")
+    path = save_model(model, card, tmp_path_factory.mktemp("models"))
+    return model, path
+
+
+@needs_ort
+def test_export_in_subprocess_fills_this_process_cache(saved_tiny):
+    model, path = saved_tiny
+    assert not onnx_backend.is_cached(model)
+    exported = onnx_backend.export_in_subprocess(path)
+    assert exported == onnx_backend.cached_path(model)
+    assert onnx_backend.is_cached(model)
+    assert onnx_backend.prepare_backend(path, "cpu", 4096 * 4096) == "auto"
+
+
+@needs_ort
+def test_export_in_subprocess_cancel_kills_the_child(saved_tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv(onnx_backend.CACHE_ENV, str(tmp_path))
+    with pytest.raises(Cancelled):
+        onnx_backend.export_in_subprocess(saved_tiny[1], cancel=lambda: True)
+    assert not list(tmp_path.glob("*.onnx"))
+
+
+@needs_ort
+def test_prepare_backend_falls_back_to_torch_when_the_child_fails(tmp_path):
+    # an unknown model: the child fails, so restore must not try the export again in-process
+    assert onnx_backend.prepare_backend(tmp_path / "missing.safetensors", "cpu", 4096**2) == "torch"
+    with pytest.raises(RuntimeError, match="ONNX export failed"):
+        onnx_backend.export_in_subprocess(tmp_path / "missing.safetensors")
+
+
+def test_prepare_backend_leaves_small_calls_to_auto(tmp_path):
+    # below the export threshold "auto" never exports, so no child is started
+    assert onnx_backend.prepare_backend(tmp_path / "missing.safetensors", "cpu", 64 * 64) == "auto"

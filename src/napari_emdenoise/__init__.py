@@ -9,3 +9,8 @@ __version__ = "0.1.0"
 from .drift import align_stack, estimate_shift  # noqa: E402 - numpy only, no torch at import
 
 __all__ = ["__version__", "align_stack", "estimate_shift"]
+
+# 4D-STEM engine (numpy only at import; torch, dask and zarr load on first call)
+from .engine.stack4d import restore_4dstem  # noqa: E402
+
+__all__ += ["restore_4dstem"]

@@ -11,6 +11,9 @@ microscopist recognises:
   restore it with ``hrstem``.
 * ``lrstem_particles`` — HAADF-STEM of nanoparticles on a carbon film,
   0.4 nm/pixel, 5 e⁻/pixel; restore it with ``lrstem``.
+* ``stem4d_stack`` — a 24 × 24 scan of 64² convergent-beam diffraction
+  patterns at ≈ 1000 counts each (4D-STEM), calibrated in Å (scan) and mrad
+  (detector); open the 4D-STEM dock to see its virtual images and denoise it.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 from .noise.pipeline import NoiseParams, make_pair
 from .synth.samples import perovskite_grain_boundary, supported_particles
 
-__all__ = ["SAMPLES", "hrstem_grain_boundary", "lrstem_particles", "sample_pair"]
+__all__ = ["SAMPLES", "hrstem_grain_boundary", "lrstem_particles", "sample_pair", "stem4d_stack"]
 
 #: key → (specimen, kwargs, pixel size in nm, dose in e⁻/pixel, scan-jitter on, title)
 SAMPLES: dict[str, tuple[Any, dict, float, float, bool, str]] = {
@@ -94,3 +97,33 @@ def hrstem_grain_boundary() -> list[tuple]:
 def lrstem_particles() -> list[tuple]:
     """HAADF-STEM of nanoparticles on carbon (512², 0.4 nm/px), distorted + clean reference."""
     return _layers("lrstem_particles")
+
+
+# -- 4D-STEM ------------------------------------------------------------------------------------
+#: Layer name of the 4D-STEM sample (its clean reference: ``"<name> clean reference"``).
+STEM4D_NAME = "4D-STEM scan"
+
+
+def stem4d_stack() -> list[tuple]:
+    """A synthetic 4D-STEM scan (24 × 24 positions × 64² patterns, ≈ 1000 counts/pattern).
+
+    Two 4-D layers, ``(scan_y, scan_x, det_y, det_x)``, scaled in Å on the scan
+    axes and mrad on the detector axes: the noisy counts and the clean expected
+    counts (hidden, for comparison).
+    """
+    from .synth.samples import DIFFRACTION_SCAN, diffraction_scan
+
+    noisy, clean, calibration = diffraction_scan()
+    scan, det = float(calibration["scan_step"]), float(calibration["detector_step"])
+    units = (calibration["scan_units"],) * 2 + (calibration["detector_units"],) * 2
+    meta = {
+        "stem4d_calibration": calibration,
+        "counts_per_pattern": float(DIFFRACTION_SCAN["counts"]),
+        "axes": ["scan_y", "scan_x", "det_y", "det_x"],
+        "specimen": "synthetic convergent-beam diffraction, counting detector (Poisson)",
+    }
+    common = {"scale": (scan, scan, det, det), "units": units, "metadata": meta}
+    return [
+        (clean, {**common, "name": f"{STEM4D_NAME} clean reference", "visible": False}),
+        (noisy, {**common, "name": STEM4D_NAME}),
+    ]

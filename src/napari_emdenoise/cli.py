@@ -1,4 +1,4 @@
-"""Command line: ``emdenoise simulate | restore | demo | export-onnx | fit-noise | train``.
+"""Command line: ``emdenoise simulate | restore | demo | export-onnx | fit-noise | train | adapt``.
 
 Every sub-command is a thin wrapper over the headless engine; heavy imports
 happen inside the sub-command that needs them.
@@ -207,6 +207,44 @@ def _check_image_memory(shape: tuple[int, int], bytes_per_pixel: float, what: st
     )
 
 
+# --------------------------------------------------------------------------- shared by commands
+
+
+def _read_dataset(src: Path, index: int, *, lazy: bool = False) -> tuple[object, dict]:
+    """``(data, metadata)`` of dataset ``index`` of ``src`` (``--dataset``), range-checked."""
+    from .io.readers import read_em
+
+    datasets = read_em(src, lazy=True) if lazy else read_em(src)
+    if index >= len(datasets):
+        raise ValueError(
+            f"{src} holds {len(datasets)} dataset(s); --dataset {index} is out of range"
+        )
+    return datasets[index]
+
+
+def _progress_printer(unit: str) -> Callable[[int, int], None]:
+    """``progress(done, total)`` printing to stderr each time another 10 % of ``unit`` is done."""
+    last = [-1]
+
+    def progress(done: int, total: int) -> None:
+        pct = int(100 * done / max(total, 1))
+        if pct // 10 != last[0] // 10:
+            last[0] = pct
+            print(f"  {pct:3d} % ({done}/{total} {unit})", file=sys.stderr, flush=True)
+
+    return progress
+
+
+def _add_device_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default=None, help="cpu, cuda or mps (None: the fastest found)")
+
+
+def _add_dataset_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--dataset", type=_non_negative_int, default=0, help="dataset index in multi-dataset files"
+    )
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -285,7 +323,6 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
     from .engine.device import resolve_device
     from .engine.predictor import _check_tiling_args, restore
-    from .io.readers import read_em
     from .io.writers import write_tif
     from .models.registry import load_model
 
@@ -299,12 +336,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     module, _card = load_model(args.model, device=device)
 
-    datasets = read_em(src)
-    if args.dataset >= len(datasets):
-        raise ValueError(
-            f"{src} holds {len(datasets)} dataset(s); --dataset {args.dataset} is out of range"
-        )
-    data, meta = datasets[args.dataset]
+    data, meta = _read_dataset(src, args.dataset)
     if meta.get("rgb"):
         raise ValueError(
             f"dataset {args.dataset} of {src} is a colour (RGB) image; restore needs greyscale "
@@ -320,14 +352,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     _check_image_memory(
         (frames * data.shape[-2], data.shape[-1]), _RESTORE_BYTES_PER_PIXEL, "restoring data"
     )
-    last = [-1]
-
-    def progress(done: int, total: int) -> None:
-        pct = int(100 * done / max(total, 1))
-        if pct // 10 != last[0] // 10:
-            last[0] = pct
-            print(f"  {pct:3d} % ({done}/{total} tiles)", file=sys.stderr, flush=True)
-
+    progress = _progress_printer("tiles")
     out = restore(
         data,
         model=module,
@@ -565,7 +590,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
 def _cmd_fit_noise(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from .io.readers import read_em
     from .noise.fit import fit_noise
     from .noise.pipeline import NoiseParams
 
@@ -576,13 +600,7 @@ def _cmd_fit_noise(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             suffixes=(".json",),
         )
-    datasets = read_em(args.image)
-    if args.dataset >= len(datasets):
-        raise ValueError(
-            f"{args.image} holds {len(datasets)} dataset(s); "
-            f"--dataset {args.dataset} is out of range"
-        )
-    data = np.asarray(datasets[args.dataset][0])
+    data = np.asarray(_read_dataset(args.image, args.dataset)[0])
     if data.ndim != 2:
         raise ValueError(
             f"dataset {args.dataset} of {args.image} has shape {data.shape}; fit-noise needs one "
@@ -608,6 +626,236 @@ def _cmd_fit_noise(args: argparse.Namespace) -> int:
         params = fit.to_noise_params(args.modality, base=base, clean_mean=args.clean_mean)
         print(f"wrote {params.save(args.out)} (for emdenoise train --noise / simulate --params)")
     return 0
+
+
+# --------------------------------------------------------------------------- adapt (issue 12)
+
+
+def _cmd_adapt(args: argparse.Namespace) -> int:
+    """``emdenoise adapt``: self-supervised fine-tuning of a model on one micrograph."""
+    import numpy as np
+
+    from .models.registry import bundled_weights_dir, check_model_name, list_models, user_models_dir
+    from .training.adapt import AdaptConfig, adapt
+
+    check_model_name(args.out)
+    if (bundled_weights_dir() / f"{args.out}.json").exists():
+        raise ValueError(f"{args.out!r} is a bundled model's name; choose another --out name")
+    src = Path(args.image)
+    if not src.exists():
+        raise FileNotFoundError(f"no such file: {src}")
+    folder = Path(args.dir) if args.dir is not None else user_models_dir()
+    _check_output_dir(folder)
+    if folder.is_dir():
+        _check_outputs(
+            [folder / f"{args.out}.safetensors", folder / f"{args.out}.json"],
+            inputs=[src, *_model_files(args.model)],
+            overwrite=args.overwrite,
+        )
+    existing = list_models().get(args.out)
+    if args.dir is None and existing is not None and not args.overwrite:
+        raise FileExistsError(f"a model named {args.out!r} exists; pass --overwrite to replace it")
+    data, meta = _read_dataset(src, args.dataset)
+    if meta.get("rgb"):
+        raise ValueError(f"dataset {args.dataset} of {src} is a colour (RGB) image")
+    cfg = AdaptConfig(threads=args.threads, device=args.device, seed=args.seed)
+
+    def progress(event) -> None:
+        if event.held_out is not None:
+            print(
+                f"step {event.step}: held-out loss {event.held_out:.5g} "
+                f"(best {event.best_held_out:.5g}), {event.elapsed:.0f} s",
+                flush=True,
+            )
+
+    result = adapt(
+        args.model,
+        np.asarray(data),
+        minutes=args.minutes,
+        mask=args.mask,
+        anchor=args.anchor,
+        progress=progress,
+        steps=args.steps,
+        config=cfg,
+    )
+    path = result.save(args.out, folder)
+    print(
+        f"adapted {result.parent} to {src} in {result.seconds / 60:.2f} min, {result.steps} "
+        f"steps ({result.stopped}); {result.mask.describe()}; held-out loss "
+        f"{result.initial_held_out:.5g} -> {result.best_held_out:.5g} (step {result.best_step})"
+    )
+    for note in result.notes:
+        print(f"  note: {note}")
+    print(f"saved {path}; restore with: emdenoise restore IMAGE -o OUT.tif --model {args.out}")
+    return 0
+
+
+def _add_adapt_parser(sub) -> None:
+    ad = sub.add_parser(
+        "adapt",
+        help="fine-tune a model on your own noisy micrograph (self-supervised, no clean image)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ad.add_argument("image", type=Path, help="dm3/dm4/emd/ser/mrc/tif/npy file (image or stack)")
+    ad.add_argument("--model", default="hrstem", help="model to start from (name or .safetensors)")
+    ad.add_argument(
+        "--minutes", type=_positive_float, default=2.0, help="wall-time budget in minutes"
+    )
+    ad.add_argument(
+        "--anchor",
+        type=_float_in(0.0, strict=False, name="weight"),
+        default=0.5,
+        help="weight of synthetic pairs with the fitted noise, in [0, 1)",
+    )
+    ad.add_argument(
+        "--mask",
+        choices=["auto", "pixel", "rows", "columns"],
+        default="auto",
+        help="blind spot: auto (line along the fast-scan axis if the noise is correlated)",
+    )
+    ad.add_argument("--steps", type=_positive_int, default=None, help="also stop after N steps")
+    ad.add_argument(
+        "--out", required=True, help="name of the adapted model (saved as a user model)"
+    )
+    ad.add_argument(
+        "--dir", type=Path, default=None, help="save here instead of the user-model folder"
+    )
+    _add_dataset_arg(ad)
+    ad.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads")
+    _add_device_arg(ad)
+    ad.add_argument("--seed", type=_non_negative_int, default=0, help="seed of the random choices")
+    ad.add_argument("--overwrite", action="store_true", help="replace a model of that name")
+    ad.set_defaults(func=_cmd_adapt)
+
+
+# --------------------------------------------------------------------------- end of adapt
+
+
+# --------------------------------------------------------------------------- restore-4d (issue 10)
+
+
+def _cmd_restore_4d(args: argparse.Namespace) -> int:
+    """``emdenoise restore-4d``: denoise a 4D-STEM dataset into a resumable zarr store."""
+    from .engine.predictor import Cancelled
+    from .engine.stack4d import parse_region_text, restore_4dstem
+
+    src, dst = Path(args.input), Path(args.output)
+    if not src.exists():
+        raise FileNotFoundError(f"no such file: {src}")
+    if dst.suffix.lower() != ".zarr":
+        raise ValueError(f"{dst}: the output must be a .zarr store")
+    if _same_file(dst, src) or dst.absolute() == src.absolute():
+        raise ValueError(f"the output {dst} must not be the input {src}")
+    if not dst.absolute().parent.is_dir():
+        raise FileNotFoundError(f"cannot write {dst}: the folder {dst.parent} does not exist")
+    region = parse_region_text(args.region) if args.region else None
+    data, meta = _read_dataset(src, args.dataset, lazy=True)
+    if len(getattr(data, "shape", ())) != 4:
+        raise ValueError(
+            f"dataset {args.dataset} of {src} has shape {tuple(data.shape)}; restore-4d needs "
+            "4D-STEM data (scan_y, scan_x, det_y, det_x)"
+        )
+    progress = _progress_printer("patterns")
+    calibration = {k: meta[k] for k in ("scale", "units", "translate", "axis_names", "name")}
+    kwargs = {
+        "model": args.model,
+        "device": args.device,
+        "batch_size": args.batch_size,
+        "out": dst,
+        "progress": progress,
+        "region": region,
+        "calibration": calibration,
+        "overwrite": args.overwrite,
+    }
+    try:
+        if args.scheduler is None and args.workers == 0:
+            out = restore_4dstem(data, executor="inline", **kwargs)
+        else:
+            out = _restore_4d_on_cluster(restore_4dstem, data, args, kwargs)
+    except (KeyboardInterrupt, Cancelled):
+        print(
+            f"interrupted: finished blocks are kept in {dst}; run the same command again to resume",
+            file=sys.stderr,
+        )
+        return 130
+    print(
+        f"restored {src} ({'x'.join(map(str, data.shape))}) with {args.model} -> {dst} "
+        f"({'x'.join(map(str, out.shape))} float32)"
+    )
+    return 0
+
+
+def _restore_4d_on_cluster(run: Callable, data: object, args: argparse.Namespace, kwargs: dict):
+    """Run ``restore_4dstem`` on ``--scheduler`` or on a LocalCluster of ``--workers`` threads."""
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError as exc:
+        raise ImportError(
+            "restore-4d --workers/--scheduler needs dask.distributed (pip install distributed); "
+            "use --workers 0 to run in this process"
+        ) from exc
+    if args.scheduler is not None:
+        with Client(args.scheduler) as client:
+            return run(data, executor=client, **kwargs)
+    # Threads in this process: lazy readers' arrays need not be picklable, torch releases
+    # the GIL, and every block runs torch single-threaded.
+    with (
+        LocalCluster(
+            n_workers=1,
+            threads_per_worker=args.workers,
+            processes=False,
+            dashboard_address=None,
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        return run(data, executor=client, torch_threads=1, **kwargs)
+
+
+def _add_restore_4d_parser(sub: argparse._SubParsersAction) -> None:
+    r4 = sub.add_parser(
+        "restore-4d",
+        help="denoise a 4D-STEM dataset (mib, blo, EMPAD xml/raw, emd/hdf5, zarr, npy) into a "
+        "resumable zarr store",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    r4.add_argument("input", type=Path, help="4D-STEM file (scan_y, scan_x, det_y, det_x)")
+    r4.add_argument(
+        "-o",
+        "--output",
+        type=Path,
+        required=True,
+        help="output .zarr store; re-running the same command resumes an interrupted run",
+    )
+    r4.add_argument(
+        "--model", default="pix2pix-4dstem", help="diffraction model name or .safetensors path"
+    )
+    r4.add_argument(
+        "--workers",
+        type=_non_negative_int,
+        default=min(4, os.cpu_count() or 1),
+        help="threads of the local dask cluster (0: run in this process without dask)",
+    )
+    r4.add_argument(
+        "--scheduler",
+        default=None,
+        help="address of a running dask.distributed scheduler (e.g. tcp://host:8786); the "
+        "output must be on storage its workers share",
+    )
+    r4.add_argument("--region", default=None, help="scan region y0:y1,x0:x1 (None: the whole scan)")
+    r4.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=None,
+        help="patterns per forward pass (None: 16 of 64² on the CPU, 1024 on CUDA)",
+    )
+    _add_device_arg(r4)
+    _add_dataset_arg(r4)
+    r4.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start afresh in an existing output store made by restore-4d (never the input)",
+    )
+    r4.set_defaults(func=_cmd_restore_4d)
 
 
 #: Bundled model names and the (modality, kind) they are trained for.
@@ -662,13 +910,11 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument("input", type=Path, help="dm3/dm4/emd/ser/mrc/tif/npy file")
     rs.add_argument("-o", "--output", type=Path, required=True, help="output .tif")
     rs.add_argument("--model", default="hrstem", help="bundled model name or .safetensors path")
-    rs.add_argument("--device", default=None, help="cpu, cuda or mps (None: the fastest found)")
+    _add_device_arg(rs)
     rs.add_argument(
         "--tile-size", type=_positive_int, default=None, help="tile size in pixels (>= 64)"
     )
-    rs.add_argument(
-        "--dataset", type=_non_negative_int, default=0, help="dataset index in multi-dataset files"
-    )
+    _add_dataset_arg(rs)
     rs.add_argument("--residual", action="store_true", help="also write input - restored")
     rs.add_argument(
         "--safeguard",
@@ -697,7 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="electron dose in e-/pixel (None: drawn as in training)",
     )
-    dm.add_argument("--device", default=None, help="cpu, cuda or mps (None: the fastest found)")
+    _add_device_arg(dm)
     dm.add_argument(
         "--out",
         type=Path,
@@ -737,9 +983,7 @@ def build_parser() -> argparse.ArgumentParser:
         "estimate it",
     )
     fn.add_argument("--block", type=_int_at_least(4), default=16, help="tile size in pixels")
-    fn.add_argument(
-        "--dataset", type=_non_negative_int, default=0, help="dataset index in multi-dataset files"
-    )
+    _add_dataset_arg(fn)
     fn.add_argument(
         "--clean-mean",
         type=_positive_float,
@@ -764,8 +1008,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--arch",
         default="cgrdn",
-        choices=["cgrdn", "dncnn", "dncnn_bf"],
-        help="network: CGRDN (Lobato et al. 2023), DnCNN or bias-free DnCNN",
+        choices=["cgrdn", "dncnn", "dncnn_bf", "pix2pix"],
+        help="network: CGRDN (Lobato et al. 2023), DnCNN, bias-free DnCNN or Pix2Pix "
+        "(4D-STEM diffraction patterns, Cao et al. 2024; use --modality diffraction)",
     )
     tr.add_argument(
         "--config",
@@ -775,9 +1020,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument(
         "--modality",
-        choices=["stem", "tem", "sem"],
+        choices=["stem", "tem", "sem", "diffraction"],
         default="stem",
-        help="imaging modality (set by --model for the standard names)",
+        help="imaging modality (set by --model for the standard names; diffraction: 4D-STEM "
+        "patterns, 10–1e5 counts each)",
     )
     tr.add_argument(
         "--kind",
@@ -832,7 +1078,7 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--threads", type=_positive_int, default=None, help="torch CPU threads (None: torch's)"
     )
-    tr.add_argument("--device", default=None, help="cpu, cuda or mps (None: the fastest found)")
+    _add_device_arg(tr)
     tr.add_argument("--init-from", default=None, help="model name or .safetensors to fine-tune")
     tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     tr.add_argument("--log-every", type=_positive_int, default=10, help="print every N steps")
@@ -843,6 +1089,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tr.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, model, card)")
     tr.set_defaults(func=_cmd_train)
+    _add_adapt_parser(sub)  # issue 12
+    _add_restore_4d_parser(sub)  # issue 10
     return parser
 
 

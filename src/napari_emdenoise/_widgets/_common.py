@@ -11,7 +11,9 @@ therefore fail; ``isinstance`` (the proxy forwards ``__class__``), names and
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import queue
+import threading
+from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import QEvent, QObject, QSize, Qt, QThreadPool
@@ -21,6 +23,7 @@ from qtpy.QtWidgets import (
     QMainWindow,
     QScrollArea,
     QSizePolicy,
+    QVBoxLayout,
     QWidget,
 )
 
@@ -30,11 +33,15 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "CancellableRun",
     "WorkerHost",
+    "disconnect_quietly",
     "find_layer",
     "grey_image_layers",
     "is_grey_image",
+    "run_in_thread",
     "scrolling",
+    "scrolling_with_view",
     "section",
+    "topmost_name",
     "wrap_labels",
 ]
 
@@ -71,6 +78,14 @@ def find_layer(viewer: napari.viewer.Viewer, unique_id: Any) -> Any:
     for layer in viewer.layers:
         if layer.unique_id == unique_id:
             return layer
+    return None
+
+
+def topmost_name(*groups: list[Any]) -> str | None:
+    """Name of the last (topmost) layer of the first non-empty group, else None."""
+    for group in groups:
+        if group:
+            return group[-1].name
     return None
 
 
@@ -121,6 +136,16 @@ def scrolling(widget: QWidget, min_height: int = 120) -> QScrollArea:
     return scroll
 
 
+def scrolling_with_view(form: Any, view: QWidget, min_height: int = 60) -> QScrollArea:
+    """A magicgui ``form`` above ``view`` (which takes the spare height), in :func:`scrolling`."""
+    panel = QWidget()
+    box = QVBoxLayout(panel)
+    box.setContentsMargins(0, 0, 0, 0)
+    box.addWidget(form.native)
+    box.addWidget(view, 1)
+    return scrolling(panel, min_height)
+
+
 def wrap_labels(*labels: Any) -> None:
     """Let magicgui labels wrap, so a long message never widens the dock."""
     for label in labels:
@@ -131,6 +156,57 @@ def wrap_labels(*labels: Any) -> None:
 
 
 # -- workers ------------------------------------------------------------------
+def run_in_thread(
+    work: Callable[[Callable[[Any], None]], Any],
+    *,
+    name: str,
+    user_errors: tuple[type[BaseException], ...] = (ValueError, MemoryError),
+) -> Generator[Any, None, tuple[str, Any]]:
+    """Run ``work(put)`` in a thread, yielding every item it passes to ``put``.
+
+    A generator for ``napari.qt.threading``: yields what ``work`` reports and
+    returns ``("ok", result)``. :class:`~napari_emdenoise.engine.predictor.Cancelled`
+    comes back as ``("cancelled", message)`` and the errors a user can cause
+    (``user_errors``) as ``("error", message)``, so the widget can show them;
+    anything else is re-raised (a bug, reported by napari).
+    """
+    from ..engine.predictor import Cancelled
+
+    events: queue.Queue = queue.Queue()
+    outcome: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            outcome["value"] = work(events.put)
+        except BaseException as exc:  # handed to the caller below
+            outcome["error"] = exc
+        finally:
+            events.put(None)
+
+    thread = threading.Thread(target=target, daemon=True, name=name)
+    thread.start()
+    while (item := events.get()) is not None:
+        yield item
+    thread.join()
+    error = outcome.get("error")
+    if isinstance(error, Cancelled):
+        return ("cancelled", str(error))
+    if isinstance(error, user_errors):
+        return ("error", str(error))
+    if error is not None:
+        raise error
+    return ("ok", outcome["value"])
+
+
+def disconnect_quietly(*connections: tuple[Any, Callable]) -> None:
+    """``event.disconnect(callback)`` for each pair, ignoring those already gone."""
+    for event, callback in connections:
+        try:
+            event.disconnect(callback)
+        except (RuntimeError, TypeError, ValueError):  # pragma: no cover - already gone
+            pass
+
+
 class WorkerHost(QObject):
     """Runs one widget's napari workers on a private thread pool and stops them in time.
 
@@ -258,9 +334,70 @@ class CancellableRun:
     """Run/Cancel bookkeeping shared by the docks that start one worker at a time.
 
     The widget provides ``status`` and ``progress`` (magicgui widgets),
-    ``run_button``/``cancel_button``, a ``threading.Event`` ``_cancel``, the
-    running ``_worker`` (or None) and ``last_error``.
+    ``run_button``/``cancel_button`` (all four made by :meth:`_make_run_controls`
+    where they look the usual way), a ``threading.Event`` ``_cancel``, the
+    running ``_worker`` (or None) and ``last_error``; :meth:`_launch` also needs
+    the widget's :class:`WorkerHost` ``host``.
     """
+
+    #: Status shown when a run was cancelled.
+    cancelled_text = "cancelled: no layer added"
+
+    def _make_run_controls(self, run_text: str, status: str = "") -> None:
+        """Create the Run and Cancel buttons, the progress bar and the status line.
+
+        ``run_button`` (labelled ``run_text``) calls ``start()``, ``cancel_button``
+        calls :meth:`cancel`; the ``status`` label starts with the text ``status``.
+        """
+        from magicgui import widgets as mw
+
+        self.run_button = mw.PushButton(text=run_text)
+        self.cancel_button = mw.PushButton(text="Cancel", enabled=False)
+        self.progress = mw.ProgressBar(value=0, min=0, max=1, label="progress")
+        self.status = mw.Label(value=status)
+        self.run_button.changed.connect(lambda *_: self.start())
+        self.cancel_button.changed.connect(lambda *_: self.cancel())
+
+    def _begin(self, message: str) -> None:
+        """A run starts: clear the last error and progress, show ``message``, enable Cancel."""
+        self._cancel.clear()
+        self.last_error = ""
+        self.progress.value = 0
+        self.status.value = message
+        self.run_button.enabled = False
+        self.cancel_button.enabled = True
+
+    def _launch(self, worker: Any, on_result: Callable[[Any], None]) -> None:
+        """Start a :func:`run_in_thread` worker on ``host``; ``on_result(value)`` on success.
+
+        Its ``(done, total)`` items drive the progress bar; a cancelled or failed
+        run is reported in the status line (see :meth:`_on_outcome`).
+        """
+        worker.yielded.connect(self._on_progress)
+        worker.returned.connect(lambda outcome: self._on_outcome(outcome, on_result))
+        worker.errored.connect(lambda exc: self._error(str(exc)))
+        self._worker = worker
+        self.host.start(worker)
+
+    def _on_progress(self, item: tuple[int, int]) -> None:
+        if self.host.closing:
+            return
+        done, total = item
+        self.progress.max = max(int(total), 1)
+        self.progress.value = min(int(done), self.progress.max)
+
+    def _on_outcome(self, outcome: tuple[str, Any], on_result: Callable[[Any], None]) -> None:
+        if self.host.closing:
+            return
+        status, value = outcome
+        if status == "cancelled":
+            self.status.value = self.cancelled_text
+            self.progress.value = 0
+            self._finish()
+        elif status == "error":
+            self._error(value)
+        else:
+            on_result(value)
 
     def _error(self, message: str) -> None:
         self.last_error = message

@@ -20,7 +20,14 @@ from magicgui import widgets as mw
 from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..drift.table import drift_table, write_table
-from ._common import CancellableRun, WorkerHost, is_grey_image, scrolling, wrap_labels
+from ._common import (
+    CancellableRun,
+    WorkerHost,
+    disconnect_quietly,
+    is_grey_image,
+    scrolling_with_view,
+    wrap_labels,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -151,10 +158,7 @@ class DriftWidget(CancellableRun, mw.Container):
         self.method = mw.ComboBox(label="method", choices=list(METHODS), value="cnn")
         self.denoise = mw.CheckBox(text="estimate on denoised copies", value=True)
         self.denoiser = mw.ComboBox(label="denoiser", choices=self._denoiser_choices)
-        self.run_button = mw.PushButton(text="Align")
-        self.cancel_button = mw.PushButton(text="Cancel", enabled=False)
-        self.progress = mw.ProgressBar(value=0, min=0, max=1, label="progress")
-        self.status = mw.Label(value="")
+        self._make_run_controls("Align")
         wrap_labels(self.status)
         self.reference.tooltip = (
             "first: every frame against frame 0; previous: frame to frame, chained, with a "
@@ -180,14 +184,7 @@ class DriftWidget(CancellableRun, mw.Container):
         )
         self._form = form
         self.plot = DriftPlot()
-        panel = QWidget()
-        box = QVBoxLayout(panel)
-        box.setContentsMargins(0, 0, 0, 0)
-        box.addWidget(form.native)
-        box.addWidget(self.plot, 1)
-        self.native.layout().addWidget(scrolling(panel, 60))
-        self.run_button.changed.connect(lambda *_: self.start())
-        self.cancel_button.changed.connect(lambda *_: self.cancel())
+        self.native.layout().addWidget(scrolling_with_view(form, self.plot))
         self.denoise.changed.connect(self._sync_denoiser)
         self.plot.save_button.clicked.connect(self._save_dialog)
         viewer.layers.events.inserted.connect(self._refresh_layers)
@@ -201,11 +198,10 @@ class DriftWidget(CancellableRun, mw.Container):
         self._cancel.set()
         if self._worker is not None:
             self._worker.quit()
-        for event in (self.viewer.layers.events.inserted, self.viewer.layers.events.removed):
-            try:
-                event.disconnect(self._refresh_layers)
-            except (RuntimeError, TypeError, ValueError):  # pragma: no cover - already gone
-                pass
+        disconnect_quietly(
+            (self.viewer.layers.events.inserted, self._refresh_layers),
+            (self.viewer.layers.events.removed, self._refresh_layers),
+        )
 
     # -- choices --------------------------------------------------------------------
     def _layer_choices(self, *_: object) -> list[str]:
@@ -270,12 +266,7 @@ class DriftWidget(CancellableRun, mw.Container):
             "metadata": dict(layer.metadata),
             "shape": tuple(int(s) for s in data.shape),
         }
-        self._cancel.clear()
-        self.last_error = ""
-        self.progress.value = 0
-        self.status.value = f"aligning {layer.name} ({self.method.value}, {self.reference.value})…"
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
+        self._begin(f"aligning {layer.name} ({self.method.value}, {self.reference.value})…")
         worker = create_worker(
             run_with_progress,
             align_stack,
@@ -287,31 +278,7 @@ class DriftWidget(CancellableRun, mw.Container):
             return_info=True,
             _start_thread=False,
         )
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda outcome: self._on_outcome(request, outcome))
-        worker.errored.connect(lambda exc: self._error(str(exc)))
-        self._worker = worker
-        self.host.start(worker)
-
-    def _on_progress(self, item: tuple[int, int]) -> None:
-        if self.host.closing:
-            return
-        done, total = item
-        self.progress.max = max(int(total), 1)
-        self.progress.value = int(done)
-
-    def _on_outcome(self, request: dict, outcome: tuple[str, Any]) -> None:
-        if self.host.closing:
-            return
-        status, value = outcome
-        if status == "cancelled":
-            self.status.value = "cancelled: no layer added"
-            self.progress.value = 0
-            self._finish()
-        elif status == "error":
-            self._error(value)
-        else:
-            self._on_result(request, *value)
+        self._launch(worker, lambda value: self._on_result(request, *value))
 
     def _on_result(self, request: dict, aligned: Any, shifts: np.ndarray, info: Any) -> None:
         name = request["name"]

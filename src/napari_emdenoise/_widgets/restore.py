@@ -8,7 +8,6 @@ the name of the model asked for when *Restore* was clicked.
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
@@ -16,7 +15,16 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 
-from ._common import CancellableRun, WorkerHost, is_grey_image, scrolling, wrap_labels
+from ._common import (
+    CancellableRun,
+    WorkerHost,
+    disconnect_quietly,
+    is_grey_image,
+    run_in_thread,
+    scrolling,
+    topmost_name,
+    wrap_labels,
+)
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -33,32 +41,33 @@ def run_with_progress(func, *args: Any, **kwargs: Any) -> Iterator[tuple[int, in
     ``("error", message)`` / ``("cancelled", message)`` so the widget can show them;
     anything else is re-raised (a bug, reported by napari).
     """
-    from ..engine.predictor import Cancelled
+    return (
+        yield from run_in_thread(
+            lambda put: func(*args, progress=lambda d, t: put((d, t)), **kwargs),
+            name="emdenoise-restore",
+        )
+    )
 
-    events: queue.Queue = queue.Queue()
-    outcome: dict[str, Any] = {}
 
-    def target() -> None:
-        try:
-            outcome["value"] = func(*args, progress=lambda d, t: events.put((d, t)), **kwargs)
-        except BaseException as exc:  # handed to the caller below
-            outcome["error"] = exc
-        finally:
-            events.put(None)
+def restore_in_viewer(data: Any, *, model: str, device: str | None, **kwargs: Any) -> Any:
+    """:func:`~napari_emdenoise.engine.restore` with ONNX Runtime prepared out of process.
 
-    thread = threading.Thread(target=target, daemon=True, name="emdenoise-restore")
-    thread.start()
-    while (item := events.get()) is not None:
-        yield item
-    thread.join()
-    error = outcome.get("error")
-    if isinstance(error, Cancelled):
-        return ("cancelled", str(error))
-    if isinstance(error, (ValueError, MemoryError)):
-        return ("error", str(error))
-    if error is not None:
-        raise error
-    return ("ok", outcome["value"])
+    On the CPU the first large restoration with a model exports its ONNX graph
+    (seconds, once per model and torch version). Done in a child process
+    (:func:`~napari_emdenoise.engine.onnx_backend.prepare_backend`), Cancel
+    stops it and a viewer closed meanwhile never waits on it.
+    """
+    from ..engine import restore
+    from ..engine.onnx_backend import prepare_backend
+
+    n_pixels = int(np.prod(np.shape(data)))
+    backend = prepare_backend(model, device, n_pixels, cancel=kwargs.get("cancel"))
+    return restore(data, model=model, device=device, backend=backend, **kwargs)
+
+
+def image_models(cards: dict[str, Any]) -> dict[str, Any]:
+    """The models that restore micrographs (diffraction-pattern models go to the 4D-STEM dock)."""
+    return {name: card for name, card in cards.items() if card.modality != "diffraction"}
 
 
 def _card_text(card: Any) -> str:
@@ -106,7 +115,7 @@ class RestoreWidget(CancellableRun, mw.Container):
         self.viewer = viewer
         self._worker: Any = None
         self._cancel = threading.Event()
-        self.cards = list_models()
+        self.cards = image_models(list_models())
         #: The last layers produced (tests read them).
         self.outputs: list[Any] = []
         #: unique_id of every layer this widget produced (never proposed as input).
@@ -130,10 +139,7 @@ class RestoreWidget(CancellableRun, mw.Container):
             "pixel-independent (Poisson–Gaussian) noise; on images with correlated noise it keeps "
             "too little of the restoration.",
         )
-        self.run_button = mw.PushButton(text="Restore")
-        self.cancel_button = mw.PushButton(text="Cancel", enabled=False)
-        self.progress = mw.ProgressBar(value=0, min=0, max=1, label="progress")
-        self.status = mw.Label(value="" if self.cards else "no models found")
+        self._make_run_controls("Restore", "" if self.cards else "no models found")
         wrap_labels(self.card, self.status)
         form = mw.Container(
             widgets=[
@@ -151,12 +157,15 @@ class RestoreWidget(CancellableRun, mw.Container):
             ],
             labels=True,
         )
+        # "Adapt to this image" (issue 12): self-supervised fine-tuning, see _adapt_panel
+        from ._adapt_panel import AdaptPanel
+
+        self.adapt_panel = AdaptPanel(self)
+        form.append(self.adapt_panel)
         form.native.layout().addStretch(1)
         self.native.layout().addWidget(scrolling(form.native, 60))
         self._form = form  # keep the magicgui wrappers alive
         self.model.changed.connect(self._show_card)
-        self.run_button.changed.connect(lambda *_: self.start())
-        self.cancel_button.changed.connect(lambda *_: self.cancel())
         viewer.layers.events.inserted.connect(self._refresh_layers)
         viewer.layers.events.removed.connect(self._refresh_layers)
         viewer.layers.selection.events.active.connect(self._follow_selection)
@@ -172,18 +181,15 @@ class RestoreWidget(CancellableRun, mw.Container):
     def _on_close(self) -> None:
         """The viewer is closing or the dock was removed: cancel, let go of the viewer."""
         self._cancel.set()
+        self.adapt_panel.close()
         if self._worker is not None:
             self._worker.quit()
         self._unsubscribe()
-        for event, callback in (
+        disconnect_quietly(
             (self.viewer.layers.events.inserted, self._refresh_layers),
             (self.viewer.layers.events.removed, self._refresh_layers),
             (self.viewer.layers.selection.events.active, self._follow_selection),
-        ):
-            try:
-                event.disconnect(callback)
-            except (RuntimeError, TypeError, ValueError):  # pragma: no cover - already gone
-                pass
+        )
 
     # -- choices ----------------------------------------------------------------
     def refresh_models(self) -> None:
@@ -192,7 +198,7 @@ class RestoreWidget(CancellableRun, mw.Container):
 
         if self.host.closing:
             return
-        self.cards = list_models()
+        self.cards = image_models(list_models())
         self.model.reset_choices()
         self._show_card()
 
@@ -220,11 +226,7 @@ class RestoreWidget(CancellableRun, mw.Container):
         if active is not None and self._candidate(active):
             return active.name
         layers = [layer for layer in self.viewer.layers if self._candidate(layer)]
-        visible = [layer for layer in layers if layer.visible]
-        for group in (visible, layers):
-            if group:
-                return group[-1].name
-        return None
+        return topmost_name([layer for layer in layers if layer.visible], layers)
 
     def _refresh_layers(self, *_: object) -> None:
         if self.host.closing:
@@ -252,9 +254,7 @@ class RestoreWidget(CancellableRun, mw.Container):
         """Restore the selected layer in a worker thread."""
         from napari.qt.threading import create_worker
 
-        from ..engine.predictor import restore
-
-        if self._worker is not None or self.host.closing:
+        if self._worker is not None or self.adapt_panel.busy or self.host.closing:
             return
         if not self.layer.value:
             self._error("no image layer selected")
@@ -280,54 +280,21 @@ class RestoreWidget(CancellableRun, mw.Container):
             "geometry": _geometry(layer),
             "metadata": dict(layer.metadata),
         }
-        self._cancel.clear()
-        self.last_error = ""
-        self.progress.value = 0
-        self.status.value = f"restoring {layer.name} with {model}…"
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
+        self._begin(f"restoring {layer.name} with {model}…")
         device = None if self.device.value == "auto" else self.device.value
         tile = int(self.tile_size.value) or None
         worker = create_worker(
             run_with_progress,
-            restore,
+            restore_in_viewer,
             data,
             model=model,
             device=device,
             tile_size=tile,
             cancel=self._cancel.is_set,
             safeguard=bool(self.safeguard.value),
-            # PyTorch in the viewer: the ONNX Runtime path exports the model on first
-            # use (seconds, without progress), and a viewer closed during that export
-            # was seen to abort at interpreter exit once under heavy load.
-            backend="torch",
             _start_thread=False,
         )
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda outcome: self._on_outcome(request, data, outcome))
-        worker.errored.connect(lambda exc: self._error(str(exc)))
-        self._worker = worker
-        self.host.start(worker)
-
-    def _on_progress(self, item: tuple[int, int]) -> None:
-        if self.host.closing:
-            return
-        done, total = item
-        self.progress.max = max(int(total), 1)
-        self.progress.value = int(done)
-
-    def _on_outcome(self, request: dict, data: np.ndarray, outcome: tuple[str, Any]) -> None:
-        if self.host.closing:
-            return
-        status, value = outcome
-        if status == "cancelled":
-            self.status.value = "cancelled: no layer added"
-            self.progress.value = 0
-            self._finish()
-        elif status == "error":
-            self._error(value)
-        else:
-            self._on_result(request, data, value)
+        self._launch(worker, lambda restored: self._on_result(request, data, restored))
 
     def _on_result(self, request: dict, data: np.ndarray, restored: np.ndarray) -> None:
         """Add the result layers, recorded with the model that was asked for at Start."""

@@ -187,7 +187,9 @@ class TrainWidget(mw.Container):
             self.model_config.value = DEFAULT_SIZE
         self.start_from = mw.ComboBox(label="start from", choices=self._start_choices)
         # -- data
-        self.modality = mw.ComboBox(label="modality", choices=list(MODALITIES), value="stem")
+        self.modality = mw.ComboBox(
+            label="modality", choices=[*MODALITIES, "diffraction"], value="stem"
+        )
         self.kind = mw.ComboBox(label="kind", choices=["hr", "lr"], value="hr")
         self.noise_source = mw.ComboBox(
             label="noise", choices=[RANDOM_NOISE, PLAYGROUND_NOISE, FILE_NOISE]
@@ -333,6 +335,12 @@ class TrainWidget(mw.Container):
     def _on_arch(self, *_: object) -> None:
         self.model_config.reset_choices()
         self.start_from.reset_choices()
+        if self.arch.value == "pix2pix":  # 4D-STEM patterns, GAN + 100·L1 (Cao et al. 2024)
+            from ..training.trainer import PIX2PIX_LOSS_WEIGHTS
+
+            self.modality.value, self.patch_size.value = "diffraction", 64
+            for key, value in PIX2PIX_LOSS_WEIGHTS.items():
+                self.weights[key].value = value
 
     def _on_start_from(self, *_: object) -> None:
         from ..models.registry import list_models

@@ -34,6 +34,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._onnx_common import export_program, publish_checked
+from ._onnx_common import new_session as _new_session
 from .predictor import TiledPredictor, infer_size_multiple
 
 __all__ = [
@@ -41,6 +43,8 @@ __all__ = [
     "OnnxPredictor",
     "cache_dir",
     "export_cached",
+    "export_in_subprocess",
+    "prepare_backend",
     "model_key",
     "onnxruntime_available",
 ]
@@ -53,9 +57,6 @@ CACHE_ENV = "EMDENOISE_CACHE_DIR"
 OPSET = 18
 #: Bump when the exported graph changes for the same weights.
 _FORMAT = 1
-#: Largest ``|onnx − torch|`` accepted by the check after export, relative to
-#: the output range of the check input.
-_CHECK_TOLERANCE = 1e-4
 
 _LOCK = threading.Lock()
 _SESSIONS: dict[tuple[str, int], Any] = {}
@@ -148,57 +149,13 @@ def _export(model: torch.nn.Module, target: Path, opset: int) -> None:
     """Export, check against torch and atomically publish ``target``."""
     from torch.export import Dim
 
-    from ..models.onnx_export import _quiet_exporter
-
     graph = _graph(model)
     low = max(2, graph.spec.size_multiple)
     dims = {0: Dim("batch", min=1), 2: Dim("height", min=low), 3: Dim("width", min=low)}
     example = torch.rand(2, graph.spec.channels, max(64, 4 * low), max(96, 6 * low))
-    with _quiet_exporter():
-        program = torch.onnx.export(
-            graph,
-            (example,),
-            input_names=["image"],
-            output_names=["restored"],
-            opset_version=opset,
-            dynamo=True,
-            external_data=False,
-            dynamic_shapes={"image": dims},
-            verbose=False,
-        )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    tmp = Path(name)
-    try:
-        program.save(str(tmp), external_data=False)
-        session = _new_session(tmp, 1)
-        check = np.random.default_rng(0).standard_normal((1, graph.spec.channels, 75, 53))
-        check = check.astype(np.float32)
-        got = session.run(None, {"image": check})[0]
-        with torch.inference_mode():
-            want = graph(torch.from_numpy(check)).numpy()
-        span = float(np.ptp(want)) or 1.0
-        err = float(np.max(np.abs(got - want))) / span
-        if not err <= _CHECK_TOLERANCE:
-            raise RuntimeError(f"the exported graph differs from torch by {err:.2e} of the range")
-        umask = os.umask(0)  # mkstemp makes 0600 files; use the user's default mode
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _new_session(path: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = max(1, int(threads))
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    program = export_program(graph, example, opset, {"image": dims})
+    check = np.random.default_rng(0).standard_normal((1, graph.spec.channels, 75, 53))
+    publish_checked(program, target, graph, check.astype(np.float32))
 
 
 def cached_path(model: torch.nn.Module, opset: int = OPSET) -> Path:
@@ -278,6 +235,140 @@ def session_for(model: torch.nn.Module, threads: int | None = None) -> Any:
                 raise RuntimeError(_FAILED[key]) from exc
             _SESSIONS[(key, n)] = session
     return session
+
+
+_CHILD_EXPORT = (
+    "import sys\n"
+    "from napari_emdenoise.models.registry import load_model\n"
+    "from napari_emdenoise.engine.onnx_backend import export_cached\n"
+    "print(export_cached(load_model(sys.argv[1], device='cpu')[0]))\n"
+)
+
+
+def export_in_subprocess(
+    model: str | os.PathLike,
+    *,
+    cancel: Any = None,
+    timeout_s: float = 900.0,
+    poll_s: float = 0.1,
+) -> Path:
+    """Export a saved model's graph to the cache in a child Python process.
+
+    The export takes seconds and cannot be interrupted inside a process; run in
+    a child, it can be cancelled (the child is killed, nothing half-written is
+    left: the cache is written through a temporary file) and a viewer closed
+    meanwhile does not wait for it. Used by the Restore widget before it runs
+    ``restore(..., backend="auto")``.
+
+    Parameters
+    ----------
+    model : str or path-like
+        A registry model name or a ``.safetensors`` path (what
+        :func:`napari_emdenoise.models.registry.load_model` accepts).
+    cancel : callable, optional
+        Polled every ``poll_s`` seconds; True kills the child and raises
+        :class:`~.predictor.Cancelled`.
+    timeout_s : float
+        The child is killed after this many seconds.
+    poll_s : float
+        Polling interval, seconds.
+
+    Returns
+    -------
+    pathlib.Path
+        The cached ``.onnx`` file (the same one :func:`export_cached` would use
+        for the loaded model in this process).
+
+    Raises
+    ------
+    ImportError
+        If onnx, onnxscript or onnxruntime is missing.
+    RuntimeError
+        If the child fails or times out (its last error line is in the message).
+    Cancelled
+        If ``cancel`` returned True.
+    """
+    import subprocess
+    import sys
+    import time
+
+    from .predictor import Cancelled
+
+    if not onnxruntime_available():
+        raise ImportError("the ONNX Runtime back end needs onnx, onnxscript and onnxruntime")
+    # Files, not pipes: a chatty child can never block on a full pipe buffer.
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(
+            [sys.executable, "-c", _CHILD_EXPORT, os.fspath(model)],
+            stdout=out,
+            stderr=err,
+            text=True,
+        )
+        start = time.monotonic()
+        try:
+            while child.poll() is None:
+                if cancel is not None and cancel():
+                    raise Cancelled("cancelled while preparing the ONNX Runtime graph")
+                if time.monotonic() - start > timeout_s:
+                    raise RuntimeError(f"ONNX export did not finish within {timeout_s:.0f} s")
+                time.sleep(poll_s)
+        finally:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+        if child.returncode != 0:
+            err.seek(0)
+            lines = [line for line in err.read().splitlines() if line.strip()]
+            last = lines[-1] if lines else f"exit status {child.returncode}"
+            raise RuntimeError(f"ONNX export failed: {last}")
+        out.seek(0)
+        printed = out.read().strip().splitlines()
+    if not printed:
+        raise RuntimeError("ONNX export failed: the exporting process printed no path")
+    return Path(printed[-1])
+
+
+def prepare_backend(
+    model: str | os.PathLike, device: str | None, n_pixels: int, cancel: Any = None
+) -> str:
+    """The ``backend=`` for :func:`~.predictor.restore` after preparing ONNX Runtime.
+
+    ``restore(..., backend="auto")`` exports the network in-process when a CPU
+    call is large enough to pay for it. Here that export runs first in a child
+    process (:func:`export_in_subprocess`, once per model and torch version),
+    so it can be cancelled and never holds up an exiting viewer; ``"auto"`` is
+    returned, or ``"torch"`` if the export failed (so that ``restore`` does not
+    try again in-process). When ``"auto"`` would not export (GPU, small call,
+    onnxruntime missing) ``"auto"`` is returned at once.
+
+    Parameters
+    ----------
+    model : str or path-like
+        Registry model name or ``.safetensors`` path.
+    device : str or None
+        The device the call will use (None: automatic).
+    n_pixels : int
+        Pixels of the call (all frames).
+    cancel : callable, optional
+        Polled during the export; True raises :class:`~.predictor.Cancelled`.
+
+    Returns
+    -------
+    {"auto", "torch"}
+    """
+    from .device import resolve_device
+    from .predictor import AUTO_EXPORT_MIN_PIXELS
+
+    if resolve_device(device).type != "cpu" or n_pixels < AUTO_EXPORT_MIN_PIXELS:
+        return "auto"
+    if not onnxruntime_available():
+        return "auto"
+    try:
+        export_in_subprocess(model, cancel=cancel)
+    except (RuntimeError, OSError) as exc:
+        logger.info("ONNX Runtime not used, running the network in torch: %s", exc)
+        return "torch"
+    return "auto"
 
 
 def is_cached(model: torch.nn.Module) -> bool:

@@ -661,8 +661,8 @@ def restore(
     if ndim == 4:
         raise ValueError(
             "restore takes a 2-D image or a (frames, y, x) stack; 4-D STEM data "
-            "(scan_y, scan_x, det_y, det_x) need a diffraction-pattern denoiser, which this "
-            "version does not have yet"
+            "(scan_y, scan_x, det_y, det_x) go to napari_emdenoise.restore_4dstem "
+            "(model 'pix2pix-4dstem'), `emdenoise restore-4d` or the 4D-STEM dock"
         )
     shape_in = tuple(int(s) for s in getattr(image, "shape", ()))
     if ndim == 3 and shape_in[-1] in (3, 4) and shape_in[0] > 4:
@@ -683,6 +683,13 @@ def restore(
         )
 
     module, dev = _resolve_model(model, device)
+    from ..models.pix2pix import Pix2PixGenerator
+
+    if isinstance(module, Pix2PixGenerator):
+        raise ValueError(
+            "this model denoises 4D-STEM diffraction patterns, not micrographs: use "
+            "napari_emdenoise.restore_4dstem (or a micrograph model such as 'hrstem')"
+        )
     frame_shape = shape[-2:]
     if tile_size is None:
         budget = _WHOLE_IMAGE_BUDGET.get(dev.type, _WHOLE_IMAGE_BUDGET["cpu"])
@@ -739,7 +746,7 @@ def restore(
 BACKENDS = ("auto", "torch", "onnxruntime")
 #: Smallest call (pixels over all frames) for which ``backend="auto"`` exports a
 #: network that is not in the cache yet (the export costs a few seconds once).
-_AUTO_EXPORT_MIN_PIXELS = 512 * 512
+AUTO_EXPORT_MIN_PIXELS = 512 * 512
 
 
 def _check_backend(backend: object) -> None:
@@ -767,7 +774,7 @@ def _make_predictor(
         wanted = backend == "onnxruntime"
         if not wanted and onnx_backend.onnxruntime_available():
             try:
-                wanted = n_pixels >= _AUTO_EXPORT_MIN_PIXELS or onnx_backend.is_cached(module)
+                wanted = n_pixels >= AUTO_EXPORT_MIN_PIXELS or onnx_backend.is_cached(module)
             except Exception as exc:  # a module whose weights cannot be hashed
                 logger.info("ONNX Runtime not used: %s", exc)
         if wanted:

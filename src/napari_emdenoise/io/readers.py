@@ -1,7 +1,8 @@
 """Read EM image files into arrays with calibrated axes, and the npe2 reader hook.
 
 Formats: Gatan ``.dm3``/``.dm4``, ``.emd`` (Velox and Berkeley/NCEM),
-FEI TIA ``.ser``, ``.mrc``, Merlin ``.mib``, ASTAR ``.blo``, HyperSpy ``.hspy`` through
+FEI TIA ``.ser``, ``.mrc``, Merlin ``.mib``, ASTAR ``.blo``, HyperSpy ``.hspy``, EMPAD
+4D-STEM (the acquisition ``.xml`` or the ``.raw`` it names) through
 rosettasciio (``rsciio``, imported only when such a file is read); TIFF
 through tifffile (ImageJ and OME calibrations are read here, vendor tags of
 FEI/Thermo, Zeiss, TVIPS, Olympus, JEOL and DigitalMicrograph TIFFs through
@@ -70,7 +71,10 @@ SUPPORTED_EXTENSIONS: tuple[str, ...] = (
     ".tiff",
     ".npy",
     ".zarr",
+    *(".xml", ".raw"),  # EMPAD 4D-STEM: the .xml acquisition file and its .raw data
 )
+#: Largest .xml file inspected when looking for an EMPAD acquisition file.
+_MAX_EMPAD_XML_BYTES = 16 * 2**20
 
 _MAX_METADATA_ENTRIES = 400
 _MAX_STRING = 256
@@ -585,6 +589,57 @@ def _read_zarr(path: Path, lazy: bool) -> list[tuple[Any, dict]]:
     return out
 
 
+# --------------------------------------------------------------------------- EMPAD
+
+
+def _empad_raw_name(xml: Path) -> str | None:
+    """The ``.raw`` file an EMPAD acquisition ``.xml`` names, or None for other XML."""
+    try:
+        if xml.stat().st_size > _MAX_EMPAD_XML_BYTES:
+            return None
+        root = ET.parse(xml).getroot()
+    except (OSError, ET.ParseError):
+        return None
+    element = root.find("raw_file") if root.tag == "root" else None
+    name = None if element is None else element.get("filename")
+    return str(name) if name else None
+
+
+def _empad_xml(path: Path) -> Path:
+    """The EMPAD acquisition ``.xml`` of ``path`` (an ``.xml`` itself, or its ``.raw``).
+
+    Raises
+    ------
+    ValueError
+        If an ``.xml`` is not an EMPAD acquisition file, or no ``.xml`` beside
+        a ``.raw`` names it.
+    """
+    if _extension(path) == ".xml":
+        if _empad_raw_name(path) is None:
+            raise ValueError(
+                f"{path.name} is not an EMPAD acquisition file (no <raw_file filename=...> "
+                "element); only EMPAD .xml files are read"
+            )
+        return path
+    for xml in sorted(path.parent.glob("*.xml")):
+        if _empad_raw_name(xml) == path.name:
+            return xml
+    raise ValueError(
+        f"{path.name}: EMPAD .raw data are read through the acquisition .xml that names "
+        f"them (scan size and calibration), and no .xml in {path.parent} names this file"
+    )
+
+
+def _read_empad(path: Path, lazy: bool) -> list[tuple[Any, dict]]:
+    """EMPAD 4D-STEM data (scan_y, scan_x, 128, 128) through rosettasciio."""
+    xml = _empad_xml(path)
+    out = _read_rsciio(xml, "rsciio.empad", "EMPAD", lazy)
+    for _, meta in out:
+        if not any(meta["axis_names"][2:]) or meta["axis_names"][2:] == ("height", "width"):
+            meta["axis_names"] = (*meta["axis_names"][:-2], "det_y", "det_x")
+    return out
+
+
 # --------------------------------------------------------------------------- public API
 
 
@@ -632,6 +687,8 @@ def read_em(path: str | Path, *, lazy: bool = False) -> list[tuple[Any, dict[str
     if ext in _RSCIIO_FORMATS:
         module, fmt = _RSCIIO_FORMATS[ext]
         return _read_rsciio(path, module, fmt, lazy)
+    if ext in (".xml", ".raw"):
+        return _read_empad(path, lazy)
     if ext in (".tif", ".tiff"):
         return _read_tiff(path, lazy)
     if ext == ".npy":
@@ -715,4 +772,10 @@ def napari_get_reader(path: str | Sequence[str]) -> Callable[..., list[LayerData
         return None
     if not all(_extension(Path(p)) in SUPPORTED_EXTENSIONS for p in paths):
         return None
+    for p in paths:  # .xml and .raw files are ours only when they are EMPAD data
+        if _extension(Path(p)) in (".xml", ".raw"):
+            try:
+                _empad_xml(Path(p))
+            except ValueError:
+                return None
     return _read_for_napari

@@ -91,12 +91,19 @@ def _build_dncnn_bf(**config: Any) -> nn.Module:
     return DnCNN(**config)
 
 
+def _build_pix2pix(**config: Any) -> nn.Module:
+    from .pix2pix import Pix2PixConfig, Pix2PixGenerator
+
+    return Pix2PixGenerator(Pix2PixConfig.from_dict(config))
+
+
 #: Architecture name → builder called with the configuration dict as keyword
 #: arguments. Other model modules may register further entries.
 ARCHITECTURES: dict[str, Callable[..., nn.Module]] = {
     "cgrdn": _build_cgrdn,
     "dncnn": _build_dncnn,
     "dncnn_bf": _build_dncnn_bf,
+    "pix2pix": _build_pix2pix,
 }
 
 # Architecture name → (module in this package, attribute holding its named configs).
@@ -104,6 +111,7 @@ _NAMED_CONFIGS: dict[str, tuple[str, str]] = {
     "cgrdn": ("cgrdn", "CGRDN_CONFIGS"),
     "dncnn": ("dncnn", "DNCNN_CONFIGS"),
     "dncnn_bf": ("dncnn", "DNCNN_BF_CONFIGS"),
+    "pix2pix": ("pix2pix", "PIX2PIX_CONFIGS"),
 }
 
 
@@ -137,7 +145,8 @@ def build_model(arch: str, config: str | Mapping[str, Any] = "small") -> nn.Modu
     Parameters
     ----------
     arch : str
-        Key of :data:`ARCHITECTURES` (``"cgrdn"``, ``"dncnn"``, ``"dncnn_bf"``).
+        Key of :data:`ARCHITECTURES` (``"cgrdn"``, ``"dncnn"``, ``"dncnn_bf"``,
+        ``"pix2pix"``).
     config : str or mapping
         A named configuration (``"full"``, ``"small"``, ``"tiny"``) or the
         constructor settings as a dict (as stored in a :class:`ModelCard`).

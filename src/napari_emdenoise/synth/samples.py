@@ -12,6 +12,9 @@ specimens here are fixed, textbook cases rendered with the same building blocks
 * :func:`supported_particles` — a low-magnification HAADF image of heavy-metal
   nanoparticles (1–8 nm radius, a few touching) on an amorphous carbon support,
   at 0.4 nm per pixel.
+* :func:`diffraction_scan` — a small 4D-STEM scan (24 × 24 probe positions,
+  64² detector pixels, ≈ 1000 counts per pattern) of convergent-beam
+  diffraction patterns, from :func:`napari_emdenoise.synth.diffraction.simulate_4dstem`.
 
 Both return a float32 image in [0, 1] with maximum 1 (the clean-image
 convention of the noise model) and a JSON-serialisable record. Pure numpy/scipy.
@@ -29,7 +32,12 @@ from ._profiles import sample_profiles
 from ._random import as_generator, check_shape
 from ._render import render_sites
 
-__all__ = ["PEROVSKITE_LATTICE_A", "perovskite_grain_boundary", "supported_particles"]
+__all__ = [
+    "PEROVSKITE_LATTICE_A",
+    "diffraction_scan",
+    "perovskite_grain_boundary",
+    "supported_particles",
+]
 
 #: Cubic lattice constant of the perovskite, Å (SrTiO₃).
 PEROVSKITE_LATTICE_A = 3.905
@@ -246,3 +254,41 @@ def supported_particles(
         "particles_px": [[float(cy), float(cx), float(r)] for (cy, cx), r in zip(centres, radii)],
     }
     return image, info
+
+
+# -- 4D-STEM ------------------------------------------------------------------------------------
+#: The sample scan: probe positions, detector pixels, counts per pattern, seed.
+DIFFRACTION_SCAN = {"scan_shape": (24, 24), "pattern_shape": (64, 64), "counts": 1000.0, "seed": 11}
+
+
+def diffraction_scan(
+    rng: np.random.Generator | int | None = DIFFRACTION_SCAN["seed"],
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """A small low-dose 4D-STEM scan: noisy and clean convergent-beam patterns.
+
+    24 × 24 probe positions of 64 × 64-pixel patterns with ≈ 1000 counts each
+    (Poisson noise of a counting detector), the specimen's orientation,
+    thickness and beam position varying across the scan; see
+    :func:`napari_emdenoise.synth.diffraction.simulate_4dstem`.
+
+    Parameters
+    ----------
+    rng : numpy.random.Generator or int or None
+        Random generator or seed (default: the sample's fixed seed).
+
+    Returns
+    -------
+    noisy, clean : numpy.ndarray
+        ``(24, 24, 64, 64)`` float32 counts (recorded; expected).
+    calibration : dict
+        ``scan_step`` (Å), ``detector_step`` (mrad), their units and the
+        simulation settings.
+    """
+    from .diffraction import simulate_4dstem
+
+    return simulate_4dstem(
+        DIFFRACTION_SCAN["scan_shape"],
+        DIFFRACTION_SCAN["pattern_shape"],
+        DIFFRACTION_SCAN["counts"],
+        rng=as_generator(rng),
+    )

@@ -39,7 +39,12 @@ class PairConfig:
 
     Attributes
     ----------
-    modality : {"stem", "tem", "sem"}
+    modality : {"stem", "tem", "sem", "diffraction"}
+        ``"diffraction"`` draws 4D-STEM pattern pairs from
+        :func:`napari_emdenoise.synth.diffraction.make_diffraction_pair`
+        (dose log-uniform over ``diffraction["counts_range"]``, 10–10⁵ counts
+        per pattern by default); ``kind``, ``noise`` and ``clean_pool`` do not
+        apply to it.
     kind : {"hr", "lr"}
     patch_size : int
         Side of the square patches, in pixels.
@@ -54,6 +59,9 @@ class PairConfig:
         flips), with fresh distortions for every pair; much cheaper on a CPU.
     pool_image_size : int
         Side of the pooled clean images, in pixels (≥ ``patch_size``).
+    diffraction : dict or None
+        With ``modality="diffraction"``: settings of
+        :class:`napari_emdenoise.synth.diffraction.DiffractionConfig` (None: its defaults).
     """
 
     modality: str = "stem"
@@ -63,6 +71,7 @@ class PairConfig:
     seed: int = 0
     clean_pool: int = 0
     pool_image_size: int = 256
+    diffraction: dict[str, Any] | None = None
     _pool: dict[int, tuple[np.ndarray, dict]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -72,6 +81,14 @@ class PairConfig:
             raise ValueError("clean_pool must be ≥ 0")
         if self.clean_pool and self.pool_image_size < self.patch_size:
             raise ValueError("pool_image_size must be at least patch_size")
+        if self.modality == "diffraction":
+            if self.noise is not None:
+                raise ValueError("noise settings do not apply to diffraction patterns")
+            from ..synth.diffraction import DiffractionConfig
+
+            self.diffraction = DiffractionConfig.from_dict(self.diffraction or {}).to_dict()
+        elif self.diffraction is not None:
+            raise ValueError("diffraction settings need modality='diffraction'")
         if self.noise is not None and self.noise.modality != self.modality:
             raise ValueError(
                 f"noise settings are for {self.noise.modality!r}, not {self.modality!r}"
@@ -79,7 +96,7 @@ class PairConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-serialisable description (stored in checkpoints and model cards)."""
-        return {
+        out = {
             "modality": self.modality,
             "kind": self.kind,
             "patch_size": self.patch_size,
@@ -88,6 +105,9 @@ class PairConfig:
             "clean_pool": self.clean_pool,
             "pool_image_size": self.pool_image_size,
         }
+        if self.modality == "diffraction":
+            out["diffraction"] = dict(self.diffraction or {})
+        return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PairConfig:
@@ -122,6 +142,8 @@ def make_training_pair(
     if split not in SPLITS:
         raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
     rng = np.random.default_rng([cfg.seed, SPLITS[split], int(index)])
+    if cfg.modality == "diffraction":
+        return _diffraction_pair(cfg, rng, return_params, return_info)
     rng_clean, rng_params, rng_noise, rng_crop = rng.spawn(4)
     p = cfg.patch_size
     if cfg.clean_pool and split == "train":
@@ -149,6 +171,27 @@ def make_training_pair(
         out += (params,)
     if return_info:
         out += (info,)
+    return out
+
+
+def _diffraction_pair(
+    cfg: PairConfig, rng: np.random.Generator, return_params: bool, return_info: bool
+) -> tuple[Any, ...]:
+    """A (noisy, clean) diffraction-pattern pair; params/info: ``{"counts": dose}``."""
+    from ..synth._random import log_uniform
+    from ..synth.diffraction import DiffractionConfig, make_diffraction_pair
+
+    dcfg = DiffractionConfig.from_dict(cfg.diffraction or {})
+    rng_dose, rng_pair = rng.spawn(2)
+    dose = float(log_uniform(rng_dose, *dcfg.counts_range))
+    p = cfg.patch_size
+    noisy, clean = make_diffraction_pair((p, p), dose, config=dcfg, rng=rng_pair)
+    out: tuple[Any, ...] = (noisy, clean)
+    record = {"counts": dose}
+    if return_params:
+        out += (record,)
+    if return_info:
+        out += (record,)
     return out
 
 

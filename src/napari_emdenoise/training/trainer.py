@@ -68,7 +68,11 @@ class TrainConfig:
     loss_weights : dict
         Overrides of :class:`napari_emdenoise.losses.LossWeights` fields
         (``{"l1": 10, "adversarial": 5e-4, ...}``); adversarial > 0 trains the
-        discriminator too.
+        discriminator too. For ``arch="pix2pix"`` only ``l1`` (Anscombe-domain
+        L1), ``l2`` (here the squared error of local count sums,
+        :func:`napari_emdenoise.models.pix2pix.local_count_mse`) and
+        ``adversarial`` apply, with the defaults ``l1 = 100``, ``adversarial = 1``
+        (GAN + 100·L1, Isola et al. 2017; Cao et al. 2024) and ``l2 = 2``.
     val_size, val_every : int
         Fixed validation pairs (never seen in training) and how often (steps)
         to evaluate them.
@@ -261,7 +265,11 @@ class Trainer:
             torch.set_num_threads(int(cfg.threads))
         torch.manual_seed(cfg.pairs.seed)
         self.device = resolve_device(cfg.device)
-        self.weights = LossWeights(**cfg.loss_weights)
+        self.pix2pix = cfg.arch == "pix2pix"
+        if self.pix2pix:
+            self.weights = LossWeights(**{**PIX2PIX_LOSS_WEIGHTS, **cfg.loss_weights})
+        else:
+            self.weights = LossWeights(**cfg.loss_weights)
         if cfg.init_from:
             source, card = load_model(cfg.init_from, device="cpu")
             if card.arch != cfg.arch:
@@ -280,11 +288,31 @@ class Trainer:
             self.model_config = (
                 cfg.model_config if isinstance(cfg.model_config, dict) else _config_dict(self.model)
             )
+        multiple = int(getattr(self.model, "size_multiple", 1))
+        if cfg.pairs.patch_size % multiple:
+            raise ValueError(
+                f"patch size {cfg.pairs.patch_size} is not a multiple of {multiple}, which this "
+                f"{cfg.arch} configuration needs; choose a patch size of {multiple}·k pixels"
+            )
         self.model.to(self.device).train()
-        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=(0.9, 0.999))
+        betas_g = (0.5, 0.999) if self.pix2pix else (0.9, 0.999)  # pix2pix: Adam β1 = 0.5
+        self.opt_g = torch.optim.Adam(self.model.parameters(), lr=cfg.lr, betas=betas_g)
         self.disc = None
         self.opt_d = None
-        if self.weights.adversarial > 0:
+        if self.pix2pix and self.weights.adversarial > 0:
+            from ..models.discriminators import MultiScalePatchDiscriminator
+
+            # two-scale PatchGAN on concat(network view of x, sqrt-normalised pattern)
+            self.disc = MultiScalePatchDiscriminator(
+                n_scales=2,
+                in_channels=self.model.feature_channels + 1,
+                base_channels=cfg.disc_channels,
+            )
+            self.disc.to(self.device).train()
+            self.opt_d = torch.optim.Adam(
+                self.disc.parameters(), lr=cfg.disc_lr, betas=(0.5, 0.999)
+            )
+        elif self.weights.adversarial > 0:
             self.disc = PatchDiscriminator(base_channels=cfg.disc_channels)
             self.disc.to(self.device).train()
             self.opt_d = torch.optim.Adam(
@@ -342,6 +370,8 @@ class Trainer:
 
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
+        if self.pix2pix:
+            return self._pix2pix_step(x, y)
         terms_out: dict[str, float] = {}
         with autocast_context(self.device):
             y_g = self.model(x)
@@ -372,6 +402,61 @@ class Trainer:
         terms_out["total"] = float(total.detach())
         return terms_out
 
+    def _pix2pix_step(self, x, y) -> dict[str, float]:
+        """One pix2pix step: two-scale PatchGAN (vanilla GAN loss) and GAN + λ·L1 for G.
+
+        The L1 term is :func:`napari_emdenoise.models.pix2pix.anscombe_l1`
+        (Anscombe domain, per-pattern range); the discriminator judges the
+        count-normalised square-root patterns
+        (:func:`napari_emdenoise.models.pix2pix.loss_domain`), conditioned on
+        the generator's view of the input.
+        """
+        import torch
+        import torch.nn.functional as F
+
+        from ..models.pix2pix import anscombe_l1, local_count_mse, loss_domain
+
+        def bce(logits: list, real: bool):
+            target = 1.0 if real else 0.0
+            return sum(
+                F.binary_cross_entropy_with_logits(c, torch.full_like(c, target)) for c in logits
+            ) / len(logits)
+
+        terms: dict[str, float] = {}
+        y_g = self.model(x).float()
+        fake = loss_domain(y_g)
+        real = loss_domain(y)
+        l1 = anscombe_l1(y_g, y)
+        total = self.weights.l1 * l1
+        if self.weights.l2 > 0:
+            local = local_count_mse(y_g, y)
+            total = total + self.weights.l2 * local
+            terms["local_count_mse"] = float(local.detach())
+        if self.disc is not None:
+            with torch.no_grad():
+                cond = self.model.features(x)
+            for p in self.disc.parameters():
+                p.requires_grad_(True)
+            d_loss = 0.5 * (
+                bce(self.disc(cond, real), True) + bce(self.disc(cond, fake.detach()), False)
+            )
+            self.opt_d.zero_grad(set_to_none=True)
+            d_loss.backward()
+            self.opt_d.step()
+            for p in self.disc.parameters():
+                p.requires_grad_(False)
+            gan = bce(self.disc(cond, fake), True)
+            total = total + self.weights.adversarial * gan
+            terms["discriminator"] = float(d_loss.detach())
+            terms["adversarial"] = float(gan.detach())
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt_g.step()
+        terms["l1"] = float(l1.detach())
+        terms["total"] = float(total.detach())
+        return terms
+
     def validate(self) -> ValidationEvent:
         """Restore the fixed validation pairs and measure PSNR/SSIM against their targets."""
         import torch
@@ -384,15 +469,21 @@ class Trainer:
                 outs.append(self.model(xb).float().cpu().numpy()[:, 0])
             user_preview = None
             image = self._preview_image
-            if image is not None:
+            if image is not None and self.pix2pix:
+                user_preview = (image, _restore_pattern(self.model, image, self.device))
+            elif image is not None:
                 from ..engine.predictor import restore
 
                 user_preview = (image, restore(image, self.model, device=self.device))
         self.model.train()
         restored = np.concatenate(outs)
-        p = float(np.mean([psnr(r, t) for r, t in zip(restored, self.val_y)]))
-        s = float(np.mean([ssim(r, t) for r, t in zip(restored, self.val_y)]))
-        p_in = float(np.mean([psnr(x, t) for x, t in zip(self.val_x, self.val_y)]))
+        val_y, val_x = self.val_y, self.val_x
+        if self.config.pairs.modality == "diffraction":
+            # Poisson counts: compare after the Anscombe transform 2·sqrt(x + 3/8)
+            restored, val_y, val_x = (_anscombe(a) for a in (restored, val_y, val_x))
+        p = float(np.mean([psnr(r, t) for r, t in zip(restored, val_y)]))
+        s = float(np.mean([ssim(r, t) for r, t in zip(restored, val_y)]))
+        p_in = float(np.mean([psnr(x, t) for x, t in zip(val_x, val_y)]))
         preview = (self.val_x[0], self.val_y[0], restored[0])
         return ValidationEvent(self.step, p, s, p_in, preview, user_preview)
 
@@ -426,9 +517,7 @@ class Trainer:
                 "lr": cfg.lr,
                 "seed": cfg.pairs.seed,
                 "loss_weights": self.weights.to_dict(),
-                "noise": "random (Lobato et al. 2023 ranges)"
-                if cfg.pairs.noise is None
-                else cfg.pairs.noise.to_dict(),
+                "noise": _noise_description(cfg.pairs),
                 "clean_pool": cfg.pairs.clean_pool,
                 "init_from": cfg.init_from,
                 "device": str(self.device),
@@ -481,6 +570,43 @@ class Trainer:
         }
         model_path = self.export(metrics)
         yield DoneEvent(self.step, self._stop, checkpoint, model_path, metrics)
+
+
+#: pix2pix loss weights: GAN + 100·L1 (Isola et al. 2017; Cao et al. 2024), plus
+#: 2 × the local-count squared error that keeps Bragg-disk intensities unbiased.
+PIX2PIX_LOSS_WEIGHTS: dict[str, float] = {"l1": 100.0, "adversarial": 1.0, "l2": 2.0}
+
+
+def _noise_description(pairs: PairConfig) -> Any:
+    if pairs.modality == "diffraction":
+        return "synthetic 4D-STEM detector model (napari_emdenoise.synth.diffraction), " + (
+            f"{pairs.diffraction.get('counts_range')} counts per pattern"
+            if pairs.diffraction
+            else "default ranges"
+        )
+    if pairs.noise is None:
+        return "random (Lobato et al. 2023 ranges)"
+    return pairs.noise.to_dict()
+
+
+def _anscombe(x: np.ndarray) -> np.ndarray:
+    """Anscombe transform 2·sqrt(x + 3/8) of counts (negative read noise clipped to 0)."""
+    return 2.0 * np.sqrt(np.clip(x, 0.0, None) + 0.375)
+
+
+def _restore_pattern(model, image: np.ndarray, device) -> np.ndarray:
+    """One 2-D pattern through a pix2pix model, edge-padded to its size multiple."""
+    import torch
+
+    m = int(getattr(model, "size_multiple", 1))
+    h, w = image.shape
+    ph, pw = (-h) % m, (-w) % m
+    padded = np.pad(image, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2)), mode="edge")
+    with torch.inference_mode():
+        out = model(torch.from_numpy(padded[None, None].astype(np.float32)).to(device))
+    out = out.float().cpu().numpy()[0, 0][ph // 2 : ph // 2 + h, pw // 2 : pw // 2 + w]
+    total, kept = float(np.clip(image, 0, None).sum()), float(out.sum())
+    return out * (total / kept) if kept > 0 else out  # the padding's counts are not the image's
 
 
 def _config_dict(model) -> dict[str, Any]:

@@ -1,0 +1,216 @@
+"""The 4D-STEM dock widget, opened from the Plugins menu in a real viewer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from napari_emdenoise.engine import virtual_detectors as vd
+
+DISPLAY_NAME = "4D-STEM"
+SCALE = (5.0, 5.0, 0.8, 0.8)
+TRANSLATE = (10.0, -20.0, 0.0, 0.0)
+UNITS = ("Å", "Å", "mrad", "mrad")
+
+
+def _stack(scan=(12, 12), det=(32, 32), seed=0) -> np.ndarray:
+    """Poisson patterns of a disk (radius 5 px) whose intensity varies across the scan."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices(det, dtype=float)
+    disk = np.hypot(yy - 15.0, xx - 16.0) < 5.0
+    ring = (np.hypot(yy - 15.0, xx - 16.0) >= 9.0) & (np.hypot(yy - 15.0, xx - 16.0) < 11.0)
+    sy, sx = scan
+    t = np.linspace(0.2, 1.0, sy * sx).reshape(sy, sx)
+    lam = 8.0 * t[..., None, None] * disk + 3.0 * (1.2 - t)[..., None, None] * ring + 0.2
+    return rng.poisson(lam).astype(np.float32)
+
+
+@pytest.fixture
+def tiny_model():
+    import torch
+
+    from napari_emdenoise.models.registry import build_model
+
+    torch.manual_seed(0)
+    return build_model("pix2pix", "tiny").eval()
+
+
+@pytest.fixture
+def dock(make_napari_viewer, open_dock, qtbot, tiny_model):
+    viewer = make_napari_viewer()
+    data = _stack()
+    viewer.add_image(
+        data.copy(), name="scan", scale=SCALE, translate=TRANSLATE, units=UNITS, metadata={"k": 1}
+    )
+    widget = open_dock(viewer, DISPLAY_NAME)
+    widget.model_override = tiny_model  # no bundled diffraction model needed
+    qtbot.waitUntil(lambda: not widget.busy and widget.detectors is not None, timeout=30000)
+    return viewer, widget, data
+
+
+def wait_idle(widget, qtbot, timeout=60000):
+    qtbot.waitUntil(lambda: not widget.busy, timeout=timeout)
+
+
+def test_sample_opens_calibrated_and_the_dock_finds_the_central_disk(
+    make_napari_viewer, open_dock, qtbot
+):
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-emdenoise", "stem4d_stack")
+    layer = viewer.layers["4D-STEM scan"]
+    clean = viewer.layers["4D-STEM scan clean reference"]
+    assert layer.data.shape == clean.data.shape == (24, 24, 64, 64)
+    assert layer.visible and not clean.visible
+    assert [str(u) for u in layer.units] == ["angstrom", "angstrom", "milliradian", "milliradian"]
+    cal = layer.metadata["stem4d_calibration"]
+    assert tuple(layer.scale) == pytest.approx(
+        (cal["scan_step"],) * 2 + (cal["detector_step"],) * 2
+    )
+    assert layer.data.sum(axis=(2, 3)).mean() == pytest.approx(1000.0, rel=0.05)
+
+    widget = open_dock(viewer, DISPLAY_NAME)
+    assert widget.layer.value == "4D-STEM scan"
+    qtbot.waitUntil(lambda: not widget.busy and widget.detectors is not None, timeout=30000)
+    assert widget.problem == ""
+    # the BF detector sits on the brightest disk of the clean mean pattern
+    mean = clean.data.mean(axis=(0, 1))
+    peak = np.unravel_index(np.argmax(mean), mean.shape)
+    bf = widget.detectors["BF"]
+    assert np.hypot(bf.center[0] - peak[0], bf.center[1] - peak[1]) <= bf.outer + 1.0
+    shapes = viewer.layers["4D-STEM scan detectors"]
+    assert tuple(shapes.scale) == pytest.approx(tuple(layer.scale[2:]))
+    assert list(shapes.features["role"]) == ["BF", "ADF inner", "ADF outer"]
+    assert widget.virtual["BF"].shape == (24, 24)
+
+
+def test_moving_a_detector_updates_the_virtual_image(dock, qtbot):
+    viewer, widget, data = dock
+    np.testing.assert_allclose(
+        widget.virtual["BF"], vd.apply_mask(data, widget.detectors["BF"].mask((32, 32))), rtol=1e-5
+    )
+    shapes = viewer.layers["scan detectors"]
+    before = widget.detectors["BF"]
+    assert before.center == pytest.approx((15.0, 16.0), abs=0.3)
+    # the user drags the BF ellipse 3 px to the right and shrinks it to radius 2
+    corners = np.array([[13.0, 17.0], [13.0, 21.0], [17.0, 21.0], [17.0, 17.0]])
+    edited = list(shapes.data)
+    edited[0] = corners
+    shapes.data = edited
+    qtbot.waitUntil(lambda: widget.detectors["BF"].outer == pytest.approx(2.0), timeout=5000)
+    wait_idle(widget, qtbot)
+    qtbot.waitUntil(lambda: not widget._detector_timer.isActive(), timeout=5000)
+    wait_idle(widget, qtbot)
+    moved = widget.detectors["BF"]
+    assert moved.center == pytest.approx((15.0, 19.0))
+    expected = vd.apply_mask(data, moved.mask((32, 32)))
+    np.testing.assert_allclose(widget.virtual["BF"], expected, rtol=1e-5)
+    np.testing.assert_allclose(widget.view.live.image, expected, rtol=1e-5)  # the dock shows it
+
+
+def test_clicking_a_scan_position_previews_raw_and_denoised(dock, qtbot):
+    viewer, widget, data = dock
+    n_layers = len(viewer.layers)
+    widget.preview_at(3, 7)
+    wait_idle(widget, qtbot)
+    assert widget.last_error == ""
+    raw = viewer.layers["scan pattern raw"]
+    den = viewer.layers["scan pattern denoised"]
+    assert len(viewer.layers) == n_layers + 2
+    np.testing.assert_array_equal(raw.data, data[3, 7])
+    assert den.data.shape == (32, 32)
+    assert float(den.data.sum()) == pytest.approx(float(data[3, 7].sum()), rel=1e-3)  # counts kept
+    assert tuple(raw.scale) == SCALE[2:] and tuple(den.scale) == SCALE[2:]
+    assert den.translate[-1] > raw.translate[-1] + 32 * SCALE[-1]  # side by side
+    # another click updates the same two layers
+    widget.preview_at(0, 0)
+    wait_idle(widget, qtbot)
+    assert len(viewer.layers) == n_layers + 2
+    np.testing.assert_array_equal(viewer.layers["scan pattern raw"].data, data[0, 0])
+    np.testing.assert_array_equal(viewer.layers["scan"].data, data)  # input untouched
+
+
+def test_region_run_adds_the_denoised_stack_virtual_images_and_residuals(dock, qtbot, monkeypatch):
+    from napari_emdenoise._widgets import stem4d
+
+    viewer, widget, data = dock
+    monkeypatch.setattr(stem4d, "IN_MEMORY_BYTES", 0)  # as for a large scan: into a zarr store
+    widget.whole_scan.value = False
+    widget.region.value = "2:6,3:9"
+    assert widget.selected_region() == (slice(2, 6), slice(3, 9))
+    n_layers = len(viewer.layers)
+    widget.start()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
+    assert widget.last_error == ""
+    assert len(viewer.layers) == n_layers + 7  # stack + 3 per detector
+    np.testing.assert_array_equal(viewer.layers["scan"].data, data)  # input untouched
+    den = viewer.layers["scan denoised"]
+    assert den.data.shape == (4, 6, 32, 32)
+    assert type(den.data).__module__.startswith("zarr")  # not held in memory
+    assert tuple(den.scale) == SCALE
+    # the region sits where it was taken from
+    assert tuple(den.translate) == pytest.approx((10.0 + 2 * 5.0, -20.0 + 3 * 5.0, 0.0, 0.0))
+    assert den.metadata["k"] == 1 and den.metadata["emdenoise_region"] == [[2, 6], [3, 9]]
+    mask = widget.detectors["BF"].mask((32, 32))
+    for name in ("scan virtual BF", "scan denoised virtual BF", "scan virtual BF residual"):
+        layer = viewer.layers[name]
+        assert layer.data.shape == (4, 6)
+        assert tuple(layer.scale) == SCALE[:2]
+        assert tuple(layer.translate) == pytest.approx((20.0, -5.0))
+        assert [str(u) for u in layer.units] == ["angstrom", "angstrom"]
+    raw_bf = viewer.layers["scan virtual BF"].data
+    den_bf = viewer.layers["scan denoised virtual BF"].data
+    np.testing.assert_allclose(raw_bf, vd.apply_mask(data[2:6, 3:9], mask), rtol=1e-5)
+    np.testing.assert_allclose(den_bf, vd.apply_mask(np.asarray(den.data), mask), rtol=1e-5)
+    np.testing.assert_allclose(
+        viewer.layers["scan virtual BF residual"].data,
+        (den_bf - raw_bf) / np.sqrt(np.maximum(den_bf, 1.0)),
+        rtol=1e-4,
+        atol=1e-5,
+    )
+    for name in ("scan virtual ADF", "scan denoised virtual ADF", "scan virtual ADF residual"):
+        assert viewer.layers[name].data.shape == (4, 6)
+    # the dock shows raw | denoised | residual; outputs are not offered as inputs
+    np.testing.assert_allclose(widget.view.results["raw"].image, raw_bf, rtol=1e-6)
+    assert "scan denoised" not in widget.layer.choices
+    assert widget.progress.value == widget.progress.max
+
+
+def test_cancel_stops_the_run_and_leaves_the_input(dock, qtbot):
+    viewer, widget, _ = dock
+    big = _stack(scan=(40, 40), seed=1)
+    viewer.add_image(big.copy(), name="big scan", scale=SCALE)
+    widget.layer.value = "big scan"
+    qtbot.waitUntil(lambda: not widget.busy and widget.source["name"] == "big scan", timeout=30000)
+    n_layers = len(viewer.layers)
+    widget.start()
+    widget.cancel()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
+    assert widget.status.value.startswith("cancelled")
+    assert len(viewer.layers) == n_layers
+    np.testing.assert_array_equal(viewer.layers["big scan"].data, big)
+    assert widget.run_button.enabled
+
+
+def test_bad_input_gives_a_clear_message(dock, qtbot):
+    viewer, widget, data = dock
+    n_layers = len(viewer.layers)
+    viewer.add_image(data[0], name="frames")  # 3-D: not a 4D-STEM data set
+    widget.layer.value = "frames"
+    assert "3 dimensions" in widget.status.value and "det_y" in widget.status.value
+    widget.start()
+    assert "3 dimensions" in widget.last_error
+    widget.preview_at(0, 0)  # nothing to preview: no error, no layer
+
+    bad = data.copy()
+    bad[1, 2, 5, 5] = np.nan
+    viewer.add_image(bad, name="broken", scale=SCALE)
+    widget.layer.value = "broken"
+    wait_idle(widget, qtbot)
+    assert "NaN" in widget.status.value and "(1, 2)" in widget.status.value
+    widget.start()
+    assert "NaN" in widget.last_error
+    assert len(viewer.layers) == n_layers + 2  # only the two layers added here
+
+    for name in ("frames", "broken", "scan"):
+        viewer.layers.remove(name)
+    assert "no image layer" in widget.status.value
