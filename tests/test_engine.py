@@ -514,3 +514,19 @@ def test_restore_refuses_a_diffraction_pattern_model():
 
     with pytest.raises(ValueError, match="diffraction patterns"):
         restore(np.ones((64, 64), np.float32), model=build_model("pix2pix", "tiny"))
+
+
+def test_cpu_fast_path_leaves_the_callers_module_unchanged():
+    """The CPU path runs a channels-last copy: same output, the caller's module untouched."""
+    from napari_emdenoise.models.registry import build_model
+
+    torch.manual_seed(0)
+    model = build_model("cgrdn", "tiny").eval()
+    strides = {k: v.stride() for k, v in model.state_dict().items()}
+    image = np.random.default_rng(0).random((96, 80)).astype(np.float32)
+    out = restore(image, model=model, device="cpu", backend="torch")
+    assert {k: v.stride() for k, v in model.state_dict().items()} == strides
+    assert model.normalize and not model.training
+    with torch.inference_mode():
+        direct = model(torch.from_numpy(image)[None, None])[0, 0].numpy()
+    assert np.max(np.abs(out - direct)) <= 1e-4 * np.ptp(direct)
