@@ -766,6 +766,7 @@ def _cmd_restore_4d(args: argparse.Namespace) -> int:
         "region": region,
         "calibration": calibration,
         "overwrite": args.overwrite,
+        "local_counts_sigma": args.local_counts_sigma or None,
     }
     try:
         if args.scheduler is None and args.workers == 0:
@@ -847,6 +848,14 @@ def _add_restore_4d_parser(sub: argparse._SubParsersAction) -> None:
         type=_positive_int,
         default=None,
         help="patterns per forward pass (None: 16 of 64² on the CPU, 1024 on CUDA)",
+    )
+    r4.add_argument(
+        "--local-counts-sigma",
+        type=float,
+        default=1.0,
+        metavar="PX",
+        help="put the raw counts back at scales above this many detector pixels, so Bragg-disk "
+        "and virtual-detector intensities stay unbiased (default 1; 0: the network output as is)",
     )
     _add_device_arg(r4)
     _add_dataset_arg(r4)

@@ -77,7 +77,7 @@ class OutputStore:
 
 
 def _fingerprint(record: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("input_shape", "input_dtype", "region", "model")
+    keys = ("input_shape", "input_dtype", "region", "model", "local_counts_sigma")
     return {k: record.get(k) for k in keys}
 
 

@@ -433,6 +433,11 @@ def _input_path(data: Any) -> str | None:
 # --------------------------------------------------------------------------- public API
 
 
+#: Default width (detector pixels) of the local-count correction of
+#: :func:`restore_4dstem` (see :func:`~._stack4d_block.restore_local_counts`).
+LOCAL_COUNTS_SIGMA = 1.0
+
+
 def restore_4dstem(
     data: object,
     model: object = "pix2pix-4dstem",
@@ -451,6 +456,7 @@ def restore_4dstem(
     amp: bool = False,
     torch_threads: int | None = None,
     backend: str = "auto",
+    local_counts_sigma: float | None = LOCAL_COUNTS_SIGMA,
 ) -> Any:
     """Denoise every diffraction pattern of a 4D-STEM dataset.
 
@@ -521,6 +527,13 @@ def restore_4dstem(
         when it is installed and either the export is cached or at least
         8192 patterns are to be restored (enough to repay the export), torch
         otherwise; torch on GPUs. Both agree to float32 rounding.
+    local_counts_sigma : float or None
+        Detector pixels. The raw pattern's counts are put back at scales above
+        this width (:func:`~._stack4d_block.restore_local_counts`), so that
+        counts integrated over Bragg disks and virtual detectors stay
+        unbiased: the bundled network alone dims weak disks by 13–33 % at
+        300–1000 counts per pattern. Default 1 px; None or 0 returns the
+        network's output as it is (smoother, biased disk intensities).
 
     Returns
     -------
@@ -555,8 +568,15 @@ def restore_4dstem(
         rows_per_pass = max(1, budget // max(1, 4 * shape[1] * shape[2] * shape[3]))
         _check_finite_eagerly(data[ry, rx], rows_per_pass)
 
+    if local_counts_sigma is not None and not (
+        isinstance(local_counts_sigma, (int, float)) and 0 <= local_counts_sigma <= 64
+    ):
+        raise ValueError(
+            f"local_counts_sigma must be None or 0–64 detector pixels, got {local_counts_sigma!r}"
+        )
     was_training = bool(getattr(model, "training", False))  # put back after the run
     job, module, dev = _resolve_job(model, device, batch_size, amp, torch_threads)
+    job.local_counts_sigma = float(local_counts_sigma) if local_counts_sigma else None
     try:
         return _run(
             data,
@@ -632,6 +652,7 @@ def _run(
                 "input_dtype": str(dtype),
                 "region": [[ry.start, ry.stop], [rx.start, rx.stop]],
                 "model": _model_identity(model),
+                "local_counts_sigma": job.local_counts_sigma,
             },
             calibration=_calibration(calibration, data, (ry, rx)),
             raw_calibration=calibration,
