@@ -8,7 +8,7 @@ buttons are the widgets' own. Run from the repository root::
     python docs/screenshots.py                 # on a desktop
     xvfb-run -a -s "-screen 0 1280x1024x24" python docs/screenshots.py   # on a server
 
-It writes ``docs/playground.png``, ``docs/restore.png`` and ``docs/training.png``
+It writes ``docs/playground.png``, ``docs/restore.png``, ``docs/stem4d.png`` and ``docs/training.png``
 (1280 × 800 windows). Training uses a throw-away model folder, never the user's.
 """
 
@@ -93,6 +93,24 @@ def restore(out: Path) -> Path:
     return path
 
 
+def stem4d(out: Path) -> Path:
+    """The synthetic 4D-STEM sample: a previewed pattern (raw | denoised) and the scan denoised."""
+    viewer = _viewer()
+    viewer.open_sample(PLUGIN, "stem4d_stack")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "4D-STEM")
+    _wait(lambda: not widget.busy and widget.detectors is not None, 120, "the central disk")
+    widget.start()
+    _wait(lambda: widget._worker is None, 600, "the 4D-STEM run")
+    if widget.last_error:
+        raise RuntimeError(widget.last_error)
+    widget.preview_at(12, 12)
+    _wait(lambda: not widget.busy, 120, "the pattern preview")
+    viewer.reset_view()
+    path = _save(viewer, out / "stem4d.png")
+    viewer.close()
+    return path
+
+
 def training(out: Path, steps: int) -> Path:
     """A short training run with live losses and the network's output on the user's image."""
     viewer = _viewer()
@@ -124,7 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--steps", type=int, default=60, help="training steps for training.png")
     parser.add_argument(
-        "--only", choices=["playground", "restore", "training"], default=None, help="one picture"
+        "--only",
+        choices=["playground", "restore", "stem4d", "training"],
+        default=None,
+        help="one picture",
     )
     args = parser.parse_args(argv)
     os.environ["EMDENOISE_MODELS_DIR"] = tempfile.mkdtemp(prefix="emdenoise-screenshot-models-")
@@ -132,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = {
         "playground": lambda: playground(args.out),
         "restore": lambda: restore(args.out),
+        "stem4d": lambda: stem4d(args.out),
         "training": lambda: training(args.out, args.steps),
     }
     for name, job in jobs.items():

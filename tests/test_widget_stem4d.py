@@ -214,3 +214,11 @@ def test_bad_input_gives_a_clear_message(dock, qtbot):
     for name in ("frames", "broken", "scan"):
         viewer.layers.remove(name)
     assert "no image layer" in widget.status.value
+
+
+def test_detector_ellipses_stay_above_the_previewed_patterns(dock, qtbot):
+    viewer, widget, _ = dock
+    widget.preview_at(1, 2)
+    qtbot.waitUntil(lambda: widget.preview is not None, timeout=30000)
+    names = [layer.name for layer in viewer.layers]
+    assert names[-1].endswith("detectors"), names  # drawn last: on top of the patterns

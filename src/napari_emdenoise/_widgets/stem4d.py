@@ -503,6 +503,16 @@ class Stem4DWidget(CancellableRun, mw.Container):
         finally:
             self._syncing = False
 
+    def _raise_detectors(self) -> None:
+        """Keep the detector ellipses above the pattern layers added after them."""
+        layer = self._shapes_layer()
+        if layer is None:
+            return
+        layers = self.viewer.layers
+        index = layers.index(layer)
+        if index != len(layers) - 1:
+            layers.move(index, len(layers))
+
     def _shapes_changed(self, *_: object) -> None:
         if not self._syncing and not self.host.closing:
             self._detector_timer.start()
@@ -653,6 +663,7 @@ class Stem4DWidget(CancellableRun, mw.Container):
             meta = {**source["metadata"], "scan_position_px": list(position)}
             raw_layer = self.layers.set(f"{name} pattern raw", raw, det, metadata=meta)
             den_layer = self.layers.set(f"{name} pattern denoised", denoised, right, metadata=meta)
+            self._raise_detectors()
             self.preview = {
                 "position": position,
                 "raw": raw,
@@ -763,6 +774,7 @@ class Stem4DWidget(CancellableRun, mw.Container):
                 )
             )
         self.outputs = outputs
+        self._raise_detectors()
         self._produced.update(layer.unique_id for layer in outputs)
         self._refresh_layers()
         self.results = result
