@@ -62,19 +62,11 @@ def simulate_abtem(out: Path = CACHE, scan: int = 5, only: list[str] | None = No
     ``only`` simulates just those set names and keeps the others already in ``out``.
     """
     import abtem
-    import dask
     from ase import Atoms
     from ase.build import bulk, surface
+    from physics_set import _configure_abtem
 
-    dask.config.set(scheduler="synchronous")
-    abtem.config.set(
-        {
-            "diagnostics.progress_bar": False,
-            "fftw.threads": 1,
-            "fftw.planning_effort": "FFTW_ESTIMATE",
-            "precision": "float32",
-        }
-    )
+    _configure_abtem()
     a = 3.905
     sto = Atoms(
         "SrTiO3",
