@@ -222,3 +222,22 @@ def test_detector_ellipses_stay_above_the_previewed_patterns(dock, qtbot):
     qtbot.waitUntil(lambda: widget.preview is not None, timeout=30000)
     names = [layer.name for layer in viewer.layers]
     assert names[-1].endswith("detectors"), names  # drawn last: on top of the patterns
+
+
+def test_local_counts_setting_reaches_the_engine(dock, qtbot):
+    from napari_emdenoise import restore_4dstem
+
+    viewer, widget, data = dock
+    got = {}
+    for sigma in (0.0, 1.0):
+        widget.local_counts.value = sigma
+        widget.preview = None
+        widget.preview_at(2, 3)
+        qtbot.waitUntil(lambda: bool(widget.preview), timeout=30000)
+        got[sigma] = widget.preview["denoised"]
+    region = (slice(2, 3), slice(3, 4))
+    for sigma, engine_sigma in ((0.0, None), (1.0, 1.0)):
+        want = restore_4dstem(data, model=widget.model_override, region=region,
+                              local_counts_sigma=engine_sigma)[0, 0]
+        np.testing.assert_allclose(got[sigma], want, rtol=1e-5, atol=1e-4)
+    assert not np.allclose(got[0.0], got[1.0])

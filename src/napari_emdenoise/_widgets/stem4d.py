@@ -85,12 +85,15 @@ def _denoise(data: Any, model: Any, region: tuple[slice, slice] | None, **kwargs
     return restore_4dstem(data, model=model, region=region, **kwargs)
 
 
-def _preview(data: Any, model: Any, iy: int, ix: int) -> tuple[np.ndarray, np.ndarray]:
+def _preview(
+    data: Any, model: Any, iy: int, ix: int, local_counts_sigma: float | None
+) -> tuple[np.ndarray, np.ndarray]:
     """Raw and denoised pattern at one scan position (the model on that one pattern)."""
     raw = np.asarray(data[iy, ix], dtype=np.float32)
     if not np.isfinite(raw).all():
         raise ValueError(f"the pattern at scan position ({iy}, {ix}) contains NaN or inf")
-    denoised = _denoise(data, model, (slice(iy, iy + 1), slice(ix, ix + 1)))
+    region = (slice(iy, iy + 1), slice(ix, ix + 1))
+    denoised = _denoise(data, model, region, local_counts_sigma=local_counts_sigma)
     return raw, np.asarray(denoised[0, 0], dtype=np.float32)
 
 
@@ -152,11 +155,20 @@ def _run(
     out: Any,
     progress: Any,
     cancel: Any,
+    local_counts_sigma: float | None = None,
 ) -> dict[str, Any]:
     """Denoise the region, then the raw/denoised virtual images and their Poisson residuals."""
     from ..engine import virtual_detectors as vd
 
-    denoised = _denoise(data, model, region, out=out, progress=progress, cancel=cancel)
+    denoised = _denoise(
+        data,
+        model,
+        region,
+        out=out,
+        progress=progress,
+        cancel=cancel,
+        local_counts_sigma=local_counts_sigma,
+    )
     raw = data if region is None else data[region]
     shape = vd.check_4d(data)
     masks = np.stack([detectors[d].mask(shape[2:]) for d in DETECTORS])
@@ -218,6 +230,16 @@ class Stem4DWidget(CancellableRun, mw.Container):
         self.shown = mw.ComboBox(label="virtual image", choices=list(DETECTORS), value="BF")
         self.find_button = mw.PushButton(text="find central disk (reset detectors)")
         self.detector_info = mw.Label(value="")
+        from ..engine.stack4d import LOCAL_COUNTS_SIGMA
+
+        self.local_counts = mw.FloatSpinBox(
+            label="raw counts above [px]", value=LOCAL_COUNTS_SIGMA, min=0.0, max=16.0, step=0.5
+        )
+        self.local_counts.tooltip = (
+            "Put the measured counts back at scales above this many detector pixels, so Bragg-"
+            "disk and virtual-detector intensities stay unbiased (the network alone dims weak "
+            "disks). 0: the network's output as it is (smoother, biased intensities)."
+        )
         self.whole_scan = mw.CheckBox(text="whole scan", value=True)
         self.region = mw.LineEdit(label="scan region y0:y1,x0:x1", value="", enabled=False)
         self._make_run_controls("Denoise")
@@ -235,6 +257,7 @@ class Stem4DWidget(CancellableRun, mw.Container):
                 self.shown,
                 self.find_button,
                 self.detector_info,
+                self.local_counts,
                 self.whole_scan,
                 self.region,
                 self.run_button,
@@ -620,7 +643,14 @@ class Stem4DWidget(CancellableRun, mw.Container):
         self.status.value = f"denoising the pattern at ({iy}, {ix})…"
         source = self.source
         worker = create_worker(
-            _caught, _preview, source["data"], model, iy, ix, _start_thread=False
+            _caught,
+            _preview,
+            source["data"],
+            model,
+            iy,
+            ix,
+            self._local_counts_sigma(),
+            _start_thread=False,
         )
         worker.returned.connect(lambda outcome: self._on_preview(source, (iy, ix), outcome))
         worker.errored.connect(lambda exc: self._on_preview(source, (iy, ix), ("error", str(exc))))
@@ -714,6 +744,7 @@ class Stem4DWidget(CancellableRun, mw.Container):
             "detectors": dict(self.detectors),
             "model": self._model_label(model),
             "out": out,
+            "local_counts_sigma": self._local_counts_sigma(),
         }
         where = "the whole scan" if region is None else f"region {format_region(region)}"
         self._begin(f"denoising {ry * rx} patterns of {source['name']} ({where})…")
@@ -726,9 +757,13 @@ class Stem4DWidget(CancellableRun, mw.Container):
             request["detectors"],
             out,
             cancel=self._cancel.is_set,
+            local_counts_sigma=request["local_counts_sigma"],
             _start_thread=False,
         )
         self._launch(worker, lambda result: self._on_result(request, result))
+
+    def _local_counts_sigma(self) -> float | None:
+        return float(self.local_counts.value) or None
 
     def _on_result(self, request: dict, result: dict[str, Any]) -> None:
         source, region = request["source"], request["region"]
@@ -738,6 +773,7 @@ class Stem4DWidget(CancellableRun, mw.Container):
         scan = scan_geometry(source["geometry"]["scan"], offset, 2)
         record = {
             "emdenoise_model": request["model"],
+            "emdenoise_local_counts_sigma_px": request["local_counts_sigma"],
             "emdenoise_region": None
             if region is None
             else [[region[0].start, region[0].stop], [region[1].start, region[1].stop]],
