@@ -53,14 +53,19 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
     return parse
 
 
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+    return value
+
+
 def _float_in(low: float, *, strict: bool, name: str = "number") -> Callable[[str], float]:
     def parse(text: str) -> float:
-        try:
-            value = float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
+        value = _finite_float(text)
         if value < low or (strict and value == low):
             relation = "greater than" if strict else "at least"
             raise argparse.ArgumentTypeError(f"must be {relation} {low:g}, got {value:g}")
@@ -73,16 +78,6 @@ def _float_in(low: float, *, strict: bool, name: str = "number") -> Callable[[st
 def _offset_value(text: str) -> float | str:
     """``auto`` or a finite number (argparse type of ``fit-noise --offset``)."""
     return "auto" if text.strip().lower() == "auto" else _finite_float(text)
-
-
-def _finite_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not math.isfinite(value):
-        raise argparse.ArgumentTypeError(f"must be a finite number, got {text!r}")
-    return value
 
 
 _positive_int = _int_at_least(1)
@@ -851,7 +846,7 @@ def _add_restore_4d_parser(sub: argparse._SubParsersAction) -> None:
     )
     r4.add_argument(
         "--local-counts-sigma",
-        type=float,
+        type=_non_negative_float,
         default=1.0,
         metavar="PX",
         help="put the raw counts back at scales above this many detector pixels, so Bragg-disk "

@@ -52,6 +52,35 @@ def periodic_component(image: np.ndarray) -> np.ndarray:
     return u - np.real(np.fft.ifft2(s_hat))
 
 
+def _nyquist_neighbourhoods(
+    image: np.ndarray, inner: int, outer: int
+) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, int]:
+    """Power spectrum around the three Nyquist points of ``image``.
+
+    Returns the ``(2·outer + 1)²`` power blocks around ``(N/2,0)``,
+    ``(0,N/2)`` and ``(N/2,N/2)`` (wrapping around; the point itself at
+    ``[outer, outer]``), each block bin's Chebyshev distance from the centre,
+    the ``inner``–``outer`` ring mask, and ``M·N`` of the image (cropped to
+    even sides) whose periodic component was transformed.
+    """
+    u = np.asarray(image, dtype=np.float64)
+    if u.ndim != 2:
+        raise ValueError(f"image must be 2-D, got shape {u.shape}")
+    u = u[: u.shape[0] - u.shape[0] % 2, : u.shape[1] - u.shape[1] % 2]
+    m, n = u.shape
+    if min(m, n) < 2 * outer + 2 or not 1 <= inner <= outer:
+        raise ValueError(f"image {u.shape} too small for a neighbourhood of {outer} bins")
+    p = periodic_component(u)
+    power = np.abs(np.fft.fft2(p - p.mean())) ** 2
+    d = np.arange(-outer, outer + 1)
+    dr, dc = np.meshgrid(d, d, indexing="ij")
+    cheb = np.maximum(np.abs(dr), np.abs(dc))
+    ring = (cheb >= inner) & (cheb <= outer)
+    points = {"(N/2,0)": (m // 2, 0), "(0,N/2)": (0, n // 2), "(N/2,N/2)": (m // 2, n // 2)}
+    blocks = {name: power[np.ix_((kr + d) % m, (kc + d) % n)] for name, (kr, kc) in points.items()}
+    return blocks, cheb, ring, m * n
+
+
 def nyquist_spikes(image: np.ndarray, inner: int = 2, outer: int = 8) -> dict[str, float]:
     """Power at the three Nyquist points relative to their neighbourhoods.
 
@@ -72,27 +101,10 @@ def nyquist_spikes(image: np.ndarray, inner: int = 2, outer: int = 8) -> dict[st
         ``"max"``: ratios of the mean power of the 3 × 3 core to the
         neighbourhood's expected power.
     """
-    u = np.asarray(image, dtype=np.float64)
-    if u.ndim != 2:
-        raise ValueError(f"image must be 2-D, got shape {u.shape}")
-    u = u[: u.shape[0] - u.shape[0] % 2, : u.shape[1] - u.shape[1] % 2]
-    m, n = u.shape
-    if min(m, n) < 2 * outer + 2 or not 1 <= inner <= outer:
-        raise ValueError(f"image {u.shape} too small for a neighbourhood of {outer} bins")
-    p = periodic_component(u)
-    power = np.abs(np.fft.fft2(p - p.mean())) ** 2
-    d = np.arange(-outer, outer + 1)
-    dr, dc = np.meshgrid(d, d, indexing="ij")
-    cheb = np.maximum(np.abs(dr), np.abs(dc))
-    ring = (cheb >= inner) & (cheb <= outer)
+    blocks, cheb, ring, _ = _nyquist_neighbourhoods(image, inner, outer)
     core = cheb <= 1
     out: dict[str, float] = {}
-    for name, (kr, kc) in {
-        "(N/2,0)": (m // 2, 0),
-        "(0,N/2)": (0, n // 2),
-        "(N/2,N/2)": (m // 2, n // 2),
-    }.items():
-        block = power[np.ix_((kr + d) % m, (kc + d) % n)]
+    for name, block in blocks.items():
         ref = np.median(block[ring]) / np.log(2)
         out[name] = float(block[core].mean() / max(ref, 1e-300))
     out["max"] = max(out.values())
@@ -125,20 +137,9 @@ def nyquist_amplitude(image: np.ndarray, inner: int = 2, outer: int = 8) -> floa
     stripes) of amplitude ``a`` on an M × N image the Nyquist DFT bin is
     ``a · M · N``; the neighbourhood's expected power is subtracted first.
     """
-    u = np.asarray(image, dtype=np.float64)
-    u = u[: u.shape[0] - u.shape[0] % 2, : u.shape[1] - u.shape[1] % 2]
-    m, n = u.shape
-    if min(m, n) < 2 * outer + 2:
-        raise ValueError(f"image {u.shape} too small for a neighbourhood of {outer} bins")
-    p = periodic_component(u)
-    power = np.abs(np.fft.fft2(p - p.mean())) ** 2
-    d = np.arange(-outer, outer + 1)
-    dr, dc = np.meshgrid(d, d, indexing="ij")
-    cheb = np.maximum(np.abs(dr), np.abs(dc))
-    ring = (cheb >= inner) & (cheb <= outer)
+    blocks, _, ring, size = _nyquist_neighbourhoods(image, inner, outer)
     best = 0.0
-    for kr, kc in ((m // 2, 0), (0, n // 2), (m // 2, n // 2)):
-        block = power[np.ix_((kr + d) % m, (kc + d) % n)]
-        excess = power[kr, kc] - np.median(block[ring]) / np.log(2)
-        best = max(best, float(np.sqrt(max(excess, 0.0))) / (m * n))
+    for block in blocks.values():
+        excess = block[outer, outer] - np.median(block[ring]) / np.log(2)
+        best = max(best, float(np.sqrt(max(excess, 0.0))) / size)
     return best
