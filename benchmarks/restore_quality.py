@@ -33,6 +33,9 @@ Methods
   of normalised images) are not Poisson–Gaussian, no VST is used: NLM and
   BM3D run on the image with h and σ chosen per image by PSNR (oracles).
 * ``model:<name>``: each bundled model, on the cases of its modality.
+* ``safeguard:<name>``: the same with ``restore(..., safeguard=True)``: the
+  network's change kept per frequency band by its SURE-optimal weight
+  (:mod:`napari_emdenoise.engine.safeguard`).
 * ``ref:<name>``: the released models of Lobato, Friedrich & Van Aert, "Deep
   convolutional neural networks to restore single-shot electron microscopy
   images" (npj Computational Materials, 2024; ``tk_r_em`` on PyPI), when
@@ -178,10 +181,11 @@ def run_reference(name: str, noisy: np.ndarray) -> np.ndarray:
     return np.asarray(net.predict(noisy.astype(np.float32)), dtype=np.float32).reshape(noisy.shape)
 
 
-def run_model(name: str, noisy: np.ndarray) -> np.ndarray:
+def run_model(name: str, noisy: np.ndarray, *, safeguard: bool = False) -> np.ndarray:
     from napari_emdenoise.engine import restore
 
-    return np.asarray(restore(noisy, model=name, device="cpu"), dtype=np.float32)
+    out = restore(noisy, model=name, device="cpu", safeguard=safeguard)
+    return np.asarray(out, dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- cases
@@ -306,6 +310,7 @@ def methods_for(case: Case, models: dict[str, str], have_bm3d: bool, refs: bool)
     if have_bm3d:
         names.append("bm3d-gat")
     names += [f"model:{m}" for m, mod in models.items() if case.modality in ("any", mod)]
+    names += [f"safeguard:{m}" for m, mod in models.items() if case.modality in ("any", mod)]
     if refs:
         if case.modality == "any":
             names.append(f"ref:{REFERENCE_MODELS['stem']}")
@@ -334,6 +339,8 @@ def restore_with(method: str, case: Case) -> np.ndarray:
         return bm3d_gat(x, gain, sigma)
     if method.startswith("model:"):
         return run_model(method.split(":", 1)[1], x)
+    if method.startswith("safeguard:"):
+        return run_model(method.split(":", 1)[1], x, safeguard=True)
     if method.startswith("ref:"):
         return run_reference(method.split(":", 1)[1], x)
     raise ValueError(method)
@@ -409,7 +416,7 @@ def _order(methods) -> list[str]:
         base = ["raw", "gaussian", "nlm", "bm3d-gat"]
         if m in base:
             return (base.index(m), m)
-        return (10 if m.startswith("model:") else 20, m)
+        return ({"model": 10, "safeguard": 15}.get(m.split(":", 1)[0], 20), m)
 
     return sorted(set(methods), key=rank)
 
@@ -423,6 +430,8 @@ LABEL = {
 
 
 def label(m: str) -> str:
+    if m.startswith("safeguard:"):
+        return f"{m.split(':', 1)[1]} + safeguard"
     return LABEL.get(m, m)
 
 
@@ -556,7 +565,7 @@ def targets(rows) -> list[str]:
         low = tuple(d for d in (2.0, 5.0, 20.0) if any(r["dose"] == d for r in sel))
         high = tuple(d for d in (100.0, 200.0) if any(r["dose"] == d for r in sel))
         for m in _order(r["method"] for r in sel):
-            if not m.startswith(("model:", "ref:")):
+            if not m.startswith(("model:", "safeguard:", "ref:")):
                 continue
             parts = [f"{tech} {m}:"]
             if low and any(r["method"] == "bm3d-gat" for r in sel):

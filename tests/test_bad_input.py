@@ -1012,3 +1012,67 @@ def test_train_refuses_a_bad_model_name_before_training(tmp_path: Path, capsys) 
     assert _rc(argv) == 2
     assert "not a valid file stem" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+#: The smallest CLI training run: one thread, no worker processes, on the CPU.
+_TINY_RUN = ["--steps", "1", "--batch", "1", "--patch", "32", "--val-size", "1"]
+_TINY_RUN += ["--workers", "0", "--threads", "1", "--device", "cpu"]
+
+
+def test_train_pair_fractions_reach_the_run(tmp_path: Path) -> None:
+    from napari_emdenoise.training.checkpoints import CHECKPOINT_NAME, load_checkpoint
+
+    run = tmp_path / "run"
+    argv = ["train", "--model", "mixed", "--config", "tiny", "--out", run, *_TINY_RUN]
+    argv += ["--steps", "2", "--batch", "2", "--val-size", "2"]
+    assert _rc([*argv, "--plain-fraction", "0.3", "--high-dose-fraction", "0.2"]) == 0
+    training = json.loads((run / "mixed.json").read_text())["training"]
+    assert training["plain_fraction"] == 0.3 and training["high_dose_fraction"] == 0.2
+    pairs = load_checkpoint(run / CHECKPOINT_NAME)[1]["pairs"]
+    assert pairs["plain_fraction"] == 0.3 and pairs["high_dose_fraction"] == 0.2
+
+
+@pytest.mark.parametrize("option", ["--plain-fraction", "--high-dose-fraction"])
+@pytest.mark.parametrize("value", ["1.5", "-0.1", "nan", "inf", "half"])
+def test_train_fraction_outside_zero_one(tmp_path: Path, option: str, value: str, capsys) -> None:
+    argv = ["train", "--config", "tiny", "--out", tmp_path / "run", *_TINY_RUN, option, value]
+    assert _rc(argv) == 2
+    err = capsys.readouterr().err
+    assert option in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_init_partial_needs_init_from(tmp_path: Path, capsys) -> None:
+    argv = ["train", "--config", "tiny", "--out", tmp_path / "run", *_TINY_RUN, "--init-partial"]
+    assert _rc(argv) == 2
+    assert "--init-partial needs --init-from" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_init_partial_carries_a_model_to_another_configuration(
+    tmp_path: Path, monkeypatch
+) -> None:
+    import napari_emdenoise.training.trainer as trainer
+
+    seed_run = tmp_path / "seed"
+    argv = ["train", "--model", "seedling", "--config", "tiny", "--out", seed_run, *_TINY_RUN]
+    assert _rc(argv) == 0
+    source = seed_run / "seedling.safetensors"
+    copied: list[list[str]] = []
+
+    def record(src, target):
+        copied.append(copy_matching(src, target))
+        return copied[-1]
+
+    copy_matching = trainer.copy_matching_tensors
+    monkeypatch.setattr(trainer, "copy_matching_tensors", record)
+    run = tmp_path / "grown"
+    argv = ["train", "--model", "grown", "--config", "small", "--out", run, *_TINY_RUN]
+    assert _rc([*argv, "--init-from", source, "--init-partial"]) == 0
+    card = json.loads((run / "grown.json").read_text())
+    assert card["config"]["features"] == 32  # the small network, not the tiny source
+    assert card["training"]["steps"] == 1 and card["training"]["init_partial"] is True
+    assert card["training"]["init_from"] == str(source)
+    small = build_model("cgrdn", "small").state_dict()
+    tiny = load_model(source)[0].state_dict()
+    assert copied == [[k for k, v in small.items() if k in tiny and tiny[k].shape == v.shape]]

@@ -544,6 +544,24 @@ def test_torch_save_zip_is_refused(tmp_path):
         load_model(weights)
 
 
+def test_safetensors_whose_header_length_starts_with_0x80_loads(tmp_path):
+    # The first byte of a safetensors file is the low byte of its header length;
+    # 0x80 there is not a pickle (a bundled model once had a 6272-byte header).
+    model = build_model("cgrdn", "tiny")
+    tensors = {k: v.contiguous() for k, v in model.state_dict().items()}
+    weights = tmp_path / "odd.safetensors"
+    for pad in range(0, 512):
+        save_file(tensors, str(weights), metadata={"pad": "x" * pad})
+        if weights.read_bytes()[:1] == b"\x80":
+            break
+    else:
+        pytest.fail("no padding gave a header length with low byte 0x80")
+    (tmp_path / "odd.json").write_text(_card("odd").to_json())
+    loaded, _ = load_model(weights)
+    for key, value in loaded.state_dict().items():
+        torch.testing.assert_close(value, tensors[key])
+
+
 def test_mismatched_state_dict_is_refused(tmp_path):
     tensors = {k: v.contiguous() for k, v in build_model("cgrdn", "tiny").state_dict().items()}
     tensors["head.extra"] = torch.zeros(1)

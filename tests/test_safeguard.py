@@ -10,13 +10,14 @@ from napari_emdenoise.engine.safeguard import noise_variance_line, sure_blend
 from napari_emdenoise.evaluation import lattice_probe, psnr
 
 
-def test_variance_line_recovers_poisson_gaussian_parameters():
+@pytest.mark.parametrize("kernel", ["laplacian", "corner"])
+def test_variance_line_recovers_poisson_gaussian_parameters(kernel):
     rng = np.random.default_rng(0)
     clean = 20.0 + 200.0 * gaussian_filter(rng.random((256, 256)), 20.0)
     clean = 20.0 + 200.0 * (clean - clean.min()) / np.ptp(clean)
     gain, sigma, offset = 2.0, 3.0, 1000.0
     noisy = gain * rng.poisson(clean) + rng.normal(0.0, sigma, clean.shape) + offset
-    slope, intercept = noise_variance_line(noisy)
+    slope, intercept = noise_variance_line(noisy, kernel=kernel)
     assert slope == pytest.approx(gain, rel=0.1)
     # Var = gain·(mean − offset) + σ²: the intercept goes negative with the offset.
     assert intercept == pytest.approx(sigma**2 - gain * offset, rel=0.1)
@@ -68,3 +69,69 @@ def test_restore_with_safeguard_is_not_worse_than_the_input(tiny_user_model):
     out = restore(probe.noisy, model=tiny_user_model, device="cpu", safeguard=True)
     assert out.shape == probe.noisy.shape and out.dtype == np.float32
     assert psnr(out, probe.clean) >= psnr(probe.noisy, probe.clean) - 0.1
+
+
+@pytest.mark.parametrize("shape", [(64, 64), (63, 65), (40, 97)])
+def test_band_responses_are_a_partition_of_unity(shape):
+    from napari_emdenoise.engine.safeguard import band_responses
+
+    r = band_responses(shape)
+    assert r.shape == (5, shape[0], shape[1] // 2 + 1)
+    assert r.min() >= 0.0
+    np.testing.assert_allclose(r.sum(0), 1.0, atol=1e-12)
+    assert r[0, 0, 0] == 1.0  # zero frequency: lowest band only
+    assert r[-1, shape[0] // 2, -1] == pytest.approx(1.0)  # Nyquist corner: highest band only
+
+
+def test_one_band_is_one_global_weight():
+    probe = lattice_probe(np.random.default_rng(4), size=256, dose=20.0)
+    x = probe.noisy.astype(np.float64)
+    res = sure_blend(x, _oversmooth(x), _oversmooth, np.random.default_rng(0), edges=())
+    assert len(res.band_weights) == 1 and res.band_weights[0] == pytest.approx(res.weight)
+    expected = x + res.weight * (_oversmooth(x) - x)
+    np.testing.assert_allclose(res.image, expected, rtol=1e-5, atol=1e-4)
+
+
+def _erase_fine_lattice(x: np.ndarray) -> np.ndarray:
+    return gaussian_filter(x, 2.0)  # keeps the background, removes a 5-px lattice
+
+
+@pytest.mark.parametrize("dose", [50.0, 200.0])
+def test_bands_give_back_a_fine_lattice_the_model_removed(dose):
+    # A 5-px lattice (0.2 cycles/pixel), as a multislice image at 0.3 Å/pixel
+    # shows it: a model that blurs it away must not be trusted in that band.
+    probe = lattice_probe(np.random.default_rng(5), size=256, spacing=5.0, width=0.9, dose=dose)
+    x = probe.noisy
+    res = sure_blend(x, _erase_fine_lattice(x), _erase_fine_lattice, np.random.default_rng(0))
+    assert psnr(_erase_fine_lattice(x), probe.clean) < psnr(x, probe.clean) - 10
+    assert psnr(res.image, probe.clean) >= psnr(x, probe.clean) - 2.0
+    assert res.band_weights[3] < 0.1  # 1/8–1/4 cycles/pixel: the lattice's band
+
+
+def test_bands_beat_one_weight_when_the_model_is_right_at_some_scales_only():
+    # Over-smoothing at high dose: wrong for the columns, right for the noise
+    # at the highest frequencies. One weight must trade both; bands need not.
+    probe = lattice_probe(np.random.default_rng(6), size=256, dose=200.0)
+    x = probe.noisy
+    one = sure_blend(x, _oversmooth(x), _oversmooth, np.random.default_rng(0), edges=())
+    bands = sure_blend(x, _oversmooth(x), _oversmooth, np.random.default_rng(0))
+    assert psnr(bands.image, probe.clean) > psnr(one.image, probe.clean) + 3.0
+    assert psnr(bands.image, probe.clean) > psnr(x, probe.clean) + 3.0
+    assert bands.band_weights[-1] > 0.9 and bands.band_weights[0] < 0.1
+
+
+def test_corner_variance_kernel_ignores_a_dense_lattice():
+    # A 5-px lattice of sharp columns leaks into both high-pass residuals and
+    # inflates the noise variance they report; far less into the corner kernel.
+    dose = 200.0
+    probe = lattice_probe(np.random.default_rng(7), size=256, spacing=5.0, width=0.9, dose=dose)
+    slope_c, icpt_c = noise_variance_line(probe.noisy, kernel="corner")
+    slope_l, icpt_l = noise_variance_line(probe.noisy, kernel="laplacian")
+    mean = float(probe.clean.mean())
+    true = mean  # Poisson: variance = mean
+    error_corner = abs(slope_c * mean + icpt_c - true)
+    error_laplacian = abs(slope_l * mean + icpt_l - true)
+    assert error_laplacian > 5 * true
+    assert error_corner < 0.25 * error_laplacian
+    with pytest.raises(ValueError, match="kernel"):
+        noise_variance_line(probe.noisy, kernel="sobel")

@@ -259,3 +259,125 @@ def test_a_stopped_run_exports_a_card_marked_as_checkpoint(tmp_path):
     card = json.loads((tmp_path / "stopped.json").read_text())
     assert card["training"]["stopped"] is True and card["training"]["planned_steps"] == 50
     assert card["training"]["steps"] < 50
+
+
+# ------------------------------------------------------------------- plain / high-dose pairs
+
+
+def _off_plain_layers(params: NoiseParams) -> list[str]:
+    """Enabled layers a plain pair must not have."""
+    from napari_emdenoise.noise.pipeline import layers_for
+    from napari_emdenoise.training.datasets import PLAIN_LAYERS
+
+    both = {layer.name for layer in layers_for(params.modality) if layer.applies_to_target}
+    return [
+        name
+        for name, p in params.layers.items()
+        if p.enabled and name not in PLAIN_LAYERS and name not in both
+    ]
+
+
+@pytest.mark.parametrize(("modality", "kind"), [("stem", "hr"), ("tem", "lr")])
+def test_zero_fractions_reproduce_the_paper_pairs_exactly(modality, kind):
+    old = PairConfig(modality=modality, kind=kind, patch_size=32, seed=2, clean_pool=4)
+    new = PairConfig(
+        modality=modality,
+        kind=kind,
+        patch_size=32,
+        seed=2,
+        clean_pool=4,
+        plain_fraction=0.0,
+        high_dose_fraction=0.0,
+    )
+    assert new.to_dict() == old.to_dict()  # old checkpoints still resume
+    assert "plain_fraction" not in new.to_dict()
+    for split in ("train", "val"):
+        for i in range(4):
+            x0, y0, p0 = make_training_pair(old, i, split, return_params=True)
+            x1, y1, p1 = make_training_pair(new, i, split, return_params=True)
+            np.testing.assert_array_equal(x1, x0)
+            np.testing.assert_array_equal(y1, y0)
+            assert p1.to_dict() == p0.to_dict()
+
+
+def test_a_pair_that_stays_a_paper_pair_is_unchanged_by_the_fraction():
+    base = PairConfig(patch_size=32, seed=4)
+    mixed = PairConfig(patch_size=32, seed=4, plain_fraction=0.4)
+    kept = changed = 0
+    for i in range(16):
+        x0, y0, p0 = make_training_pair(base, i, return_params=True)
+        x1, y1, p1 = make_training_pair(mixed, i, return_params=True)
+        if p1.to_dict() == p0.to_dict():
+            np.testing.assert_array_equal(x1, x0)
+            np.testing.assert_array_equal(y1, y0)
+            kept += 1
+        else:
+            assert not _off_plain_layers(p1)
+            changed += 1
+    assert kept and changed  # binomial(16, 0.4): both occur
+
+
+@pytest.mark.parametrize("modality", ["stem", "tem", "sem"])
+def test_plain_pairs_keep_only_counting_and_read_noise(modality):
+    paper = PairConfig(modality=modality, kind="hr", patch_size=32, seed=5)
+    plain = PairConfig(modality=modality, kind="hr", patch_size=32, seed=5, plain_fraction=1.0)
+    removed = 0
+    for i in range(8):
+        _, _, p0 = make_training_pair(paper, i, return_params=True)
+        x, y, p1 = make_training_pair(plain, i, return_params=True)
+        assert not _off_plain_layers(p1)
+        assert np.isfinite(x).all() and np.isfinite(y).all()
+        removed += len(_off_plain_layers(p0))
+        for name, p in p1.layers.items():  # the kept layers are the paper draw's
+            if name not in _off_plain_layers(p0):
+                assert p.to_dict() == p0.layers[name].to_dict()
+    assert removed  # the paper's draws did have blur, jitter, … to remove
+
+
+@pytest.mark.parametrize("modality", ["stem", "tem"])
+def test_high_dose_pairs_are_drawn_in_the_high_dose_range(modality):
+    from napari_emdenoise.training.datasets import HIGH_DOSE_RANGE
+
+    cfg = PairConfig(modality=modality, kind="lr", patch_size=32, seed=6, high_dose_fraction=1.0)
+    low, high = HIGH_DOSE_RANGE
+    doses = []
+    for i in range(8):
+        _, _, params = make_training_pair(cfg, i, return_params=True)
+        dosed = [p.dose for p in params.layers.values() if hasattr(p, "dose")]
+        assert dosed and len(set(dosed)) == 1  # one dose for every layer of a pair
+        doses.append(dosed[0])
+    assert all(low <= d <= high for d in doses)
+    assert len(set(doses)) == len(doses)  # redrawn per pair
+
+
+@pytest.mark.parametrize("name", ["plain_fraction", "high_dose_fraction"])
+@pytest.mark.parametrize("value", [1.5, -0.1, float("nan"), float("inf")])
+def test_fractions_outside_zero_one_are_rejected(name, value):
+    with pytest.raises(ValueError, match=name):
+        PairConfig(patch_size=32, **{name: value})
+
+
+@pytest.mark.parametrize("name", ["plain_fraction", "high_dose_fraction"])
+def test_fractions_do_not_apply_to_diffraction(name):
+    with pytest.raises(ValueError, match="diffraction"):
+        PairConfig(modality="diffraction", patch_size=32, **{name: 0.5})
+    PairConfig(modality="diffraction", patch_size=32, **{name: 0.0})  # the default is fine
+
+
+def test_fractions_round_trip_through_the_config_dict():
+    import json
+
+    cfg = PairConfig(patch_size=32, seed=7, plain_fraction=0.3, high_dose_fraction=0.2)
+    data = json.loads(json.dumps(cfg.to_dict()))
+    assert data["plain_fraction"] == 0.3 and data["high_dose_fraction"] == 0.2
+    again = PairConfig.from_dict(data)
+    assert again.plain_fraction == 0.3 and again.high_dose_fraction == 0.2
+    assert again.to_dict() == cfg.to_dict()
+    for i in range(3):
+        a, b = make_training_pair(cfg, i), make_training_pair(again, i)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+    train = TrainConfig(pairs=cfg)
+    assert TrainConfig.from_dict(json.loads(json.dumps(train.to_dict()))).pairs.to_dict() == (
+        cfg.to_dict()
+    )

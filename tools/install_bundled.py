@@ -4,9 +4,10 @@ Usage::
 
     python tools/install_bundled.py --runs runs
 
-For every ``runs/<name>/<name>.safetensors`` (written by ``tools/train_bundled.py``)
-the weights and card are copied to ``src/napari_emdenoise/weights/``, with the
-reproduction command in the card's notes. The SEM models share the S(T)EM
+For every ``runs/<name>/<name>.safetensors`` (written by ``emdenoise train``, with
+the commands of ``weights/MODEL_CARD.md``) the weights and card are copied to
+``src/napari_emdenoise/weights/``, with the reproducing ``emdenoise train`` command
+in the card's notes. The SEM models share the S(T)EM
 networks (the SEM distortion model of Lobato et al. 2023 is the S(T)EM one
 without black pixels): their cards say so.
 """
@@ -25,15 +26,59 @@ CITATION = (
     'single-shot electron microscopy images" (2023, arXiv:2303.17025)'
 )
 SEM_FROM = {"hrsem": "hrstem", "lrsem": "lrstem"}
+#: Settings of the bundled runs that their cards do not record.
+RUN_OPTIONS = "--val-size 24 --val-every 250 --checkpoint-every 250 --workers 0 --threads 1"
+
+
+def _number(x: float) -> str:
+    """Short spelling of a command-line number: 4e-4, 0.3, 0."""
+    text = f"{x:g}"
+    if "e" not in text and abs(x) < 1e-2 and x:
+        mantissa, exponent = f"{x:e}".split("e")
+        text = f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return text
+
+
+def _reproduce(name: str, card: dict) -> str:
+    """The ``emdenoise train`` command that retrains ``name`` from its 0.2 weights."""
+    from napari_emdenoise.losses import LossWeights
+
+    t = card["training"]
+    weights = t["loss_weights"]
+    default = json.loads(json.dumps(LossWeights().to_dict()))
+    other = sorted(k for k, v in weights.items() if k != "adversarial" and v != default.get(k))
+    if other:  # the CLI sets only the adversarial weight
+        raise ValueError(f"{name}: loss weights {other} differ from the defaults")
+    init = f"--init-from <0.2 {name}.safetensors> --init-partial" if t.get("init_from") else ""
+    extra = [
+        f"--{flag} {_number(t[key])}"
+        for flag, key in (
+            ("plain-fraction", "plain_fraction"),
+            ("high-dose-fraction", "high_dose_fraction"),
+            ("seed", "seed"),
+        )
+        if t.get(key)
+    ]
+    return " ".join(
+        [
+            f"emdenoise train --model {name} --arch {card['arch']} --config small",
+            f"--steps {t['steps']} --batch {t['batch_size']} --patch {t['patch_size']}",
+            f"--lr {_number(t['lr'])} --adversarial {_number(weights['adversarial'])}",
+            f"--clean-pool {t['clean_pool']}",
+            *extra,
+            RUN_OPTIONS,
+            f"--device {t['device']}",
+            *([init] if init else []),
+            f"--out runs/{name}",
+        ]
+    )
 
 
 def _install(src_dir: Path, name: str) -> dict:
     card = json.loads((src_dir / f"{name}.json").read_text())
-    steps = card["training"]["steps"]
     card["notes"] = (
         f"CGRDN ({CITATION}), small configuration with bilinear upsampling, trained on this "
-        "package's synthetic pairs only. Reproduce: python tools/train_bundled.py "
-        f"{name} --steps {steps} --out runs/{name} --init-from <the 0.2 {name} weights>. "
+        f"package's synthetic pairs only. Reproduce: {_reproduce(name, card)}. "
         "Measured quality: weights/MODEL_CARD.md."
     )
     shutil.copyfile(src_dir / f"{name}.safetensors", WEIGHTS / f"{name}.safetensors")

@@ -75,6 +75,14 @@ def _float_in(low: float, *, strict: bool, name: str = "number") -> Callable[[st
     return parse
 
 
+def _probability(text: str) -> float:
+    """A finite number in [0, 1] (argparse type of the ``train`` pair fractions)."""
+    value = _finite_float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value:g}")
+    return value
+
+
 def _offset_value(text: str) -> float | str:
     """``auto`` or a finite number (argparse type of ``fit-noise --offset``)."""
     return "auto" if text.strip().lower() == "auto" else _finite_float(text)
@@ -488,6 +496,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
         ValidationEvent,
     )
 
+    if args.init_partial and not args.init_from:
+        raise ValueError(
+            "--init-partial needs --init-from: it says which model's tensors to copy "
+            "into the network built from --arch/--config"
+        )
     modality, kind = _MODEL_TASKS.get(args.model, (args.modality, args.kind))
     noise = NoiseParams.load(args.noise) if args.noise else None
     if noise is not None:
@@ -504,6 +517,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
             noise=noise,
             seed=args.seed,
             clean_pool=args.clean_pool,
+            plain_fraction=args.plain_fraction,
+            high_dose_fraction=args.high_dose_fraction,
         ),
         steps=args.steps,
         batch_size=args.batch,
@@ -517,6 +532,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         device=args.device,
         init_from=args.init_from,
+        init_partial=args.init_partial,
         out_dir=str(args.out),
     )
     from .models.registry import check_model_name
@@ -923,8 +939,9 @@ def build_parser() -> argparse.ArgumentParser:
     rs.add_argument(
         "--safeguard",
         action="store_true",
-        help="blend the restoration with the input by the SURE-optimal weight (assumes "
-        "pixel-independent noise; pulls an unsure model back towards the input)",
+        help="keep, per frequency band, the share of the network's change that lowers the "
+        "estimated error (SURE); for counting-noise-limited images: it assumes pixel-independent "
+        "noise and gives back corrections of scan distortions",
     )
     rs.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs (never the input)"
@@ -1068,6 +1085,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="reuse N clean images with fresh noise (0: new image per pair)",
     )
+    tr.add_argument(
+        "--plain-fraction",
+        type=_probability,
+        default=0.0,
+        help="share of training pairs (0–1) with only shot and read noise, no blur, scan "
+        "distortion or detector artefacts: teaches the network to keep sharp images sharp",
+    )
+    tr.add_argument(
+        "--high-dose-fraction",
+        type=_probability,
+        default=0.0,
+        help="share of training pairs (0–1) recorded at a high dose, 100–10⁴ e⁻/pixel: "
+        "teaches the network to leave well-exposed images alone",
+    )
     tr.add_argument("--val-size", type=_positive_int, default=16, help="validation pairs")
     tr.add_argument("--val-every", type=_positive_int, default=100, help="validate every N steps")
     tr.add_argument(
@@ -1084,6 +1115,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_device_arg(tr)
     tr.add_argument("--init-from", default=None, help="model name or .safetensors to fine-tune")
+    tr.add_argument(
+        "--init-partial",
+        action="store_true",
+        help="with --init-from: build the network from --arch/--config and copy only the "
+        "tensors whose name and shape match (carry a model over to a changed network)",
+    )
     tr.add_argument("--restart", action="store_true", help="ignore an existing checkpoint")
     tr.add_argument("--log-every", type=_positive_int, default=10, help="print every N steps")
     tr.add_argument(

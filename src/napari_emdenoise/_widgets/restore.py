@@ -135,9 +135,10 @@ class RestoreWidget(CancellableRun, mw.Container):
         self.safeguard = mw.CheckBox(
             text="safeguard: keep only the change that lowers the estimated error",
             value=False,
-            tooltip="Blend the restoration with the input by the SURE-optimal weight. Assumes "
-            "pixel-independent (Poisson–Gaussian) noise; on images with correlated noise it keeps "
-            "too little of the restoration.",
+            tooltip="Keep, in each frequency band, the share of the network's change that lowers "
+            "Stein's unbiased estimate of the error (the rest of the input is kept). For "
+            "counting-noise-limited images; it assumes pixel-independent (Poisson–Gaussian) noise "
+            "and gives back corrections of scan distortions (blur, jitter, row lines).",
         )
         self._make_run_controls("Restore", "" if self.cards else "no models found")
         wrap_labels(self.card, self.status)

@@ -630,15 +630,15 @@ def restore(
     cancel : callable, optional
         Polled before every batch; True aborts with :class:`Cancelled`.
     safeguard : bool
-        Blend each frame's restoration with the frame by the weight that
-        minimises Stein's unbiased estimate of the squared error
-        (:mod:`.safeguard`): a network that removes or moves signal on an
-        image it does not know is pulled back towards the input. Costs two
-        extra passes over a central crop of at most 432² pixels per frame.
-        It assumes pixel-independent (Poisson–Gaussian) noise: on images
-        whose noise is correlated (fast-scan blur, interpolation) it
-        under-estimates the noise and keeps too little of the restoration,
-        which is why it is off by default.
+        Blend each frame's restoration with the frame, one weight per
+        frequency band, by the weights that minimise Stein's unbiased
+        estimate of the squared error (:mod:`.safeguard`): a network that
+        removes or moves signal on an image it does not know is pulled back
+        towards the input at the scales where it errs. Costs two extra
+        passes over a central crop of at most 432² pixels per frame. It
+        assumes pixel-independent (Poisson–Gaussian) noise: distortions that
+        are not (fast-scan blur, scan jitter, row lines) count as signal, so
+        their correction is given back, which is why it is off by default.
     backend : {"auto", "torch", "onnxruntime"}
         What runs the network. ``"onnxruntime"``: ONNX Runtime on the CPU
         (the network is exported once per weights and torch version to a

@@ -668,8 +668,12 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
     from safetensors.torch import load_file
 
     with path.open("rb") as fh:
-        head = fh.read(4)
-    if head[:1] == b"\x80" or head == b"PK\x03\x04":
+        head = fh.read(9)
+    # safetensors: an 8-byte little-endian header length, then the JSON header.
+    # The length's low byte may be 0x80, so a leading 0x80 alone does not mean
+    # pickle (a 6272-byte header starts with it).
+    is_safetensors = head[8:9] == b"{"
+    if not is_safetensors and (head[:1] == b"\x80" or head[:4] == b"PK\x03\x04"):
         raise ValueError(
             f"{path.name} is a pickle / torch.save file, not safetensors: pickle weight "
             "files can run code; convert to safetensors"

@@ -32,6 +32,22 @@ _POOL_STREAM = 3
 #: place by symmetry, while a visible tail is still removed.
 FAST_SCAN_FLIP_PROBABILITY = 0.5
 
+#: Layers a "plain" pair keeps (see ``PairConfig.plain_fraction``): counting
+#: noise, read noise, dark counts and the TEM camera MTF (which the target
+#: carries too). Layers applied to both images (``Layer.applies_to_target``)
+#: are kept as drawn.
+PLAIN_LAYERS = frozenset(
+    {"detector_noise", "shot_noise", "dark_current", "thermal_noise", "camera_mtf"}
+)
+
+#: Dose range (e⁻/pixel, log-uniform) of the pairs redrawn at high dose
+#: (``PairConfig.high_dose_fraction``).
+HIGH_DOSE_RANGE = (100.0, 10_000.0)
+
+#: Stream of the extra draws of plain / high-dose pairs (separate, so that
+#: every other pair stays identical when both fractions are zero).
+_VARIANT_STREAM = 4
+
 
 @dataclass
 class PairConfig:
@@ -62,6 +78,21 @@ class PairConfig:
     diffraction : dict or None
         With ``modality="diffraction"``: settings of
         :class:`napari_emdenoise.synth.diffraction.DiffractionConfig` (None: its defaults).
+    plain_fraction : float
+        Probability, in [0, 1], that a pair keeps only its counting and read
+        noise (``PLAIN_LAYERS``): no blur, scan jitter, clipping, row lines or
+        detector artefacts. Lobato et al. (2023) almost always blur their
+        S(T)EM inputs (fast-scan PSF in 80 % of pairs, a Gaussian in 28 %), so
+        a network trained only on their draw sharpens images that were never
+        blurred and, on multislice images, erased lattices of 1–2 px columns.
+        Plain pairs teach it that a sharp, undistorted image keeps its
+        sharpness. 0 (default) is the paper's scheme.
+    high_dose_fraction : float
+        Probability, in [0, 1], that a pair's dose is redrawn log-uniformly in
+        ``HIGH_DOSE_RANGE`` (100–10⁴ e⁻/pixel). The paper's draw puts the median
+        at about 4 e⁻/pixel and only 10 % of pairs above 110, so a network
+        rarely learns to leave well-exposed images alone. 0 (default) is the
+        paper's scheme.
     """
 
     modality: str = "stem"
@@ -72,6 +103,8 @@ class PairConfig:
     clean_pool: int = 0
     pool_image_size: int = 256
     diffraction: dict[str, Any] | None = None
+    plain_fraction: float = 0.0
+    high_dose_fraction: float = 0.0
     _pool: dict[int, tuple[np.ndarray, dict]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -79,6 +112,12 @@ class PairConfig:
             raise ValueError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
         if self.clean_pool < 0:
             raise ValueError("clean_pool must be ≥ 0")
+        for name in ("plain_fraction", "high_dose_fraction"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and 0.0 <= value <= 1.0):
+                raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
+            if value and self.modality == "diffraction":
+                raise ValueError(f"{name} does not apply to diffraction patterns")
         if self.clean_pool and self.pool_image_size < self.patch_size:
             raise ValueError("pool_image_size must be at least patch_size")
         if self.modality == "diffraction":
@@ -105,6 +144,9 @@ class PairConfig:
             "clean_pool": self.clean_pool,
             "pool_image_size": self.pool_image_size,
         }
+        if self.plain_fraction or self.high_dose_fraction:
+            out["plain_fraction"] = self.plain_fraction
+            out["high_dose_fraction"] = self.high_dose_fraction
         if self.modality == "diffraction":
             out["diffraction"] = dict(self.diffraction or {})
         return out
@@ -159,6 +201,9 @@ def make_training_pair(
     params = cfg.noise or sample_params(
         cfg.modality, rng_params, pixel_size=info.get("pixel_size_A")
     )
+    if cfg.plain_fraction or cfg.high_dose_fraction:
+        variant = np.random.default_rng([cfg.seed, SPLITS[split], int(index), _VARIANT_STREAM])
+        params = _pair_variant(params, cfg, variant)
     target, distorted = make_pair(clean, cfg.modality, params, rng_noise)
     if rng_crop.random() < FAST_SCAN_FLIP_PROBABILITY:
         # Mirror the finished pair along x: the fast-scan tail then points
@@ -172,6 +217,27 @@ def make_training_pair(
     if return_info:
         out += (info,)
     return out
+
+
+def _pair_variant(params: NoiseParams, cfg: PairConfig, rng: np.random.Generator) -> NoiseParams:
+    """``params`` turned into a plain and/or high-dose pair, each with its probability."""
+    from ..noise.pipeline import layers_for
+    from ..synth._random import log_uniform
+
+    plain = rng.random() < cfg.plain_fraction
+    high = rng.random() < cfg.high_dose_fraction
+    dose = float(log_uniform(rng, *HIGH_DOSE_RANGE))
+    if not (plain or high):
+        return params
+    both = {layer.name for layer in layers_for(params.modality) if layer.applies_to_target}
+    layers = {}
+    for name, p in params.layers.items():
+        if plain and name not in PLAIN_LAYERS and name not in both:
+            p = p.replace(enabled=False)
+        if high and hasattr(p, "dose"):
+            p = p.replace(dose=dose)
+        layers[name] = p
+    return NoiseParams(params.modality, layers)
 
 
 def _diffraction_pair(

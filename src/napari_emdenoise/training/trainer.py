@@ -519,7 +519,17 @@ class Trainer:
                 "loss_weights": self.weights.to_dict(),
                 "noise": _noise_description(cfg.pairs),
                 "clean_pool": cfg.pairs.clean_pool,
+                # Recorded only when used, like PairConfig.to_dict (older cards unchanged).
+                **(
+                    {
+                        "plain_fraction": cfg.pairs.plain_fraction,
+                        "high_dose_fraction": cfg.pairs.high_dose_fraction,
+                    }
+                    if cfg.pairs.plain_fraction or cfg.pairs.high_dose_fraction
+                    else {}
+                ),
                 "init_from": cfg.init_from,
+                **({"init_partial": True} if cfg.init_from and cfg.init_partial else {}),
                 "device": str(self.device),
                 # A run stopped before its last step is a checkpoint, not a finished
                 # model: Restore marks it (a later run that finishes exports it again).
