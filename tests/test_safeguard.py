@@ -135,3 +135,28 @@ def test_corner_variance_kernel_ignores_a_dense_lattice():
     assert error_corner < 0.25 * error_laplacian
     with pytest.raises(ValueError, match="kernel"):
         noise_variance_line(probe.noisy, kernel="sobel")
+
+
+def test_band_weights_are_reported_per_frame_and_described(tiny_user_model):
+    from napari_emdenoise.engine import restore
+    from napari_emdenoise.engine.safeguard import describe_band_weights
+
+    probe = lattice_probe(np.random.default_rng(8), size=256, dose=20.0)
+    stack = np.stack([probe.noisy, probe.noisy[::-1]])
+    reports = []
+    out = restore(
+        stack, model=tiny_user_model, device="cpu", safeguard=True,
+        safeguard_report=lambda i, r: reports.append((i, r)),
+    )  # fmt: skip
+    assert [i for i, _ in reports] == [0, 1]
+    for i, result in reports:
+        assert len(result.band_weights) == 5 and result.estimated
+        assert all(0.0 <= w <= 1.0 for w in result.band_weights)
+        np.testing.assert_array_equal(out[i], result.image)
+    text = describe_band_weights([r.band_weights for _, r in reports])
+    assert text.startswith("safeguard kept ") and "(median of 2 frames)" in text
+    assert describe_band_weights([(0.0, 0.25, 0.5, 0.75, 1.0)]).startswith(
+        "safeguard kept 0 / 25 / 50 / 75 / 100 % of the change at < 1/32 / 1/32–1/16"
+    )
+    with pytest.raises(ValueError, match="5 bands"):
+        describe_band_weights([(1.0, 1.0)])

@@ -64,6 +64,15 @@ def test_safeguard_checkbox_reaches_the_engine(restore_widget, qtbot):
     expected = restore(data, model=widget.model.value, safeguard=True)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
     assert not np.allclose(expected, restore(data, model=widget.model.value), atol=1e-3)
+    # what the safeguard kept is shown and recorded with the result
+    reports = []
+    restore(
+        data, model=widget.model.value, safeguard=True,
+        safeguard_report=lambda i, r: reports.append(list(r.band_weights)),
+    )  # fmt: skip
+    layer = viewer.layers["flat restored"]
+    assert layer.metadata["emdenoise_safeguard_band_weights"] == reports
+    assert "safeguard kept" in widget.status.value
 
 
 def test_a_model_change_during_the_run_is_not_recorded(restore_widget, qtbot):

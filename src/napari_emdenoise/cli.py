@@ -356,6 +356,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         (frames * data.shape[-2], data.shape[-1]), _RESTORE_BYTES_PER_PIXEL, "restoring data"
     )
     progress = _progress_printer("tiles")
+    band_weights: list[tuple[float, ...]] = []
     out = restore(
         data,
         model=module,
@@ -363,11 +364,16 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         tile_size=args.tile_size,
         progress=progress,
         safeguard=args.safeguard,
+        safeguard_report=lambda _i, r: band_weights.append(r.band_weights),
     )
     meta = {**meta, "emdenoise_model": args.model, "source": str(src)}
     residual = None if res_path is None else data.astype(np.float32) - out
     write_tif(dst, out, meta, overwrite=args.overwrite)
     print(f"restored {src} ({'x'.join(map(str, data.shape))}) with {args.model} -> {dst}")
+    if band_weights:
+        from .engine.safeguard import describe_band_weights
+
+        print(describe_band_weights(band_weights))
     if res_path is not None:
         write_tif(res_path, residual, meta, overwrite=args.overwrite)
         print(f"residual (input - restored) -> {res_path}")

@@ -284,6 +284,8 @@ class RestoreWidget(CancellableRun, mw.Container):
         self._begin(f"restoring {layer.name} with {model}…")
         device = None if self.device.value == "auto" else self.device.value
         tile = int(self.tile_size.value) or None
+        safeguard = bool(self.safeguard.value)
+        band_weights: list[tuple[float, ...]] = []  # filled by the worker, read when it is done
         worker = create_worker(
             run_with_progress,
             restore_in_viewer,
@@ -292,18 +294,29 @@ class RestoreWidget(CancellableRun, mw.Container):
             device=device,
             tile_size=tile,
             cancel=self._cancel.is_set,
-            safeguard=bool(self.safeguard.value),
+            safeguard=safeguard,
+            safeguard_report=(lambda _i, r: band_weights.append(r.band_weights))
+            if safeguard
+            else None,
             _start_thread=False,
         )
-        self._launch(worker, lambda restored: self._on_result(request, data, restored))
+        self._launch(
+            worker, lambda restored: self._on_result(request, data, restored, band_weights)
+        )
 
-    def _on_result(self, request: dict, data: np.ndarray, restored: np.ndarray) -> None:
+    def _on_result(
+        self,
+        request: dict,
+        data: np.ndarray,
+        restored: np.ndarray,
+        band_weights: list[tuple[float, ...]] | None = None,
+    ) -> None:
         """Add the result layers, recorded with the model that was asked for at Start."""
         name, model = request["name"], request["model"]
-        common = {
-            **request["geometry"],
-            "metadata": {**request["metadata"], "emdenoise_model": model},
-        }
+        metadata = {**request["metadata"], "emdenoise_model": model}
+        if band_weights:
+            metadata["emdenoise_safeguard_band_weights"] = [list(w) for w in band_weights]
+        common = {**request["geometry"], "metadata": metadata}
         self.outputs = [self.viewer.add_image(restored, name=f"{name} restored", **common)]
         if self.residual.value:
             residual = data.astype(np.float32) - restored
@@ -318,6 +331,10 @@ class RestoreWidget(CancellableRun, mw.Container):
             )
         self._produced.update(layer.unique_id for layer in self.outputs)
         self.status.value = f"{name} restored with {model}"
+        if band_weights:
+            from ..engine.safeguard import describe_band_weights
+
+            self.status.value += f"; {describe_band_weights(band_weights)}"
         self._finish()
 
 

@@ -45,7 +45,7 @@ import torch
 from .._validation import as_float_image, tensor_to_numpy
 from ..models._normalization import NORM_REL_FLOOR, normalization_stats
 from .device import autocast_context, is_oom_error, resolve_device
-from .safeguard import sure_blend
+from .safeguard import BlendResult, sure_blend
 from .tiling import TileBlender, TileGrid, balanced_tile
 
 __all__ = [
@@ -593,6 +593,7 @@ def restore(
     cancel: CancelCallback | None = None,
     safeguard: bool = False,
     backend: str = "auto",
+    safeguard_report: Callable[[int, BlendResult], None] | None = None,
 ) -> np.ndarray:
     """Restore an EM image or a stack of frames with a trained network.
 
@@ -639,6 +640,11 @@ def restore(
         assumes pixel-independent (Poisson–Gaussian) noise: distortions that
         are not (fast-scan blur, scan jitter, row lines) count as signal, so
         their correction is given back, which is why it is off by default.
+    safeguard_report : callable, optional
+        With ``safeguard``: called as ``safeguard_report(frame_index, result)``
+        after each frame with its :class:`~.safeguard.BlendResult` (weights per
+        frequency band, from the lowest frequencies to Nyquist), so a caller
+        can show how much of the network's change was kept.
     backend : {"auto", "torch", "onnxruntime"}
         What runs the network. ``"onnxruntime"``: ONNX Runtime on the CPU
         (the network is exported once per weights and torch version to a
@@ -741,12 +747,15 @@ def restore(
             frame = as_float_image(frame, ndim=2, name=f"frame {index}")
         restored = predictor._predict_frame(frame, counter.frame_hook(), cancel)
         if safeguard:
-            restored = sure_blend(
+            blend = sure_blend(
                 frame,
                 restored,
                 lambda crop: predictor._predict_frame(crop, None, cancel),
                 np.random.default_rng(index),
-            ).image
+            )
+            restored = blend.image
+            if safeguard_report is not None:
+                safeguard_report(index, blend)
         out[index] = restored
         counter.frame_finished()
     n_bad = int(out.size - np.count_nonzero(np.isfinite(out)))

@@ -48,14 +48,14 @@ With one band this is the global weight above.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from ..noise.variance import noise_variance_line
 
-__all__ = ["BlendResult", "noise_variance_line", "sure_blend"]
+__all__ = ["BlendResult", "describe_band_weights", "noise_variance_line", "sure_blend"]
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,38 @@ def _central_crop(shape: tuple[int, int]) -> tuple[slice, slice]:
     return tuple(  # type: ignore[return-value]
         slice(max(0, (n - side) // 2), max(0, (n - side) // 2) + min(n, side)) for n in shape
     )
+
+
+def describe_band_weights(
+    weights: Sequence[Sequence[float]], edges: tuple[float, ...] = BAND_EDGES
+) -> str:
+    """One line for a microscopist: how much of the network's change the safeguard kept.
+
+    Parameters
+    ----------
+    weights : sequence of sequences of float
+        ``BlendResult.band_weights`` of one or more frames (the median over
+        frames is shown).
+    edges : tuple of float
+        The band edges they were computed with, cycles/pixel.
+
+    Examples
+    --------
+    >>> text = describe_band_weights([(0.0, 0.02, 0.5, 1.0, 1.0)])
+    >>> text.split(" at ")[0]
+    'safeguard kept 0 / 2 / 50 / 100 / 100 % of the change'
+    >>> text.split(" at ")[1]
+    '< 1/32 / 1/32–1/16 / 1/16–1/8 / 1/8–1/4 / > 1/4 cycles/px'
+    """
+    table = np.asarray([tuple(w) for w in weights], dtype=float)
+    if table.ndim != 2 or table.shape[1] != len(edges) + 1 or not len(table):
+        raise ValueError(f"expected weights of {len(edges) + 1} bands per frame, got {weights!r}")
+    median = np.median(table, axis=0)
+    names = [f"1/{round(1 / e)}" for e in edges]
+    bands = [f"< {names[0]}"] + [f"{a}–{b}" for a, b in zip(names, names[1:])] + [f"> {names[-1]}"]
+    frames = f" (median of {len(table)} frames)" if len(table) > 1 else ""
+    kept = " / ".join(f"{100 * w:.0f}" for w in median)
+    return f"safeguard kept {kept} % of the change at {' / '.join(bands)} cycles/px{frames}"
 
 
 def band_responses(shape: tuple[int, int], edges: tuple[float, ...] = BAND_EDGES) -> np.ndarray:
