@@ -4,6 +4,8 @@ checkerboard)."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
@@ -103,11 +105,18 @@ def _smooth_noisy_images() -> list[np.ndarray]:
     return images
 
 
-def _nyquist_excesses(name: str) -> list[float]:
+@functools.cache
+def _smooth_restorations(name: str) -> tuple[tuple[np.ndarray, np.ndarray], ...]:
+    """``(input, output)`` of ``name`` on each smooth noisy image (shared by two tests)."""
     from napari_emdenoise.engine.predictor import restore
+
+    return tuple((x, restore(x, model=name, device="cpu")) for x in _smooth_noisy_images())
+
+
+def _nyquist_excesses(name: str) -> list[float]:
     from napari_emdenoise.evaluation import nyquist_excess
 
-    return [nyquist_excess(restore(x, model=name, device="cpu"), x) for x in _smooth_noisy_images()]
+    return [nyquist_excess(out, x) for x, out in _smooth_restorations(name)]
 
 
 def _smooth_case_range(index: int) -> float:
@@ -121,11 +130,9 @@ def test_no_checkerboard_on_smooth_noisy_images(name):
     10⁻⁴ of the image's range (measured ≤ 4.1·10⁻⁵ for every bundled model; the
     transposed-convolution models of version 0.2 printed 3–6·10⁻⁴, and the input's
     own noise puts up to 1.2·10⁻³ into the Nyquist bins)."""
-    from napari_emdenoise.engine.predictor import restore
     from napari_emdenoise.evaluation.spectra import nyquist_amplitude
 
-    for i, x in enumerate(_smooth_noisy_images()):
-        out = restore(x, model=name, device="cpu")
+    for i, (_, out) in enumerate(_smooth_restorations(name)):
         assert nyquist_amplitude(out) <= 1e-4 * _smooth_case_range(i), (name, i)
 
 

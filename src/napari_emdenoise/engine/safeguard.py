@@ -32,7 +32,7 @@ The blend is affine-equivariant (``a·x + b`` gives ``a·o + b``).
 wrong at others: on a multislice image with a 5-px lattice period a CGRDN
 trained on synthetic pairs removed the lattice (a change at 0.2 cycles/pixel)
 while its smoothing of the background was correct. One global λ must then
-trade both. With ``bands`` > 1 the change ``d = f(x) − x`` is split by a
+trade both. With band ``edges`` the change ``d = f(x) − x`` is split by a
 smooth partition of unity in radial frequency, ``d = Σ_k B_k d`` (octave
 bands, raised-cosine crossovers), and
 
@@ -201,13 +201,15 @@ def _box_quadratic_minimum(gram: np.ndarray, linear: np.ndarray) -> np.ndarray:
     return lam
 
 
-def _apply_band_weights(x: np.ndarray, change: np.ndarray, responses_for, lam: np.ndarray):
+def _apply_band_weights(
+    x: np.ndarray, change: np.ndarray, edges: tuple[float, ...], lam: np.ndarray
+) -> np.ndarray:
     """``x + Σ λ_k B_k change`` on a whole frame (reflect-padded to limit wrap-around)."""
     if np.allclose(lam, lam[0]):
         return x + lam[0] * change
     pad = min(_FILTER_PAD, *(n - 1 for n in change.shape))
     padded = np.pad(change, pad, mode="reflect")
-    gain = np.tensordot(lam, responses_for(padded.shape), axes=1)
+    gain = np.tensordot(lam, band_responses(padded.shape, edges), axes=1)
     filtered = np.fft.irfft2(gain * np.fft.rfft2(padded), s=padded.shape)
     return x + filtered[pad : pad + change.shape[0], pad : pad + change.shape[1]]
 
@@ -280,13 +282,12 @@ def sure_blend(
     if np.trace(gram) <= 0:
         return keep
     divergence = (delta_bands * (sd * probe)[inner][None]).reshape(n_used, -1).sum(1) / eps
-    # Diagonal of the circular filter B_k: the mean of its response over the full grid.
-    full = np.concatenate([responses, responses[:, :, 1 : (xc.shape[1] + 1) // 2][:, :, ::-1]], 2)
-    trace = full.reshape(n_used, -1).mean(1) * sum_v
+    # Diagonal of the circular filter B_k: its impulse response at the origin.
+    trace = np.fft.irfft2(responses, s=xc.shape, axes=(-2, -1))[:, 0, 0] * sum_v
     lam = _box_quadratic_minimum(gram, divergence - trace)
     weight = float(lam @ np.diag(gram) / np.trace(gram))
     logger.info("safeguard: keeping %s of the network's change per band", np.round(lam, 3))
-    out = _apply_band_weights(x, fx - x, lambda shape: band_responses(shape, used), lam)
+    out = _apply_band_weights(x, fx - x, used, lam)
     # Report one weight per requested band (merged low bands share the first weight).
     per_band = [float(lam[0])] * (n_bands - n_used) + [float(v) for v in lam]
     return BlendResult(out.astype(np.float32), weight, True, tuple(per_band))

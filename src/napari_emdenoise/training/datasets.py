@@ -13,8 +13,9 @@ from typing import Any
 
 import numpy as np
 
-from ..noise.pipeline import NoiseParams, make_pair, sample_params
+from ..noise.pipeline import NoiseParams, layers_for, make_pair, sample_params
 from ..synth import generate_clean
+from ..synth._random import log_uniform
 
 __all__ = ["SPLITS", "PairConfig", "SyntheticPairs", "make_training_pair"]
 
@@ -221,14 +222,11 @@ def make_training_pair(
 
 def _pair_variant(params: NoiseParams, cfg: PairConfig, rng: np.random.Generator) -> NoiseParams:
     """``params`` turned into a plain and/or high-dose pair, each with its probability."""
-    from ..noise.pipeline import layers_for
-    from ..synth._random import log_uniform
-
     plain = rng.random() < cfg.plain_fraction
     high = rng.random() < cfg.high_dose_fraction
-    dose = float(log_uniform(rng, *HIGH_DOSE_RANGE))
     if not (plain or high):
         return params
+    dose = float(log_uniform(rng, *HIGH_DOSE_RANGE)) if high else None
     both = {layer.name for layer in layers_for(params.modality) if layer.applies_to_target}
     layers = {}
     for name, p in params.layers.items():
@@ -244,7 +242,6 @@ def _diffraction_pair(
     cfg: PairConfig, rng: np.random.Generator, return_params: bool, return_info: bool
 ) -> tuple[Any, ...]:
     """A (noisy, clean) diffraction-pattern pair; params/info: ``{"counts": dose}``."""
-    from ..synth._random import log_uniform
     from ..synth.diffraction import DiffractionConfig, make_diffraction_pair
 
     dcfg = DiffractionConfig.from_dict(cfg.diffraction or {})

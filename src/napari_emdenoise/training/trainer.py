@@ -519,15 +519,12 @@ class Trainer:
                 "loss_weights": self.weights.to_dict(),
                 "noise": _noise_description(cfg.pairs),
                 "clean_pool": cfg.pairs.clean_pool,
-                # Recorded only when used, like PairConfig.to_dict (older cards unchanged).
-                **(
-                    {
-                        "plain_fraction": cfg.pairs.plain_fraction,
-                        "high_dose_fraction": cfg.pairs.high_dose_fraction,
-                    }
-                    if cfg.pairs.plain_fraction or cfg.pairs.high_dose_fraction
-                    else {}
-                ),
+                # Present only when used, as in PairConfig.to_dict (older cards unchanged).
+                **{
+                    k: v
+                    for k, v in cfg.pairs.to_dict().items()
+                    if k in ("plain_fraction", "high_dose_fraction")
+                },
                 "init_from": cfg.init_from,
                 **({"init_partial": True} if cfg.init_from and cfg.init_partial else {}),
                 "device": str(self.device),
