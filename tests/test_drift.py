@@ -17,7 +17,13 @@ from napari_emdenoise.drift import (
     estimate_shift,
     synthetic,
 )
-from napari_emdenoise.drift.correlation import bandpass, ncc_map, parabolic_peak
+from napari_emdenoise.drift.correlation import (
+    NEAR_EQUAL,
+    NCCMap,
+    bandpass,
+    ncc_map,
+    parabolic_peak,
+)
 
 SIZE = (96, 96)
 
@@ -146,6 +152,31 @@ def test_ncc_map_peak_is_where_the_frames_overlap_best():
     assert ncc.value((5, -9)) == pytest.approx(1.0, abs=1e-9)  # overlap has no wrapped pixels
     assert parabolic_peak(ncc, (5, -9)) == pytest.approx((5, -9), abs=0.1)
 
+
+
+def _two_peak_map(near_rho: float, far_rho: float) -> NCCMap:
+    """An NCC map of two 128² frames with a peak at (2, 1) and one at (20, -15)."""
+    k = 48
+    yy, xx = np.mgrid[-k : k + 1, -k : k + 1].astype(float)
+    values = near_rho * np.exp(-((yy - 2) ** 2 + (xx - 1) ** 2) / 4.0)
+    values = np.maximum(values, far_rho * np.exp(-((yy - 20) ** 2 + (xx + 15) ** 2) / 4.0))
+    overlap = (128 - np.abs(yy)) * (128 - np.abs(xx))
+    return NCCMap(values, (k, k), (k, k), overlap)
+
+
+def test_the_smallest_of_nearly_equally_significant_peaks_is_taken():
+    # The far peak correlates better and scores higher (0.633·√12204 vs 0.549·√16002), but
+    # the near one reaches more than NEAR_EQUAL of its score: as for the translations of a
+    # lattice, the smallest shift explaining the frames is taken.
+    ncc = _two_peak_map(0.50, 0.56)
+    score = ncc.score()
+    assert score[48 + 20, 48 - 15] > score[48 + 2, 48 + 1] >= NEAR_EQUAL * score.max()
+    assert ncc.peak() == (2, 1)
+    ratio, distance = ncc.second_peak(exclude=3.0)
+    assert ratio >= NEAR_EQUAL  # and the estimate is reported as ambiguous
+    assert distance == pytest.approx(np.hypot(18, 16))
+    # A clearly more significant far peak still wins.
+    assert _two_peak_map(0.30, 0.56).peak() == (20, -15)
 
 # --------------------------------------------------------------------------- stacks
 
@@ -369,3 +400,10 @@ def test_command_line_writes_the_aligned_stack_and_the_table(movie, tmp_path):
     assert np.sqrt(np.mean(np.sum((shifts - truth[:5]) ** 2, axis=1))) < 0.3
     assert main(argv) == 2  # outputs exist: refused without --overwrite
     assert main([str(tmp_path / "missing.tif"), "-o", str(tmp_path / "x.tif")]) == 2
+    # `emdenoise drift` is the same command
+    from napari_emdenoise.cli import main as emdenoise
+
+    first = tifffile.imread(out)
+    assert emdenoise(["drift", *argv]) == 2
+    assert emdenoise(["drift", *argv, "--overwrite"]) == 0
+    np.testing.assert_array_equal(tifffile.imread(out), first)

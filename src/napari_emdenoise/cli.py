@@ -884,6 +884,20 @@ def _add_restore_4d_parser(sub: argparse._SubParsersAction) -> None:
     r4.set_defaults(func=_cmd_restore_4d)
 
 
+def _add_drift_parser(sub: argparse._SubParsersAction) -> None:
+    from .drift.__main__ import build_parser as build_drift_parser
+    from .drift.__main__ import run
+
+    drift = sub.add_parser(
+        "drift",
+        help="align a drifting frame stack (denoise, normalised cross-correlation, CNN "
+        "refinement) and write the drift table",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    build_drift_parser(drift)
+    drift.set_defaults(func=run)
+
+
 #: Bundled model names and the (modality, kind) they are trained for.
 _MODEL_TASKS = {
     f"{kind}{modality}": (modality, kind)
@@ -1137,7 +1151,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--out", type=Path, required=True, help="run folder (checkpoint, model, card)")
     tr.set_defaults(func=_cmd_train)
     _add_adapt_parser(sub)  # issue 12
-    _add_restore_4d_parser(sub)  # issue 10
+    _add_restore_4d_parser(sub)
+    _add_drift_parser(sub)
     return parser
 
 

@@ -4,8 +4,8 @@ Reads a ``(frames, y, x)`` stack with :func:`napari_emdenoise.io.readers.read_em
 (dm3/dm4, emd, mrc, tif, npy, zarr…), aligns it with
 :func:`napari_emdenoise.drift.align_stack` and writes the aligned stack with
 its pixel size (:func:`napari_emdenoise.io.writers.write_tif` or ``write_zarr``)
-and the drift table as CSV. ``main(argv)`` is what an ``emdenoise drift``
-sub-command calls.
+and the drift table as CSV. ``emdenoise drift`` is the same command
+(:func:`build_parser` adds the arguments to its sub-parser, :func:`run` runs it).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import numpy as np
 
 from .pipeline import DEFAULT_DENOISER, METHODS, REFERENCES
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -42,13 +42,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the command; returns the exit status (2 for bad input)."""
+    """Parse ``argv`` and run the command; returns the exit status (2 for bad input)."""
+    return run(build_parser().parse_args(argv))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command on parsed arguments; returns the exit status (2 for bad input)."""
     from ..io.readers import read_em
     from ..io.writers import write_tif, write_zarr
     from .pipeline import align_stack
     from .table import drift_table, write_table
 
-    args = build_parser().parse_args(argv)
     try:
         datasets = read_em(args.input, lazy=True)
         if not 0 <= args.dataset < len(datasets):

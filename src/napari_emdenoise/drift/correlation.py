@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 __all__ = [
+    "NEAR_EQUAL",
     "NCCMap",
     "bandpass",
     "crlb_sigma",
@@ -45,6 +46,10 @@ __all__ = [
 
 #: Pixels two frames must share for a shift to be scored.
 _MIN_OVERLAP_PX = 16
+#: Peaks whose significance is at least this fraction of the best one's are treated as
+#: equally good: the smallest shift among them is taken, and a pair with such a second
+#: peak is reported as ambiguous.
+NEAR_EQUAL = 0.9
 _EPS = 1e-12
 
 
@@ -109,12 +114,15 @@ class NCCMap:
 
     Notes
     -----
-    The integer peak is the most *significant* correlation, the largest Fisher
-    score ``atanh(ρ)·sqrt(n)`` with ``n`` the overlap: among equally high
-    correlations (the translations of a periodic lattice) the one supported
-    by the most pixels wins, and noise peaks at large shifts, where few
-    pixels overlap, are discounted. Only the choice of the integer peak uses
-    the score; sub-pixel positions come from the unweighted map.
+    Peaks are ranked by significance, the Fisher score ``atanh(ρ)·sqrt(n)``
+    with ``n`` the overlap, so that noise peaks at large shifts, where few
+    pixels overlap, are discounted. Among the local maxima whose score is at
+    least :data:`NEAR_EQUAL` of the highest, the *smallest* shift is taken:
+    the translations of a periodic lattice correlate almost equally well, and
+    a shift is only defined modulo the lattice there, so the convention is the
+    smallest drift that explains the frames (the same peaks make the estimate
+    "ambiguous", see :meth:`second_peak`). Only the choice of the integer
+    peak uses the score; sub-pixel positions come from the unweighted map.
     """
 
     values: np.ndarray
@@ -135,15 +143,27 @@ class NCCMap:
         return float(self.values[self.radius[0] + shift[0], self.radius[1] + shift[1]])
 
     def peak(self) -> tuple[int, int]:
-        """Integer shift of the highest correlation in the basin of the most significant one.
+        """Integer shift of the highest correlation in the basin of the chosen peak.
 
-        The Fisher score picks the peak (see the class notes); a climb on the
+        The Fisher score picks the peak: the smallest shift among those nearly
+        as significant as the best (see the class notes). A climb on the
         unweighted map then moves to that peak's own maximum, so the weighting
         never pulls a broad peak towards zero shift.
         """
+        from scipy import ndimage
+
         sy, sx = self.search
         window = self.score()
         iy, ix = np.unravel_index(int(np.argmax(window)), window.shape)
+        top = float(window[iy, ix])
+        if top > 0:
+            near = (window >= NEAR_EQUAL * top) & (
+                window == ndimage.maximum_filter(window, size=3, mode="nearest")
+            )
+            yy, xx = np.nonzero(near)
+            # smallest shift first, then the higher score
+            order = np.lexsort((-window[yy, xx], np.hypot(yy - sy, xx - sx)))
+            iy, ix = yy[order[0]], xx[order[0]]
         return self._climb((int(iy) - sy, int(ix) - sx))
 
     def _climb(self, start: tuple[int, int]) -> tuple[int, int]:

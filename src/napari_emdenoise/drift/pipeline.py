@@ -41,7 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._validation import as_float_image, tensor_to_numpy
-from .correlation import NCCMap, bandpass, crlb_sigma, ncc_map, parabolic_peak, phase_shift
+from .correlation import NEAR_EQUAL, NCCMap, bandpass, crlb_sigma, ncc_map, parabolic_peak, phase_shift
 
 __all__ = [
     "DEFAULT_DENOISER",
@@ -68,9 +68,6 @@ MIN_FRAME = 16
 #: Gaussian low-pass before correlation (pixels) of raw and of denoised frames.
 _SIGMA_RAW = 1.5
 _SIGMA_DENOISED = 0.0
-#: A second correlation peak at least this fraction of the main peak's significance
-#: makes the estimate ambiguous.
-_AMBIGUOUS_RATIO = 0.9
 #: Factor on the Cramér–Rao-style heuristic uncertainty (:func:`.correlation.crlb_sigma`)
 #: of the "ncc" and "phase" methods: the median of |error| / σ on 600 stored training
 #: pairs (12 shards, both raw and denoised, errors < 1.5 px) divided by 0.6745, the median
@@ -276,7 +273,7 @@ def _estimate_prepared(
     peak = ncc.peak()
     rho = ncc.value(peak)
     ratio, _distance = ncc.second_peak(exclude=3.0)
-    ambiguous = ratio >= _AMBIGUOUS_RATIO
+    ambiguous = ratio >= NEAR_EQUAL
     overlap = int(ncc.overlap[ncc.radius[0] + peak[0], ncc.radius[1] + peak[1]])
     if method == "cnn":
         x = crop_features(den_map, raw_map, peak)[None]
