@@ -153,7 +153,6 @@ def test_ncc_map_peak_is_where_the_frames_overlap_best():
     assert parabolic_peak(ncc, (5, -9)) == pytest.approx((5, -9), abs=0.1)
 
 
-
 def _two_peak_map(near_rho: float, far_rho: float) -> NCCMap:
     """An NCC map of two 128² frames with a peak at (2, 1) and one at (20, -15)."""
     k = 48
@@ -177,6 +176,7 @@ def test_the_smallest_of_nearly_equally_significant_peaks_is_taken():
     assert distance == pytest.approx(np.hypot(18, 16))
     # A clearly more significant far peak still wins.
     assert _two_peak_map(0.30, 0.56).peak() == (20, -15)
+
 
 # --------------------------------------------------------------------------- stacks
 

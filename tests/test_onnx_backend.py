@@ -233,8 +233,9 @@ def saved_tiny(cache, tmp_path_factory):
 
     torch.manual_seed(1)
     model = build_model("cgrdn", "tiny").eval()
-    card = ModelCard(name="tiny-child", arch="cgrdn", config=model.config.to_dict(),
-                     modality="stem", kind="hr")
+    card = ModelCard(
+        name="tiny-child", arch="cgrdn", config=model.config.to_dict(), modality="stem", kind="hr"
+    )
     path = save_model(model, card, tmp_path_factory.mktemp("models"))
     return model, path
 

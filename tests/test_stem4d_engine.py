@@ -378,8 +378,9 @@ def test_padded_patterns_keep_their_input_totals_with_the_bundled_model():
 
     if "pix2pix-4dstem" not in list_models():
         pytest.skip("bundled pix2pix-4dstem not installed")
-    noisy, _clean, _cal = simulate_4dstem((2, 3), (48, 80), counts=1000.0,
-                                         rng=np.random.default_rng(3))
+    noisy, _clean, _cal = simulate_4dstem(
+        (2, 3), (48, 80), counts=1000.0, rng=np.random.default_rng(3)
+    )
     out = restore_4dstem(noisy, model="pix2pix-4dstem", device="cpu")
     totals_in = noisy.reshape(6, -1).sum(axis=1)
     totals_out = out.reshape(6, -1).sum(axis=1)

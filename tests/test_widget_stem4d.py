@@ -237,7 +237,8 @@ def test_local_counts_setting_reaches_the_engine(dock, qtbot):
         got[sigma] = widget.preview["denoised"]
     region = (slice(2, 3), slice(3, 4))
     for sigma, engine_sigma in ((0.0, None), (1.0, 1.0)):
-        want = restore_4dstem(data, model=widget.model_override, region=region,
-                              local_counts_sigma=engine_sigma)[0, 0]
+        want = restore_4dstem(
+            data, model=widget.model_override, region=region, local_counts_sigma=engine_sigma
+        )[0, 0]
         np.testing.assert_allclose(got[sigma], want, rtol=1e-5, atol=1e-4)
     assert not np.allclose(got[0.0], got[1.0])

@@ -41,7 +41,15 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._validation import as_float_image, tensor_to_numpy
-from .correlation import NEAR_EQUAL, NCCMap, bandpass, crlb_sigma, ncc_map, parabolic_peak, phase_shift
+from .correlation import (
+    NEAR_EQUAL,
+    NCCMap,
+    bandpass,
+    crlb_sigma,
+    ncc_map,
+    parabolic_peak,
+    phase_shift,
+)
 
 __all__ = [
     "DEFAULT_DENOISER",
