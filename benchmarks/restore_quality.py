@@ -36,6 +36,10 @@ Methods
 * ``safeguard:<name>``: the same with ``restore(..., safeguard=True)``: the
   network's change kept per frequency band by its SURE-optimal weight
   (:mod:`napari_emdenoise.engine.safeguard`).
+* ``ensemble:<name>`` / ``ensemble+safeguard:<name>`` (with ``--ensemble``):
+  ``restore(..., ensemble=8)``, the mean of the restorations of the 8 flips
+  and 90° rotations of the image (:mod:`napari_emdenoise.engine.self_ensemble`),
+  without and with the safeguard.
 * ``ref:<name>``: the released models of Lobato, Friedrich & Van Aert, "Deep
   convolutional neural networks to restore single-shot electron microscopy
   images" (npj Computational Materials, 2024; ``tk_r_em`` on PyPI), when
@@ -98,6 +102,8 @@ PROBE_DOSES = (5.0, 50.0)
 PROBES = ((20.0, 2.5), (12.0, 1.2))
 NLM_H = (0.6, 0.8, 1.0, 1.2)
 REFERENCE_MODELS = {"stem": "sfr_hrstem", "tem": "sfr_hrtem"}
+#: Transforms of the self-ensemble rows (``--ensemble``; see ``restore(..., ensemble=)``).
+ENSEMBLE = 8
 RESULTS = HERE / "results"
 
 Denoiser = Callable[[np.ndarray], np.ndarray]
@@ -181,10 +187,12 @@ def run_reference(name: str, noisy: np.ndarray) -> np.ndarray:
     return np.asarray(net.predict(noisy.astype(np.float32)), dtype=np.float32).reshape(noisy.shape)
 
 
-def run_model(name: str, noisy: np.ndarray, *, safeguard: bool = False) -> np.ndarray:
+def run_model(
+    name: str, noisy: np.ndarray, *, safeguard: bool = False, ensemble: int = 1
+) -> np.ndarray:
     from napari_emdenoise.engine import restore
 
-    out = restore(noisy, model=name, device="cpu", safeguard=safeguard)
+    out = restore(noisy, model=name, device="cpu", safeguard=safeguard, ensemble=ensemble)
     return np.asarray(out, dtype=np.float32)
 
 
@@ -305,12 +313,21 @@ def synthetic_cases(n: int) -> list[Case]:
 # --------------------------------------------------------------------------- evaluation
 
 
-def methods_for(case: Case, models: dict[str, str], have_bm3d: bool, refs: bool) -> list[str]:
+def methods_for(
+    case: Case, models: dict[str, str], have_bm3d: bool, refs: bool, ensemble: bool = False
+) -> list[str]:
     names = ["raw", "gaussian", "nlm"]
     if have_bm3d:
         names.append("bm3d-gat")
     names += [f"model:{m}" for m, mod in models.items() if case.modality in ("any", mod)]
     names += [f"safeguard:{m}" for m, mod in models.items() if case.modality in ("any", mod)]
+    if ensemble:
+        names += [
+            f"{prefix}:{m}"
+            for prefix in ("ensemble", "ensemble+safeguard")
+            for m, mod in models.items()
+            if case.modality in ("any", mod)
+        ]
     if refs:
         if case.modality == "any":
             names.append(f"ref:{REFERENCE_MODELS['stem']}")
@@ -341,12 +358,18 @@ def restore_with(method: str, case: Case) -> np.ndarray:
         return run_model(method.split(":", 1)[1], x)
     if method.startswith("safeguard:"):
         return run_model(method.split(":", 1)[1], x, safeguard=True)
+    if method.startswith("ensemble:"):
+        return run_model(method.split(":", 1)[1], x, ensemble=ENSEMBLE)
+    if method.startswith("ensemble+safeguard:"):
+        return run_model(method.split(":", 1)[1], x, safeguard=True, ensemble=ENSEMBLE)
     if method.startswith("ref:"):
         return run_reference(method.split(":", 1)[1], x)
     raise ValueError(method)
 
 
-def evaluate(cases: list[Case], models, have_bm3d, refs, montage_keys) -> tuple[list, dict]:
+def evaluate(
+    cases: list[Case], models, have_bm3d, refs, montage_keys, ensemble: bool = False
+) -> tuple[list, dict]:
     rows = []
     montages: dict[str, list] = {}
     t_start = time.perf_counter()
@@ -365,7 +388,7 @@ def evaluate(cases: list[Case], models, have_bm3d, refs, montage_keys) -> tuple[
             )
         key = f"{case.group}:{case.name}@{case.dose:g}"
         clean_ratio = max(nyquist_ratio(case.clean), 1.0)
-        for method in methods_for(case, models, have_bm3d, refs):
+        for method in methods_for(case, models, have_bm3d, refs, ensemble):
             t0 = time.perf_counter()
             try:
                 out = restore_with(method, case)
@@ -416,7 +439,8 @@ def _order(methods) -> list[str]:
         base = ["raw", "gaussian", "nlm", "bm3d-gat"]
         if m in base:
             return (base.index(m), m)
-        return ({"model": 10, "safeguard": 15}.get(m.split(":", 1)[0], 20), m)
+        prefixes = {"model": 10, "safeguard": 15, "ensemble": 16, "ensemble+safeguard": 17}
+        return (prefixes.get(m.split(":", 1)[0], 20), m)
 
     return sorted(set(methods), key=rank)
 
@@ -432,6 +456,10 @@ LABEL = {
 def label(m: str) -> str:
     if m.startswith("safeguard:"):
         return f"{m.split(':', 1)[1]} + safeguard"
+    if m.startswith("ensemble:"):
+        return f"{m.split(':', 1)[1]} × {ENSEMBLE} flips/rotations"
+    if m.startswith("ensemble+safeguard:"):
+        return f"{m.split(':', 1)[1]} × {ENSEMBLE} + safeguard"
     return LABEL.get(m, m)
 
 
@@ -565,7 +593,7 @@ def targets(rows) -> list[str]:
         low = tuple(d for d in (2.0, 5.0, 20.0) if any(r["dose"] == d for r in sel))
         high = tuple(d for d in (100.0, 200.0) if any(r["dose"] == d for r in sel))
         for m in _order(r["method"] for r in sel):
-            if not m.startswith(("model:", "safeguard:", "ref:")):
+            if not m.startswith(("model:", "safeguard:", "ensemble", "ref:")):
                 continue
             parts = [f"{tech} {m}:"]
             if low and any(r["method"] == "bm3d-gat" for r in sel):
@@ -649,6 +677,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-bm3d", action="store_true")
     ap.add_argument("--no-reference", action="store_true", help="skip the authors' models")
     ap.add_argument("--no-montages", action="store_true")
+    ap.add_argument(
+        "--ensemble",
+        action="store_true",
+        help=f"add rows for each model with the {ENSEMBLE}-transform self-ensemble (8× slower)",
+    )
     ap.add_argument("--physics-dir", type=Path, default=physics_set.DEFAULT_DIR)
     ap.add_argument("--out", type=Path, default=RESULTS / "restore_quality.json")
     args = ap.parse_args(argv)
@@ -706,7 +739,7 @@ def main(argv: list[str] | None = None) -> int:
                     break
     print(f"{len(cases)} cases; models {sorted(models)}; bm3d {have_bm3d}; reference {refs}")
     t0 = time.perf_counter()
-    rows, montages = evaluate(cases, models, have_bm3d, refs, montage_keys)
+    rows, montages = evaluate(cases, models, have_bm3d, refs, montage_keys, args.ensemble)
     total = time.perf_counter() - t0
 
     report: dict = {

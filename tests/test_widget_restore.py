@@ -75,6 +75,23 @@ def test_safeguard_checkbox_reaches_the_engine(restore_widget, qtbot):
     assert "safeguard kept" in widget.status.value
 
 
+def test_self_ensemble_choice_reaches_the_engine(restore_widget, qtbot):
+    from napari_emdenoise.engine.predictor import restore
+
+    viewer, widget, data = restore_widget
+    widget.layer.value = "micrograph"
+    widget.ensemble.value = 8
+    widget.start()
+    _wait(widget, qtbot)
+    assert widget.last_error == ""
+    layer = viewer.layers["micrograph restored"]
+    expected = restore(data, model=widget.model.value, ensemble=8)
+    np.testing.assert_allclose(layer.data, expected, rtol=1e-5, atol=1e-3)
+    assert not np.allclose(expected, restore(data, model=widget.model.value), atol=1e-3)
+    assert layer.metadata["emdenoise_ensemble"] == 8
+    assert "mean of 8 flips/rotations" in widget.status.value
+
+
 def test_a_model_change_during_the_run_is_not_recorded(restore_widget, qtbot):
     viewer, widget, _ = restore_widget
     used = widget.model.value

@@ -365,8 +365,11 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         progress=progress,
         safeguard=args.safeguard,
         safeguard_report=lambda _i, r: band_weights.append(r.band_weights),
+        ensemble=args.ensemble,
     )
     meta = {**meta, "emdenoise_model": args.model, "source": str(src)}
+    if args.ensemble > 1:
+        meta["emdenoise_ensemble"] = args.ensemble
     residual = None if res_path is None else data.astype(np.float32) - out
     write_tif(dst, out, meta, overwrite=args.overwrite)
     print(f"restored {src} ({'x'.join(map(str, data.shape))}) with {args.model} -> {dst}")
@@ -962,6 +965,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep, per frequency band, the share of the network's change that lowers the "
         "estimated error (SURE); for counting-noise-limited images: it assumes pixel-independent "
         "noise and gives back corrections of scan distortions",
+    )
+    rs.add_argument(
+        "--ensemble",
+        type=int,
+        choices=(1, 2, 8),
+        default=1,
+        help="average the restorations of this many flips/rotations of the image (time × N): 2 "
+        "adds the upside-down image (any model); 8 all flips and 90° rotations (TEM/SEM, or "
+        "S(T)EM limited by counting noise: it turns scan distortions off the fast-scan axis)",
     )
     rs.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs (never the input)"

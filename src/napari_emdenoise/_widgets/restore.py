@@ -31,6 +31,14 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = ["RestoreWidget", "is_checkpoint", "model_label", "run_with_progress"]
 
+#: Self-ensemble choices of the dock: label → number of transforms
+#: (:mod:`napari_emdenoise.engine.self_ensemble`).
+ENSEMBLE_CHOICES = {
+    "off (1 pass)": 1,
+    "2: + upside-down (any model, 2× time)": 2,
+    "8: all flips and rotations (TEM/SEM, counting noise; 8× time)": 8,
+}
+
 
 def run_with_progress(func, *args: Any, **kwargs: Any) -> Iterator[tuple[int, int]]:
     """Run ``func(*args, progress=..., **kwargs)`` in a thread, yielding its progress.
@@ -140,6 +148,16 @@ class RestoreWidget(CancellableRun, mw.Container):
             "counting-noise-limited images; it assumes pixel-independent (Poisson–Gaussian) noise "
             "and gives back corrections of scan distortions (blur, jitter, row lines).",
         )
+        self.ensemble = mw.ComboBox(
+            label="self-ensemble",
+            choices=list(ENSEMBLE_CHOICES.items()),
+            value=1,
+            tooltip="Restore the image under flips and rotations and average the results (the "
+            "time is multiplied by the number of transforms). '2' adds the upside-down image and "
+            "suits every model; '8' uses all flips and 90° rotations, for TEM/SEM images and "
+            "S(T)EM images limited by counting noise (it turns scan distortions away from the "
+            "fast-scan axis the S(T)EM models correct).",
+        )
         self._make_run_controls("Restore", "" if self.cards else "no models found")
         wrap_labels(self.card, self.status)
         form = mw.Container(
@@ -151,6 +169,7 @@ class RestoreWidget(CancellableRun, mw.Container):
                 self.tile_size,
                 self.residual,
                 self.safeguard,
+                self.ensemble,
                 self.run_button,
                 self.cancel_button,
                 self.progress,
@@ -285,6 +304,8 @@ class RestoreWidget(CancellableRun, mw.Container):
         device = None if self.device.value == "auto" else self.device.value
         tile = int(self.tile_size.value) or None
         safeguard = bool(self.safeguard.value)
+        ensemble = int(self.ensemble.value)
+        request["ensemble"] = ensemble
         band_weights: list[tuple[float, ...]] = []  # filled by the worker, read when it is done
         worker = create_worker(
             run_with_progress,
@@ -298,6 +319,7 @@ class RestoreWidget(CancellableRun, mw.Container):
             safeguard_report=(lambda _i, r: band_weights.append(r.band_weights))
             if safeguard
             else None,
+            ensemble=ensemble,
             _start_thread=False,
         )
         self._launch(
@@ -314,6 +336,9 @@ class RestoreWidget(CancellableRun, mw.Container):
         """Add the result layers, recorded with the model that was asked for at Start."""
         name, model = request["name"], request["model"]
         metadata = {**request["metadata"], "emdenoise_model": model}
+        ensemble = request.get("ensemble", 1)
+        if ensemble > 1:
+            metadata["emdenoise_ensemble"] = ensemble
         if band_weights:
             metadata["emdenoise_safeguard_band_weights"] = [list(w) for w in band_weights]
         common = {**request["geometry"], "metadata": metadata}
@@ -331,6 +356,8 @@ class RestoreWidget(CancellableRun, mw.Container):
             )
         self._produced.update(layer.unique_id for layer in self.outputs)
         self.status.value = f"{name} restored with {model}"
+        if ensemble > 1:
+            self.status.value += f" (mean of {ensemble} flips/rotations)"
         if band_weights:
             from ..engine.safeguard import describe_band_weights
 

@@ -46,6 +46,7 @@ from .._validation import as_float_image, tensor_to_numpy
 from ..models._normalization import NORM_REL_FLOOR, normalization_stats
 from .device import autocast_context, is_oom_error, resolve_device
 from .safeguard import BlendResult, sure_blend
+from .self_ensemble import check_ensemble, ensemble_transforms, output_shapes
 from .tiling import TileBlender, TileGrid, balanced_tile
 
 __all__ = [
@@ -594,6 +595,7 @@ def restore(
     safeguard: bool = False,
     backend: str = "auto",
     safeguard_report: Callable[[int, BlendResult], None] | None = None,
+    ensemble: int = 1,
 ) -> np.ndarray:
     """Restore an EM image or a stack of frames with a trained network.
 
@@ -654,6 +656,15 @@ def restore(
         least 512² pixels (enough to repay a first export); torch otherwise,
         and always on a GPU. Both back ends use the same tiles and agree to
         float32 rounding.
+    ensemble : {1, 2, 8}
+        Geometric self-ensemble (:mod:`.self_ensemble`): restore the frame
+        under this many flips and 90° rotations, transform the results back
+        and average them; costs ``ensemble`` times the time. ``2`` adds the
+        upside-down frame and is safe for every model; ``8`` uses all flips
+        and rotations, for TEM/SEM images and S(T)EM images limited by
+        counting noise (it turns scan distortions away from the fast-scan
+        axis the S(T)EM models correct). With ``safeguard`` the ensemble is
+        the restoration that is blended.
 
     Returns
     -------
@@ -664,8 +675,8 @@ def restore(
     ------
     ValueError
         For NaN/inf, empty, 1-D or 4-D input, an axis under 2 pixels, an
-        unknown model, device or backend, or ``backend="onnxruntime"`` with a
-        device other than the CPU.
+        unknown model, device or backend, an ensemble size other than 1, 2
+        or 8, or ``backend="onnxruntime"`` with a device other than the CPU.
     ImportError
         For ``backend="onnxruntime"`` without onnxruntime, onnx and onnxscript.
     Cancelled
@@ -680,6 +691,7 @@ def restore(
     image = tensor_to_numpy(image)
     _check_tiling_args(tile_size, overlap, batch_size)
     _check_backend(backend)
+    transforms = ensemble_transforms(check_ensemble(ensemble))
     ndim = _image_ndim(image)
     if ndim == 4:
         raise ValueError(
@@ -725,6 +737,8 @@ def restore(
                 balanced_tile(n, max(_AUTO_TILE, 2 * overlap + _MIN_TILE), overlap)
                 for n in frame_shape
             )
+        if len(transforms) == 8:  # rotated views (height and width swapped) tile alike
+            tile_size = (max(tile_size),) * 2
     if overlap is None:
         overlap = min(_DEFAULT_OVERLAP, max(0, min(_as_pair(tile_size, "tile_size")) // 2 - 1))
     if batch_size is None:
@@ -736,7 +750,23 @@ def restore(
 
     frames = data[None] if ndim == 2 else data  # type: ignore[index]
     n_frames = int(frames.shape[0])  # type: ignore[union-attr]
-    counter = _StackProgress(progress, n_frames, predictor.count_tiles(frame_shape))
+
+    def tiles_of(shape: tuple[int, int]) -> int:
+        return sum(predictor.count_tiles(s) for s in output_shapes(shape, len(transforms)))
+
+    def forward(img: np.ndarray, hook: ProgressCallback | None = None) -> np.ndarray:
+        if len(transforms) == 1:
+            return predictor._predict_frame(img, hook, cancel)
+        total, offset = tiles_of(img.shape), 0
+        acc = np.zeros(img.shape, dtype=np.float64)
+        for to_view, from_view in transforms:
+            view = to_view(img)
+            sub = None if hook is None else (lambda d, _t, o=offset: hook(o + d, total))
+            acc += from_view(predictor._predict_frame(view, sub, cancel))
+            offset += predictor.count_tiles(view.shape)
+        return (acc / len(transforms)).astype(np.float32)
+
+    counter = _StackProgress(progress, n_frames, tiles_of(frame_shape))
     counter.start()
     out = np.empty((n_frames, *frame_shape), dtype=np.float32)
     for index in range(n_frames):
@@ -745,14 +775,9 @@ def restore(
             if hasattr(frame, "compute"):
                 frame = frame.compute()
             frame = as_float_image(frame, ndim=2, name=f"frame {index}")
-        restored = predictor._predict_frame(frame, counter.frame_hook(), cancel)
+        restored = forward(frame, counter.frame_hook())
         if safeguard:
-            blend = sure_blend(
-                frame,
-                restored,
-                lambda crop: predictor._predict_frame(crop, None, cancel),
-                np.random.default_rng(index),
-            )
+            blend = sure_blend(frame, restored, forward, np.random.default_rng(index))
             restored = blend.image
             if safeguard_report is not None:
                 safeguard_report(index, blend)
