@@ -116,9 +116,16 @@ def test_widget_bad_input_shows_the_error(drift_dock, qtbot):
     assert len(viewer.layers) == n_layers
 
 
-def test_drifting_movie_sample():
-    from napari_emdenoise._widgets.drift import drifting_movie_sample
+def test_drifting_movie_sample_opens_and_aligns_to_its_true_drift(make_napari_viewer):
+    from napari_emdenoise._sample_data import MOVIE_NAME, MOVIE_PIXEL_NM
+    from napari_emdenoise.drift import align_stack
 
-    [(data, meta, kind)] = drifting_movie_sample()
-    assert kind == "image" and data.shape == (24, 128, 128)
-    assert np.asarray(meta["metadata"]["true_shifts_px"]).shape == (24, 2)
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-emdenoise", "drifting_movie")
+    layer = viewer.layers[MOVIE_NAME]
+    assert layer.data.shape == (30, 256, 256)
+    assert tuple(layer.scale) == pytest.approx((1.0, MOVIE_PIXEL_NM, MOVIE_PIXEL_NM))
+    truth = np.asarray(layer.metadata["drift_true_shifts_px"])
+    assert truth.shape == (30, 2) and np.ptp(truth, axis=0).min() > 3.0  # it does drift
+    _aligned, shifts = align_stack(layer.data[:10], method="ncc", denoise=False)
+    assert np.sqrt(np.mean(np.sum((shifts - truth[:10]) ** 2, axis=1))) < 0.5

@@ -14,6 +14,9 @@ microscopist recognises:
 * ``stem4d_stack`` — a 24 × 24 scan of 64² convergent-beam diffraction
   patterns at ≈ 1000 counts each (4D-STEM), calibrated in Å (scan) and mrad
   (detector); open the 4D-STEM dock to see its virtual images and denoise it.
+* ``drifting_movie`` — a 30-frame in-situ TEM movie (256², 10 e⁻/pixel) of
+  particles on a film whose field of view drifts as a random walk; align it in
+  the Drift correction dock and compare with the true drift in its metadata.
 """
 
 from __future__ import annotations
@@ -25,7 +28,14 @@ import numpy as np
 from .noise.pipeline import NoiseParams, make_pair
 from .synth.samples import perovskite_grain_boundary, supported_particles
 
-__all__ = ["SAMPLES", "hrstem_grain_boundary", "lrstem_particles", "sample_pair", "stem4d_stack"]
+__all__ = [
+    "SAMPLES",
+    "drifting_movie",
+    "hrstem_grain_boundary",
+    "lrstem_particles",
+    "sample_pair",
+    "stem4d_stack",
+]
 
 #: key → (specimen, kwargs, pixel size in nm, dose in e⁻/pixel, scan-jitter on, title)
 SAMPLES: dict[str, tuple[Any, dict, float, float, bool, str]] = {
@@ -126,4 +136,45 @@ def stem4d_stack() -> list[tuple]:
     return [
         (clean, {**common, "name": f"{STEM4D_NAME} clean reference", "visible": False}),
         (noisy, {**common, "name": STEM4D_NAME}),
+    ]
+
+
+# -- drift ----------------------------------------------------------------------------------------
+#: Layer name of the drifting-movie sample.
+MOVIE_NAME = "drifting TEM movie"
+#: Nominal pixel size of the movie sample, nm (the synthetic scene has no intrinsic scale).
+MOVIE_PIXEL_NM = 0.5
+
+
+def drifting_movie() -> list[tuple]:
+    """A synthetic in-situ TEM movie (30 frames of 256², 10 e⁻/px) drifting as a random walk.
+
+    The true registration shift of every frame onto the first (pixels, the
+    convention of :func:`napari_emdenoise.drift.align_stack`) is stored in the
+    layer metadata as ``drift_true_shifts_px``.
+    """
+    from .drift.synthetic import drifting_movie as make_movie
+
+    dose = 10.0
+    frames, shifts, info = make_movie(
+        30, (256, 256), np.random.default_rng(11), content="mixed", modality="tem", dose=dose
+    )
+    meta = {
+        "dose_e_per_px": dose,
+        "drift_true_shifts_px": shifts.tolist(),
+        "specimen": "synthetic particles on an amorphous film (mixed scene), TEM noise model",
+        "pixel_size_nm": MOVIE_PIXEL_NM,
+        "note": "nominal pixel size; drift step 1.5 px per frame and axis (random walk)",
+    }
+    return [
+        (
+            frames,
+            {
+                "name": MOVIE_NAME,
+                "scale": (1.0, MOVIE_PIXEL_NM, MOVIE_PIXEL_NM),
+                "units": ("", "nm", "nm"),
+                "axis_labels": ("frame", "y", "x"),
+                "metadata": meta,
+            },
+        )
     ]

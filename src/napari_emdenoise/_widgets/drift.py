@@ -32,26 +32,9 @@ from ._common import (
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
-__all__ = ["DriftPlot", "DriftWidget", "drift_table", "drifting_movie_sample", "write_table"]
+__all__ = ["DriftPlot", "DriftWidget", "drift_table", "write_table"]
 
 NO_DENOISER = "(raw frames)"
-
-
-def drifting_movie_sample() -> list[tuple]:
-    """A synthetic 24-frame TEM movie (128², 20 counts/pixel) drifting as a random walk."""
-    from ..drift.synthetic import drifting_movie
-
-    frames, shifts, info = drifting_movie(
-        24,
-        (128, 128),
-        np.random.default_rng(3),
-        content="particles",
-        modality="tem",
-        dose=20.0,
-        step=1.5,
-    )
-    meta = {"true_shifts_px": shifts.tolist(), "drift": "random walk, 1.5 px/frame per axis"}
-    return [(frames, {"name": "drifting movie", "metadata": meta}, "image")]
 
 
 def _short_unit(unit: Any) -> str:
