@@ -34,6 +34,20 @@ def _wait_done(widget, qtbot):
     qtbot.waitUntil(lambda: not widget.running and widget._worker is None, timeout=TIMEOUT_MS)
 
 
+def _wait_until_held(widget, qtbot, quiet_s: float = 1.5) -> int:
+    """Wait until no step has arrived for ``quiet_s`` seconds; the number of steps then."""
+    last = [-1, time.perf_counter()]
+
+    def quiet() -> bool:
+        n = widget.event_counts.get("StepEvent", 0)
+        if n != last[0]:
+            last[:] = [n, time.perf_counter()]
+        return time.perf_counter() - last[1] > quiet_s
+
+    qtbot.waitUntil(quiet, timeout=TIMEOUT_MS)
+    return widget.event_counts.get("StepEvent", 0)
+
+
 def _start_long_run(widget, qtbot, n_steps: int) -> None:
     """Start a run far longer than the test and wait until ``n_steps`` steps arrived."""
     widget.steps.value = 100_000
@@ -117,9 +131,7 @@ def test_pause_holds_the_run_and_checkpoint_now_writes_one(train_widget, qtbot):
     widget.toggle_pause()
     assert widget.pause_button.text == "Resume"
     # the step under way finishes, then the worker holds between steps
-    qtbot.waitUntil(lambda: widget._worker.is_paused, timeout=TIMEOUT_MS)
-    qtbot.wait(200)
-    held = widget.event_counts["StepEvent"]
+    held = _wait_until_held(widget, qtbot)
     qtbot.wait(2000)
     assert widget.event_counts["StepEvent"] == held
     widget.save_checkpoint()
@@ -299,3 +311,130 @@ def test_training_from_a_script_without_main_guard_does_not_hang(
     )
     assert res.returncode == 0, res.stderr[-3000:]
     assert "steps 2 0" in res.stdout, res.stdout + res.stderr[-3000:]
+
+
+# -- run state: one RunState drives the buttons ---------------------------------------
+def _buttons(widget) -> tuple[bool, bool, bool, bool, str, bool]:
+    """(Start, Pause, Stop, Checkpoint) enabled, the Pause button's text, ONNX enabled."""
+    return (
+        widget.start_button.enabled,
+        widget.pause_button.enabled,
+        widget.stop_button.enabled,
+        widget.checkpoint_button.enabled,
+        widget.pause_button.text,
+        widget.onnx_button.enabled,
+    )
+
+
+def test_run_state_transitions():
+    from napari_emdenoise._widgets._run_state import RunState as S
+
+    assert [s for s in S if s.active] == [S.RUNNING, S.PAUSED, S.STOPPING]
+    assert S.IDLE.can_become(S.RUNNING) and not S.IDLE.can_become(S.DONE)
+    assert S.RUNNING.can_become(S.PAUSED) and S.PAUSED.can_become(S.RUNNING)
+    assert S.PAUSED.can_become(S.STOPPING) and S.RUNNING.can_become(S.STOPPING)
+    assert not S.STOPPING.can_become(S.RUNNING) and not S.STOPPING.can_become(S.PAUSED)
+    assert S.STOPPING.can_become(S.DONE) and S.DONE.can_become(S.RUNNING)
+    assert all(s.can_become(S.CLOSED) for s in S if s is not S.CLOSED)
+    assert not any(S.CLOSED.can_become(s) for s in S)  # a closed dock stays closed
+
+
+def test_buttons_follow_start_pause_resume_stop_and_done(train_widget, qtbot):
+    from napari_emdenoise._widgets._run_state import RunState
+
+    viewer, widget = train_widget
+    assert widget.state is RunState.IDLE
+    assert _buttons(widget) == (True, False, False, False, "Pause", False)
+
+    _start_long_run(widget, qtbot, 2)
+    assert widget.state is RunState.RUNNING
+    assert _buttons(widget) == (False, True, True, True, "Pause", False)
+    trainer = widget.trainer
+    widget.start()  # a second Start while running does nothing
+    assert widget.trainer is trainer and widget.state is RunState.RUNNING
+
+    widget.toggle_pause()
+    assert widget.state is RunState.PAUSED and widget.status.value == "paused"
+    assert _buttons(widget) == (False, True, True, True, "Resume", False)
+    held = _wait_until_held(widget, qtbot)
+    qtbot.wait(1000)
+    assert widget.event_counts["StepEvent"] == held  # the run holds while paused
+    assert widget.running
+
+    widget.toggle_pause()
+    assert widget.state is RunState.RUNNING and widget.status.value == "resumed"
+    assert _buttons(widget) == (False, True, True, True, "Pause", False)
+    qtbot.waitUntil(lambda: widget.event_counts["StepEvent"] > held, timeout=TIMEOUT_MS)
+
+    widget.toggle_pause()  # stop a paused run: it goes on to its end
+    widget.stop()
+    assert widget.state is RunState.STOPPING
+    assert widget.status.value.startswith("stopping")
+    assert _buttons(widget) == (False, False, False, False, "Pause", False)
+    widget.toggle_pause()  # nothing to pause while stopping
+    assert widget.state is RunState.STOPPING
+
+    _wait_done(widget, qtbot)
+    assert widget.state is RunState.DONE and widget.last_error == ""
+    assert widget.result.stopped and widget.result.model_path is not None
+    assert _buttons(widget) == (True, False, False, False, "Pause", True)
+
+    # Start continues the run; the last model cannot be exported while a new one trains
+    widget.steps.value = widget.result.step + 2
+    widget.start()
+    assert widget.state is RunState.RUNNING
+    assert _buttons(widget) == (False, True, True, True, "Pause", False)
+    _wait_done(widget, qtbot)
+    assert widget.state is RunState.DONE and not widget.result.stopped
+    assert _buttons(widget) == (True, False, False, False, "Pause", True)
+
+
+def test_resume_right_after_pause_is_not_lost(train_widget, qtbot):
+    from napari_emdenoise._widgets._run_state import RunState
+
+    viewer, widget = train_widget
+    _start_long_run(widget, qtbot, 1)
+    widget.toggle_pause()
+    widget.toggle_pause()  # before the step under way has ended
+    assert widget.state is RunState.RUNNING
+    n = widget.event_counts["StepEvent"]
+    qtbot.waitUntil(lambda: widget.event_counts["StepEvent"] >= n + 3, timeout=TIMEOUT_MS)
+    widget.stop()
+    _wait_done(widget, qtbot)
+    assert widget.state is RunState.DONE
+
+
+def test_closing_a_paused_run_ends_it_and_the_dock_stays_closed(train_widget, qtbot):
+    from napari_emdenoise._widgets._run_state import RunState
+
+    viewer, widget = train_widget
+    _start_long_run(widget, qtbot, 2)
+    widget.toggle_pause()
+    _wait_until_held(widget, qtbot)
+    buttons = _buttons(widget)
+    t0 = time.perf_counter()
+    viewer.window.remove_dock_widget(widget.native)
+    assert not widget.running  # the paused run was let go and wrote its checkpoint
+    assert time.perf_counter() - t0 < 60
+    assert widget.state is RunState.CLOSED
+    assert widget.trainer.checkpoint_path.is_file()
+    qtbot.wait(200)  # the worker's late "finished" changes neither the state nor the buttons
+    assert widget.state is RunState.CLOSED and _buttons(widget) == buttons
+    trainer = widget.trainer
+    widget.start()  # a closed dock starts nothing
+    assert widget.state is RunState.CLOSED and widget.trainer is trainer
+
+
+def test_the_dock_starts_from_the_form_defaults(make_napari_viewer, open_dock):
+    import dataclasses
+
+    from napari_emdenoise._widgets._spawn import unguarded_main_script
+    from napari_emdenoise.losses import LossWeights
+    from napari_emdenoise.training.config_builder import TrainForm, build_train_config
+
+    widget = open_dock(make_napari_viewer(), "Train")
+    form = widget.form()
+    assert form == dataclasses.replace(TrainForm(), loss_weights=form.loss_weights)
+    assert form.loss_weights == {k: getattr(LossWeights(), k) for k in form.loss_weights}
+    assert len(form.loss_weights) == 8
+    assert widget.config() == build_train_config(form, unguarded_script=unguarded_main_script())

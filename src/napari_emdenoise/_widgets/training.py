@@ -1,12 +1,16 @@
 """Train dock widget: train a restoration network for *your* microscope inside napari.
 
-The widget collects a :class:`~napari_emdenoise.training.trainer.TrainConfig`,
-runs :meth:`Trainer.run` in a napari generator worker and turns every yielded
-event into main-thread updates: the live :class:`LossPlot`, a progress bar with
+The widget collects its editors' plain values into a
+:class:`~napari_emdenoise.training.config_builder.TrainForm`, which
+:func:`~napari_emdenoise.training.config_builder.build_train_config` turns into a
+:class:`~napari_emdenoise.training.trainer.TrainConfig` (no Qt there). It runs
+:meth:`Trainer.run` in a napari generator worker and turns every yielded event into
+main-thread updates: the live :class:`LossPlot`, a progress bar with
 pairs/s and ETA, and preview layers of the current network's output on a fixed
 validation pair (and, optionally, on one of the user's image layers). Stop,
 pause/resume and "save checkpoint now" act on the trainer between steps; closing
-the widget or the viewer stops the run and keeps the last checkpoint.
+the widget or the viewer stops the run and keeps the last checkpoint. One
+:class:`~._run_state.RunState` says where the run stands and sets the buttons.
 """
 
 from __future__ import annotations
@@ -23,8 +27,16 @@ from qtpy.QtCore import QTimer
 
 from ..losses import LossWeights
 from ..noise.pipeline import MODALITIES, NoiseParams
+from ..training.config_builder import (
+    TrainForm,
+    build_train_config,
+    default_runs_dir,
+    in_process_reason,
+    resolve_noise,
+)
 from ._common import WorkerHost, grey_image_layers, scrolling, section, wrap_labels
 from ._layers import OwnedLayers
+from ._run_state import RunState
 from ._spawn import unguarded_main_script
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -32,11 +44,13 @@ if TYPE_CHECKING:  # pragma: no cover
 
     from ..training.trainer import TrainConfig, Trainer
 
-__all__ = ["TrainWidget"]
+__all__ = ["TrainWidget", "default_runs_dir"]
 
 RANDOM_NOISE = "random (paper ranges)"
 PLAYGROUND_NOISE = "playground (live settings)"
 FILE_NOISE = "settings file (JSON)"
+#: The noise-source choices and the keys :class:`TrainForm` takes.
+_NOISE_KEYS = {RANDOM_NOISE: "random", PLAYGROUND_NOISE: "playground", FILE_NOISE: "file"}
 SCRATCH = "scratch"
 NO_PREVIEW = "none"
 #: Loss-weight fields shown as editors (every term of Lobato et al. 2023, eqs 4–15).
@@ -49,19 +63,22 @@ CLOSE_TIMEOUT_S = 120.0
 STARTUP_WARNING_S = 60.0
 #: Model sizes in the order offered (smallest first); others follow alphabetically.
 _SIZE_ORDER = ("tiny", "small", "full")
+#: The editors' first values: those of :class:`TrainForm` (the runs folder is set apart).
+_FIRST = TrainForm(out_dir="")
 #: First settings: CGRDN "small" (181 k parameters) on 96² patches, batch 8, for 1000
 #: steps trains in about 10 minutes on two CPU cores (the bundled models were trained so,
 #: for 3000–5000 steps); "full" (7 M parameters) is meant for a GPU.
-DEFAULT_SIZE = "small"
-DEFAULT_PATCH = 96
-DEFAULT_STEPS = 1000
-
-
-def default_runs_dir() -> Path:
-    """Folder of training runs: ``runs/`` beside the user-model folder."""
-    from ..models.registry import user_models_dir
-
-    return user_models_dir().parent / "runs"
+DEFAULT_SIZE = _FIRST.model_config
+DEFAULT_PATCH = _FIRST.patch_size
+DEFAULT_STEPS = _FIRST.steps
+#: Buttons per run state: (Start, Pause, Stop, Checkpoint) enabled, and the Pause button's text.
+_BUTTONS: dict[RunState, tuple[bool, bool, bool, bool, str]] = {
+    RunState.IDLE: (True, False, False, False, "Pause"),
+    RunState.RUNNING: (False, True, True, True, "Pause"),
+    RunState.PAUSED: (False, True, True, True, "Resume"),
+    RunState.STOPPING: (False, False, False, False, "Pause"),
+    RunState.DONE: (True, False, False, False, "Pause"),
+}
 
 
 #: Layer showing input | target | restored of the fixed validation pair.
@@ -84,10 +101,16 @@ def preview_montage(*panels: np.ndarray, gap: int = 2) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
-def _run_trainer(trainer: Trainer, done: threading.Event):
-    """Generator for the worker: the trainer's events; ``done`` is set when it ends."""
+def _run_trainer(trainer: Trainer, done: threading.Event, go: threading.Event):
+    """Generator for the worker: the trainer's events; ``done`` is set when it ends.
+
+    After each event the thread waits while ``go`` is clear (paused); setting it
+    resumes the run at once (a pause asked just before is simply cancelled).
+    """
     try:
-        yield from trainer.run()
+        for event in trainer.run():
+            yield event
+            go.wait()
     finally:
         done.set()
 
@@ -156,9 +179,12 @@ class TrainWidget(mw.Container):
         self.viewer = viewer
         self.trainer: Trainer | None = None
         self._worker: Any = None
-        self._done = threading.Event()
+        self._done = threading.Event()  # set by the worker thread when the run has ended
         self._done.set()
-        self._closing = False
+        self._go = threading.Event()  # cleared while paused: the worker thread holds
+        self._go.set()
+        #: Where the run stands, as the widget shows it (see :meth:`_enter`).
+        self.state = RunState.IDLE
         self._t_start = 0.0
         self._step_start = 0
         self._rate = 0.0
@@ -176,8 +202,10 @@ class TrainWidget(mw.Container):
         self._montage_geometry: dict[str, Any] = {}
 
         # -- model
-        self.model_name = mw.LineEdit(label="model name", value="my_model")
-        self.arch = mw.ComboBox(label="architecture", choices=sorted(ARCHITECTURES), value="cgrdn")
+        self.model_name = mw.LineEdit(label="model name", value=_FIRST.model_name)
+        self.arch = mw.ComboBox(
+            label="architecture", choices=sorted(ARCHITECTURES), value=_FIRST.arch
+        )
         self.model_config = mw.ComboBox(
             label="size",
             choices=lambda *_: size_choices(self.arch.value),
@@ -188,9 +216,9 @@ class TrainWidget(mw.Container):
         self.start_from = mw.ComboBox(label="start from", choices=self._start_choices)
         # -- data
         self.modality = mw.ComboBox(
-            label="modality", choices=[*MODALITIES, "diffraction"], value="stem"
+            label="modality", choices=[*MODALITIES, "diffraction"], value=_FIRST.modality
         )
-        self.kind = mw.ComboBox(label="kind", choices=["hr", "lr"], value="hr")
+        self.kind = mw.ComboBox(label="kind", choices=["hr", "lr"], value=_FIRST.kind)
         self.noise_source = mw.ComboBox(
             label="noise", choices=[RANDOM_NOISE, PLAYGROUND_NOISE, FILE_NOISE]
         )
@@ -200,27 +228,31 @@ class TrainWidget(mw.Container):
             tooltip="side of the training crops; larger sees more context, trains slower",
         )  # fmt: skip
         self.clean_pool = mw.SpinBox(
-            label="clean-image pool", value=64, min=0, max=100_000,
+            label="clean-image pool", value=_FIRST.clean_pool, min=0, max=100_000,
             tooltip="0: a new clean image for every pair (paper); N: reuse N clean images",
         )  # fmt: skip
-        self.seed = mw.SpinBox(label="seed", value=0, min=0, max=2**31 - 1)
+        self.seed = mw.SpinBox(label="seed", value=_FIRST.seed, min=0, max=2**31 - 1)
         # -- loss
         self.weights = _weight_editors()
         self.disc_channels = mw.SpinBox(
-            label="discriminator width", value=32, min=4, max=128, step=4,
+            label="discriminator width", value=_FIRST.disc_channels, min=4, max=128, step=4,
             tooltip="base channels of the 70×70 patch discriminator (paper: 64)",
         )  # fmt: skip
         # -- optimisation
         self.steps = mw.SpinBox(label="steps", value=DEFAULT_STEPS, min=1, max=10_000_000, step=100)
-        self.batch_size = mw.SpinBox(label="batch", value=8, min=1, max=1024)
-        self.lr = mw.FloatSpinBox(label="learning rate", value=2e-4, min=1e-7, max=1.0, step=1e-5)
+        self.batch_size = mw.SpinBox(label="batch", value=_FIRST.batch_size, min=1, max=1024)
+        self.lr = mw.FloatSpinBox(
+            label="learning rate", value=_FIRST.lr, min=1e-7, max=1.0, step=1e-5
+        )
         self.device = mw.ComboBox(label="device", choices=["auto", *available_devices()])
-        self.val_every = mw.SpinBox(label="preview every [steps]", value=50, min=1, max=1_000_000)
+        self.val_every = mw.SpinBox(
+            label="preview every [steps]", value=_FIRST.val_every, min=1, max=1_000_000
+        )
         self.checkpoint_every = mw.SpinBox(
-            label="checkpoint every [steps]", value=200, min=1, max=1_000_000
+            label="checkpoint every [steps]", value=_FIRST.checkpoint_every, min=1, max=1_000_000
         )
         self.workers = mw.SpinBox(
-            label="data workers", value=1, min=0, max=64,
+            label="data workers", value=_FIRST.workers, min=0, max=64,
             tooltip="processes that make the synthetic pairs (0: in the napari process)",
         )  # fmt: skip
         self.preview_layer = mw.ComboBox(label="preview on", choices=self._preview_choices)
@@ -229,12 +261,12 @@ class TrainWidget(mw.Container):
         self.install = mw.CheckBox(text="list the model in Restore when done", value=True)
         # -- controls
         self.start_button = mw.PushButton(text="Start")
-        self.pause_button = mw.PushButton(text="Pause", enabled=False)
+        self.pause_button = mw.PushButton(text="Pause")
         self.checkpoint_button = mw.PushButton(
-            text="Checkpoint", enabled=False, tooltip="write a checkpoint after the current step"
+            text="Checkpoint", tooltip="write a checkpoint after the current step"
         )
-        self.stop_button = mw.PushButton(text="Stop", enabled=False)
-        self.onnx_button = mw.PushButton(text="Export ONNX…", enabled=False)
+        self.stop_button = mw.PushButton(text="Stop")
+        self.onnx_button = mw.PushButton(text="Export ONNX…")
         self.progress = mw.ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = mw.Label(value="")
 
@@ -306,6 +338,7 @@ class TrainWidget(mw.Container):
         # closing the viewer or removing the dock stops the run and waits for its checkpoint
         self.host = WorkerHost(self.native, self._on_close, timeout=CLOSE_TIMEOUT_S)
         self._on_adversarial()
+        self._apply_state(self.state)
 
     # -- plot dock ------------------------------------------------------------
     def _make_plot(self):
@@ -329,7 +362,7 @@ class TrainWidget(mw.Container):
         return [NO_PREVIEW, *grey_image_layers(self.viewer, (2,), exclude=self.layers)]
 
     def _refresh_layers(self, *_: object) -> None:
-        if not self._closing:
+        if not self._closed:
             self.preview_layer.reset_choices()
 
     def _on_arch(self, *_: object) -> None:
@@ -360,7 +393,7 @@ class TrainWidget(mw.Container):
         self.disc_channels.enabled = self.weights["adversarial"].value > 0
 
     def _on_preview_layer(self, *_: object) -> None:
-        if self.trainer is not None and not self._done.is_set():
+        if self.trainer is not None and self.running:
             try:
                 self.trainer.set_preview_image(self._preview_image())
             except ValueError as exc:
@@ -374,72 +407,57 @@ class TrainWidget(mw.Container):
 
     def noise_params(self) -> NoiseParams | None:
         """The noise settings chosen: None (random per pair), the playground's, or a file's."""
-        source = self.noise_source.value
-        if source == RANDOM_NOISE:
-            return None
-        if source == PLAYGROUND_NOISE:
-            playground = self._find_playground()
-            if playground is None:
-                raise ValueError(
-                    "no Noise-model playground is open: open it (Plugins ▸ EM Denoise) "
-                    "or choose another noise source"
-                )
-            return playground.params
-        path = Path(self.noise_file.value)
-        if not path.is_file():
-            raise ValueError(f"choose a noise settings file (got {str(path)!r})")
-        return NoiseParams.load(path)
+        form = self._noise_values()
+        return resolve_noise(form["noise_source"], form["noise_file"], form["playground_noise"])
 
-    def config(self) -> TrainConfig:
-        """The :class:`TrainConfig` the widget currently describes (raises ValueError)."""
-        from ..models.registry import check_model_name
-        from ..training.datasets import PairConfig
-        from ..training.trainer import TrainConfig
+    def _noise_values(self) -> dict[str, Any]:
+        """The noise source as :class:`TrainForm` takes it (the playground is looked up
+        only when it is the source)."""
+        source = _NOISE_KEYS[self.noise_source.value]
+        playground = self._find_playground() if source == "playground" else None
+        return {
+            "noise_source": source,
+            "noise_file": self.noise_file.value if source == "file" else None,
+            "playground_noise": playground.params if playground is not None else None,
+        }
 
-        name = check_model_name(self.model_name.value.strip())
-        noise = self.noise_params()
-        modality = noise.modality if noise is not None else self.modality.value
-        weights = {k: float(w.value) for k, w in self.weights.items()}
-        LossWeights(**weights)  # validate now, not in the worker
+    def form(self) -> TrainForm:
+        """The editors' values, as plain values (no Qt)."""
         start = self.start_from.value
-        workers = int(self.workers.value)
-        self.in_process_reason = ""
-        if workers > 0:
-            script = unguarded_main_script()
-            if script is not None:
-                workers = 0
-                self.in_process_reason = (
-                    f"data made in the napari process (slower): {Path(script).name} has no "
-                    '`if __name__ == "__main__":` guard, and data-worker processes would '
-                    "run it again (a second napari) instead of making data"
-                )
-        return TrainConfig(
-            name=name,
+        return TrainForm(
+            model_name=self.model_name.value,
             arch=self.arch.value,
             model_config=self.model_config.value,
-            pairs=PairConfig(
-                modality=modality,
-                kind=self.kind.value,
-                patch_size=int(self.patch_size.value),
-                noise=noise,
-                seed=int(self.seed.value),
-                clean_pool=int(self.clean_pool.value),
-                pool_image_size=max(256, int(self.patch_size.value)),
-            ),
+            start_from=None if start in (SCRATCH, None) else start,
+            modality=self.modality.value,
+            kind=self.kind.value,
+            **self._noise_values(),
+            patch_size=int(self.patch_size.value),
+            clean_pool=int(self.clean_pool.value),
+            seed=int(self.seed.value),
+            loss_weights={k: float(w.value) for k, w in self.weights.items()},
+            disc_channels=int(self.disc_channels.value),
             steps=int(self.steps.value),
             batch_size=int(self.batch_size.value),
             lr=float(self.lr.value),
-            disc_channels=int(self.disc_channels.value),
-            loss_weights=weights,
-            val_size=8,
+            device=None if self.device.value == "auto" else self.device.value,
             val_every=int(self.val_every.value),
             checkpoint_every=int(self.checkpoint_every.value),
-            num_workers=workers,
-            worker_start_method="spawn",
-            device=None if self.device.value == "auto" else self.device.value,
-            init_from=None if start in (SCRATCH, None) else start,
-            out_dir=str(Path(self.out_dir.value) / name),
+            workers=int(self.workers.value),
+            out_dir=Path(self.out_dir.value),
         )
+
+    def config(self) -> TrainConfig:
+        """The :class:`TrainConfig` the widget currently describes (raises ValueError).
+
+        Also sets :attr:`in_process_reason` when data workers cannot be used.
+        """
+        form = self.form()
+        script = unguarded_main_script() if form.workers > 0 else None
+        self.in_process_reason = ""
+        cfg = build_train_config(form, unguarded_script=script)
+        self.in_process_reason = in_process_reason(form.workers, script)
+        return cfg
 
     def _preview_image(self):
         name = self.preview_layer.value
@@ -459,7 +477,7 @@ class TrainWidget(mw.Container):
 
     def start(self) -> None:
         """Start (or continue) training in a background worker."""
-        if self.running:
+        if self.running or self.state not in (RunState.IDLE, RunState.DONE):
             return
         from napari.qt.threading import create_worker
 
@@ -477,6 +495,8 @@ class TrainWidget(mw.Container):
         self.last_error = ""
         self.plot.clear()
         self._done = threading.Event()
+        self._go = threading.Event()
+        self._go.set()
         self._t_start = time.perf_counter()
         self._step_start = -1
         self._rate = 0.0
@@ -486,12 +506,14 @@ class TrainWidget(mw.Container):
         self.status.value = f"starting: {cfg.arch} ({cfg.model_config}) → {cfg.out_dir}"
         if self.in_process_reason:
             self.status.value += f" · {self.in_process_reason}"
-        self._worker = create_worker(_run_trainer, trainer, self._done, _start_thread=False)
+        self._worker = create_worker(
+            _run_trainer, trainer, self._done, self._go, _start_thread=False
+        )
         self._worker.yielded.connect(self._on_event)
         self._worker.errored.connect(self._on_error)
         self._worker.finished.connect(self._on_finished)
         self._prepare_preview_layers(cfg, trainer)
-        self._set_running(True)
+        self._enter(RunState.RUNNING)
         self._startup_timer.start()
         self.host.start(self._worker)
 
@@ -517,32 +539,28 @@ class TrainWidget(mw.Container):
         if self.trainer is None or not self.running:
             return
         self.trainer.stop()
-        worker = self._worker
-        if worker is not None and getattr(worker, "is_paused", False):
-            worker.resume()
-        if not self._closing:
+        self._go.set()  # a paused run goes on to its end
+        if self._enter(RunState.STOPPING):
             self.status.value = "stopping after the current step…"
 
     def toggle_pause(self) -> None:
         """Pause or resume the run (between steps)."""
-        worker = self._worker
-        if worker is None or not self.running:
+        if not self.running:
             return
-        if worker.is_paused:
-            worker.resume()
-            self.pause_button.text = "Pause"
-            self.status.value = "resumed"
-        else:
-            worker.pause()
-            self.pause_button.text = "Resume"
-            self.status.value = "paused"
+        if self.state is RunState.PAUSED:
+            self._go.set()
+            if self._enter(RunState.RUNNING):
+                self.status.value = "resumed"
+        elif self.state is RunState.RUNNING:
+            self._go.clear()
+            if self._enter(RunState.PAUSED):
+                self.status.value = "paused"
 
     def save_checkpoint(self) -> None:
         """Write a checkpoint after the current step."""
         if self.trainer is not None and self.running:
             self.trainer.request_checkpoint()
-            worker = self._worker
-            if worker is not None and getattr(worker, "is_paused", False):
+            if self.state is RunState.PAUSED:
                 self.status.value = "checkpoint will be written when resumed"
 
     def shutdown(self, timeout: float = CLOSE_TIMEOUT_S) -> bool:
@@ -564,7 +582,7 @@ class TrainWidget(mw.Container):
 
     def _on_close(self) -> None:
         """The viewer is closing or the dock was removed: stop the run, let go of the viewer."""
-        self._closing = True
+        self._enter(RunState.CLOSED)
         self._ui_timer.stop()
         self._startup_timer.stop()
         self.stop()
@@ -574,18 +592,36 @@ class TrainWidget(mw.Container):
             except (RuntimeError, TypeError, ValueError):  # pragma: no cover - already gone
                 pass
 
-    def _set_running(self, running: bool) -> None:
-        if self._closing:
+    # -- run state ------------------------------------------------------------
+    @property
+    def _closed(self) -> bool:
+        """True once the viewer is closing or the dock was removed."""
+        return self.state is RunState.CLOSED
+
+    def _enter(self, state: RunState) -> bool:
+        """Move to ``state`` and show it; False (and nothing changes) if it cannot follow."""
+        if not self.state.can_become(state):
+            return False
+        self.state = state
+        self._apply_state(state)
+        return True
+
+    def _apply_state(self, state: RunState) -> None:
+        """Set the buttons for ``state`` (nothing once closed: the Qt objects may be gone)."""
+        if state is RunState.CLOSED:
             return
-        self.start_button.enabled = not running
-        self.pause_button.enabled = running
-        self.stop_button.enabled = running
-        self.checkpoint_button.enabled = running
-        self.pause_button.text = "Pause"
+        start, pause, stop, checkpoint, pause_text = _BUTTONS[state]
+        self.start_button.enabled = start
+        self.pause_button.enabled = pause
+        self.pause_button.text = pause_text
+        self.stop_button.enabled = stop
+        self.checkpoint_button.enabled = checkpoint
+        trained = self.result is not None and self.result.model_path is not None
+        self.onnx_button.enabled = trained and not state.active
 
     # -- events (main thread) -------------------------------------------------
     def _on_event(self, event: Any) -> None:
-        if self._closing:
+        if self._closed:
             return
         kind = type(event).__name__
         self.event_counts[kind] = self.event_counts.get(kind, 0) + 1
@@ -594,7 +630,7 @@ class TrainWidget(mw.Container):
             handler(event)
 
     def _warn_slow_start(self) -> None:
-        if self._closing or not self.running or self._last_step is not None:
+        if self._closed or not self.running or self._last_step is not None:
             return
         workers = self.trainer.config.num_workers if self.trainer is not None else 0
         hint = (
@@ -623,7 +659,7 @@ class TrainWidget(mw.Container):
     def _refresh_progress(self) -> None:
         """Show the latest step (called by a timer at most ``UI_REFRESH_HZ`` times a second)."""
         event = self._last_step
-        if event is None or self._closing:
+        if event is None or self._closed:
             return
         self.progress.value = min(event.step, self.progress.max)
         eta = (event.total - event.step) / self._rate if self._rate > 0 else float("inf")
@@ -666,22 +702,21 @@ class TrainWidget(mw.Container):
             except (ValueError, OSError) as exc:
                 message += f" · could not install the model: {exc}"
         self.status.value = message
-        self.onnx_button.enabled = event.model_path is not None
 
     def _on_error(self, exc: BaseException) -> None:
         self._show_error(f"training failed: {exc}")
 
     def _on_finished(self) -> None:
         self._worker = None
-        if self._closing:  # the widget's Qt objects may be gone already
+        if self._closed:  # the widget's Qt objects may be gone already
             return
         self._startup_timer.stop()
-        self._set_running(False)
+        self._enter(RunState.DONE)
         self.plot.redraw()
 
     def _show_error(self, message: str) -> None:
         self.last_error = message
-        if not self._closing:
+        if not self._closed:
             self.status.value = f"⚠ {message}"
 
     # -- model management -----------------------------------------------------
