@@ -155,3 +155,77 @@ def playground(make_napari_viewer, qtbot):
 
     qtbot.waitUntil(shown_at_64, timeout=60000)
     return viewer, widget, qtbot
+
+
+class ComputeProbe:
+    """Wraps an engine function to record its progress and its cancel checks, and slow it.
+
+    ``probe.wrap(func)`` calls ``func(*args, progress=..., cancel=..., **kwargs)``
+    with callbacks that record every ``(done, total)`` and every answer of the
+    caller's ``cancel`` (then pass them on), and sleep ``delay`` seconds per
+    progress report, so a test can stop a run before it ends.
+    """
+
+    def __init__(self, delay: float = 0.05) -> None:
+        self.delay = delay
+        self.progress: list[tuple[int, int]] = []
+        self.cancel_answers: list[bool] = []
+
+    @property
+    def cancelled(self) -> bool:
+        """Whether the computation was told to stop (a cancel check answered True)."""
+        return any(self.cancel_answers)
+
+    @property
+    def finished(self) -> bool:
+        """Whether the computation reported that it reached its end."""
+        return any(done >= total for done, total in self.progress)
+
+    def wrap(self, func):
+        import time
+
+        def wrapped(*args, progress=None, cancel=None, **kwargs):
+            def report(done, total):
+                self.progress.append((int(done), int(total)))
+                time.sleep(self.delay)
+                if progress is not None:
+                    progress(done, total)
+
+            def check():
+                answer = bool(cancel()) if cancel is not None else False
+                self.cancel_answers.append(answer)
+                return answer
+
+            return func(*args, progress=report, cancel=check, **kwargs)
+
+        return wrapped
+
+
+@pytest.fixture
+def compute_probe():
+    """A :class:`ComputeProbe` (``compute_probe.wrap(engine_function)``)."""
+    return ComputeProbe()
+
+
+def napari_cancels_its_tasks(viewer) -> int:
+    """Cancel the running tasks the way napari does; the number of tasks cancelled.
+
+    napari lists every worker made with ``napari.qt.threading.create_worker`` in its
+    task registry, with ``worker.quit`` as the cancel callback, and cancels them
+    from its activity dock or when the window closes (``cancel_all``). The
+    registry is private napari API: where it is missing, nothing is cancelled
+    (0), and the test calling this fails on its own assertion.
+    """
+    manager = getattr(viewer.window, "_task_status_manager", None)
+    tasks = list(getattr(manager, "_tasks", {}).values())
+    busy = [task for task in tasks if str(task.state()[2]) in ("busy", "pending")]
+    for task in busy:
+        task.cancel()
+    return len(busy)
+
+
+def emdenoise_threads() -> list[str]:
+    """Names of the computation threads of the docks still alive."""
+    import threading
+
+    return [t.name for t in threading.enumerate() if t.name.startswith("emdenoise-")]

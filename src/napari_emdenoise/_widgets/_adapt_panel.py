@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 
-from ._common import CancellableRun, run_in_thread, wrap_labels
+from ._common import CancellableRun, WorkerHost, run_in_thread, wrap_labels
 
 if TYPE_CHECKING:  # pragma: no cover
     from .restore import RestoreWidget
@@ -50,7 +50,8 @@ def run_adapt(
     Yields ``("progress", AdaptProgress)`` while adapting and ``("phase", text)``
     afterwards; returns ``("ok", dict)``, ``("error", message)`` or
     ``("cancelled", message)``. A cancelled adaptation still returns its best
-    state; ``closing`` (the viewer closes) also skips the restorations. Saving is
+    state; ``closing`` (the viewer closes, or the worker was quit) also skips the
+    restorations. Saving is
     left to the caller, on the main thread: saving notifies the
     widgets that list models, which touch Qt.
     """
@@ -149,6 +150,14 @@ class AdaptPanel(CancellableRun, mw.Container):
         self.side_by_side.changed.connect(self._grid)
 
     # -- run ----------------------------------------------------------------------
+    #: Status shown when the adaptation was quit (napari's activity dock, ``worker.quit()``).
+    cancelled_text = "adaptation cancelled: no model saved, no layer added"
+
+    @property
+    def host(self) -> WorkerHost:
+        """The Restore dock's worker host (the panel's workers run there)."""
+        return self.owner.host
+
     @property
     def busy(self) -> bool:
         """True while an adaptation runs."""
@@ -160,13 +169,19 @@ class AdaptPanel(CancellableRun, mw.Container):
 
     def close(self) -> None:
         """The viewer is closing: stop adapting and skip the final restorations."""
+        self._stop_computation()
+
+    def _stop_computation(self) -> None:
+        """Quit (napari's activity dock, ``worker.quit()``) or closing: stop everything.
+
+        Unlike *Cancel adaptation*, which keeps the best state so far and restores
+        with it, the restorations are skipped too and nothing is saved.
+        """
         self._closing.set()
         self._cancel.set()
 
     def start(self) -> None:
         """Adapt the selected model to the selected layer in a worker."""
-        from napari.qt.threading import create_worker
-
         from ..training.adapt import AdaptConfig
 
         owner = self.owner
@@ -189,6 +204,7 @@ class AdaptPanel(CancellableRun, mw.Container):
             "metadata": dict(layer.metadata),
         }
         self._cancel.clear()
+        self._closing.clear()  # set by a quit worker; the viewer is not closing (checked above)
         self.last_error = ""
         self.progress.value = 0
         self.previews_shown = 0
@@ -196,7 +212,7 @@ class AdaptPanel(CancellableRun, mw.Container):
         self._set_running(True)
         self._ensure_plot()
         self.plot.clear()
-        worker = create_worker(
+        self._start_worker(
             run_adapt,
             model,
             data,
@@ -207,13 +223,9 @@ class AdaptPanel(CancellableRun, mw.Container):
             anchor=float(self.anchor.value),
             steps=self.max_steps,
             config=self.config or AdaptConfig(preview_size=PREVIEW_SIDE),
-            _start_thread=False,
+            on_yielded=self._on_event,
+            on_returned=self._on_outcome,
         )
-        worker.yielded.connect(self._on_event)
-        worker.returned.connect(self._on_outcome)
-        worker.errored.connect(lambda exc: self._error(str(exc)))
-        self._worker = worker
-        owner.host.start(worker)
 
     def _set_running(self, running: bool) -> None:
         self.adapt_button.enabled = not running

@@ -11,11 +11,13 @@ therefore fail; ``isinstance`` (the proxy forwards ``__class__``), names and
 
 from __future__ import annotations
 
+import inspect
 import queue
 import threading
 from collections.abc import Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from napari.qt.threading import GeneratorWorker
 from qtpy.QtCore import QEvent, QObject, QSize, Qt, QThreadPool
 from qtpy.QtWidgets import (
     QComboBox,
@@ -32,6 +34,7 @@ if TYPE_CHECKING:  # pragma: no cover
 
 __all__ = [
     "CancellableRun",
+    "StoppingWorker",
     "WorkerHost",
     "disconnect_quietly",
     "find_layer",
@@ -169,6 +172,10 @@ def run_in_thread(
     comes back as ``("cancelled", message)`` and the errors a user can cause
     (``user_errors``) as ``("error", message)``, so the widget can show them;
     anything else is re-raised (a bug, reported by napari).
+
+    Closing the generator early (:class:`StoppingWorker` does when it is quit)
+    waits for ``work`` to return: ``work`` must watch a cancel flag that was set
+    before, or the wait lasts until it is done.
     """
     from ..engine.predictor import Cancelled
 
@@ -185,9 +192,13 @@ def run_in_thread(
 
     thread = threading.Thread(target=target, daemon=True, name=name)
     thread.start()
-    while (item := events.get()) is not None:
-        yield item
-    thread.join()
+    try:
+        while (item := events.get()) is not None:
+            yield item
+    finally:
+        # also when the generator is closed early (a quit worker, see StoppingWorker):
+        # the caller's thread returns only once the computation has
+        thread.join()
     error = outcome.get("error")
     if isinstance(error, Cancelled):
         return ("cancelled", str(error))
@@ -196,6 +207,49 @@ def run_in_thread(
     if error is not None:
         raise error
     return ("ok", outcome["value"])
+
+
+class StoppingWorker(GeneratorWorker):
+    """A napari generator worker whose ``quit`` also stops the computation it relays.
+
+    napari's own cancel (the activity dock's button, its task registry,
+    ``worker.quit()``) only makes a worker stop iterating its generator: a
+    computation running in another thread (:func:`run_in_thread`) would go on.
+    Here ``quit`` also calls :attr:`on_quit` (which sets the dock's cancel flag),
+    and a generator left early is closed on the worker thread, so the worker
+    thread returns only once the computation has stopped (the dock may start
+    another run, or the viewer close, without a computation still going).
+
+    Whatever ends the run, ``aborted`` is emitted when it was quit, and then
+    ``finished``; ``returned`` is not emitted after a quit.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Called (on the calling thread) by :meth:`quit`: ask the computation to stop.
+        self.on_quit: Callable[[], None] | None = None
+
+    def quit(self) -> None:
+        """Stop the worker and the computation (through :attr:`on_quit`, until it has ended)."""
+        super().quit()
+        on_quit = self.on_quit
+        if on_quit is not None:
+            on_quit()
+
+    def work(self) -> Any:
+        """napari's generator loop; after a quit, close the generator (waits for the work)."""
+        try:
+            result = super().work()
+            if self.abort_requested:
+                if inspect.getgeneratorstate(self._gen) == inspect.GEN_CLOSED:
+                    self.aborted.emit()  # the generator ended before the loop saw the quit
+                else:
+                    self._gen.close()  # the loop emitted ``aborted`` and left the generator
+            return result
+        finally:
+            # quitting a finished worker (napari cancels every task it lists when
+            # the window closes) must not cancel the dock's next run
+            self.on_quit = None
 
 
 def disconnect_quietly(*connections: tuple[Any, Callable]) -> None:
@@ -367,17 +421,66 @@ class CancellableRun:
         self.run_button.enabled = False
         self.cancel_button.enabled = True
 
-    def _launch(self, worker: Any, on_result: Callable[[Any], None]) -> None:
-        """Start a :func:`run_in_thread` worker on ``host``; ``on_result(value)`` on success.
+    def _stop_computation(self) -> None:
+        """Ask the computation to stop at its next check (what quitting the worker does)."""
+        self._cancel.set()
 
-        Its ``(done, total)`` items drive the progress bar; a cancelled or failed
-        run is reported in the status line (see :meth:`_on_outcome`).
+    def _start_worker(
+        self,
+        func: Callable[..., Generator],
+        *args: Any,
+        on_yielded: Callable[[Any], None],
+        on_returned: Callable[[Any], None],
+        **kwargs: Any,
+    ) -> StoppingWorker:
+        """Run the generator ``func(*args, **kwargs)`` in a :class:`StoppingWorker` on ``host``.
+
+        The one place where the docks start a run: quitting the worker (napari's
+        activity dock, ``worker.quit()``) calls :meth:`_stop_computation`, so the
+        computation stops; a run that ends without an outcome (it was quit) is
+        shown as cancelled and the dock is idle again. Errors go to
+        :meth:`_on_errored`.
         """
-        worker.yielded.connect(self._on_progress)
-        worker.returned.connect(lambda outcome: self._on_outcome(outcome, on_result))
-        worker.errored.connect(lambda exc: self._error(str(exc)))
+        from napari.qt.threading import create_worker
+
+        worker = create_worker(
+            func, *args, _worker_class=StoppingWorker, _start_thread=False, **kwargs
+        )
+        worker.on_quit = self._stop_computation
+        worker.yielded.connect(on_yielded)
+        worker.returned.connect(on_returned)
+        worker.errored.connect(self._on_errored)
+        worker.finished.connect(lambda: self._on_finished(worker))
         self._worker = worker
         self.host.start(worker)
+        return worker
+
+    def _launch(
+        self,
+        on_result: Callable[[Any], None],
+        func: Callable[..., Generator],
+        *args: Any,
+        **kwargs: Any,
+    ) -> None:
+        """Run ``func(*args, **kwargs)`` (a :func:`run_in_thread` generator) in a worker.
+
+        Its ``(done, total)`` items drive the progress bar; ``on_result(value)``
+        is called on success; a cancelled or failed run is reported in the
+        status line (see :meth:`_on_outcome`).
+        """
+        self._start_worker(
+            func,
+            *args,
+            on_yielded=self._on_progress,
+            on_returned=lambda outcome: self._on_outcome(outcome, on_result),
+            **kwargs,
+        )
+
+    def _on_finished(self, worker: Any) -> None:
+        """The worker thread is done; if it was quit (no outcome shown), show it cancelled."""
+        if self.host.closing or self._worker is not worker:
+            return
+        self._cancelled()
 
     def _on_progress(self, item: tuple[int, int]) -> None:
         if self.host.closing:
@@ -391,13 +494,19 @@ class CancellableRun:
             return
         status, value = outcome
         if status == "cancelled":
-            self.status.value = self.cancelled_text
-            self.progress.value = 0
-            self._finish()
+            self._cancelled()
         elif status == "error":
             self._error(value)
         else:
             on_result(value)
+
+    def _cancelled(self) -> None:
+        self.status.value = self.cancelled_text
+        self.progress.value = 0
+        self._finish()
+
+    def _on_errored(self, exc: BaseException) -> None:
+        self._error(str(exc))
 
     def _error(self, message: str) -> None:
         self.last_error = message

@@ -221,8 +221,6 @@ class DriftWidget(CancellableRun, mw.Container):
     # -- run ------------------------------------------------------------------------
     def start(self) -> None:
         """Align the selected stack in a worker thread."""
-        from napari.qt.threading import create_worker
-
         from ..drift import align_stack
         from .restore import run_with_progress
 
@@ -250,7 +248,8 @@ class DriftWidget(CancellableRun, mw.Container):
             "shape": tuple(int(s) for s in data.shape),
         }
         self._begin(f"aligning {layer.name} ({self.method.value}, {self.reference.value})…")
-        worker = create_worker(
+        self._launch(
+            lambda value: self._on_result(request, *value),
             run_with_progress,
             align_stack,
             data,
@@ -259,9 +258,7 @@ class DriftWidget(CancellableRun, mw.Container):
             denoise=denoise,
             cancel=self._cancel.is_set,
             return_info=True,
-            _start_thread=False,
         )
-        self._launch(worker, lambda value: self._on_result(request, *value))
 
     def _on_result(self, request: dict, aligned: Any, shifts: np.ndarray, info: Any) -> None:
         name = request["name"]

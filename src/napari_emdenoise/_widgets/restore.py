@@ -272,8 +272,6 @@ class RestoreWidget(CancellableRun, mw.Container):
     # -- run ----------------------------------------------------------------------
     def start(self) -> None:
         """Restore the selected layer in a worker thread."""
-        from napari.qt.threading import create_worker
-
         if self._worker is not None or self.adapt_panel.busy or self.host.closing:
             return
         if not self.layer.value:
@@ -307,7 +305,8 @@ class RestoreWidget(CancellableRun, mw.Container):
         ensemble = int(self.ensemble.value)
         request["ensemble"] = ensemble
         band_weights: list[tuple[float, ...]] = []  # filled by the worker, read when it is done
-        worker = create_worker(
+        self._launch(
+            lambda restored: self._on_result(request, data, restored, band_weights),
             run_with_progress,
             restore_in_viewer,
             data,
@@ -320,10 +319,6 @@ class RestoreWidget(CancellableRun, mw.Container):
             if safeguard
             else None,
             ensemble=ensemble,
-            _start_thread=False,
-        )
-        self._launch(
-            worker, lambda restored: self._on_result(request, data, restored, band_weights)
         )
 
     def _on_result(

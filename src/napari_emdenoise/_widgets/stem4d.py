@@ -710,8 +710,6 @@ class Stem4DWidget(CancellableRun, mw.Container):
     # -- run ----------------------------------------------------------------------------------
     def start(self) -> None:
         """Denoise the whole scan or the chosen region in a worker thread."""
-        from napari.qt.threading import create_worker
-
         from .restore import run_with_progress
 
         if self._worker is not None or self.host.closing:
@@ -748,7 +746,8 @@ class Stem4DWidget(CancellableRun, mw.Container):
         }
         where = "the whole scan" if region is None else f"region {format_region(region)}"
         self._begin(f"denoising {ry * rx} patterns of {source['name']} ({where})…")
-        worker = create_worker(
+        self._launch(
+            lambda result: self._on_result(request, result),
             run_with_progress,
             _run,
             source["data"],
@@ -758,9 +757,7 @@ class Stem4DWidget(CancellableRun, mw.Container):
             out,
             cancel=self._cancel.is_set,
             local_counts_sigma=request["local_counts_sigma"],
-            _start_thread=False,
         )
-        self._launch(worker, lambda result: self._on_result(request, result))
 
     def _local_counts_sigma(self) -> float | None:
         return float(self.local_counts.value) or None
