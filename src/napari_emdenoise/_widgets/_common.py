@@ -33,8 +33,11 @@ if TYPE_CHECKING:  # pragma: no cover
     import napari
 
 __all__ = [
+    "USER_ERRORS",
     "CancellableRun",
     "StoppingWorker",
+    "caught",
+    "unexpected_error_text",
     "WorkerHost",
     "disconnect_quietly",
     "find_layer",
@@ -159,11 +162,37 @@ def wrap_labels(*labels: Any) -> None:
 
 
 # -- workers ------------------------------------------------------------------
+#: Errors a user can cause (bad input, too large an input): a worker returns them as
+#: ``("error", message)`` and the dock shows the message in its status line, nothing
+#: else. Any other exception is a bug: it is raised from the worker, so napari shows
+#: it (its notification, with the traceback), and the dock goes back to idle with
+#: :func:`unexpected_error_text`. The one rule for every dock.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, MemoryError)
+
+
+def unexpected_error_text(exc: BaseException) -> str:
+    """What a dock shows when its worker raised ``exc``, an error that is not a user's."""
+    return f"unexpected error ({type(exc).__name__}: {exc}); napari shows the details"
+
+
+def caught(
+    func: Callable[..., Any],
+    *args: Any,
+    user_errors: tuple[type[BaseException], ...] = USER_ERRORS,
+    **kwargs: Any,
+) -> tuple[str, Any]:
+    """``("ok", func(*args, **kwargs))``, or ``("error", message)`` for the ``user_errors``."""
+    try:
+        return ("ok", func(*args, **kwargs))
+    except user_errors as exc:
+        return ("error", str(exc))
+
+
 def run_in_thread(
     work: Callable[[Callable[[Any], None]], Any],
     *,
     name: str,
-    user_errors: tuple[type[BaseException], ...] = (ValueError, MemoryError),
+    user_errors: tuple[type[BaseException], ...] = USER_ERRORS,
 ) -> Generator[Any, None, tuple[str, Any]]:
     """Run ``work(put)`` in a thread, yielding every item it passes to ``put``.
 
@@ -506,7 +535,10 @@ class CancellableRun:
         self._finish()
 
     def _on_errored(self, exc: BaseException) -> None:
-        self._error(str(exc))
+        """A bug in the run (napari re-raises and shows it): back to idle, say so."""
+        if self.host.closing:
+            return
+        self._error(unexpected_error_text(exc))
 
     def _error(self, message: str) -> None:
         self.last_error = message

@@ -26,7 +26,16 @@ from ..noise.fit import NoiseFit, fit_noise
 from ..noise.pipeline import MODALITIES, NoiseParams, distort, layers_for, sample_params
 from ..simulate import simulation_rngs
 from ..synth import generate_clean
-from ._common import WorkerHost, grey_image_layers, is_grey_image, scrolling, section, wrap_labels
+from ._common import (
+    WorkerHost,
+    caught,
+    grey_image_layers,
+    is_grey_image,
+    scrolling,
+    section,
+    unexpected_error_text,
+    wrap_labels,
+)
 from ._layers import OwnedLayers
 from ._param_form import LayerParamsForm
 
@@ -386,9 +395,11 @@ class PlaygroundWidget(mw.Container):
 
         key = self._clean_key()
         seed = int(self.seed.value)
-        self._worker = create_worker(_compute, clean, key, params, seed, _start_thread=False)
-        self._worker.returned.connect(lambda result: self._show(result, geometry, key))
-        self._worker.errored.connect(lambda exc: self._show_error(str(exc)))
+        self._worker = create_worker(
+            caught, _compute, clean, key, params, seed, _start_thread=False
+        )
+        self._worker.returned.connect(lambda outcome: self._on_outcome(outcome, geometry, key))
+        self._worker.errored.connect(lambda exc: self._show_error(unexpected_error_text(exc)))
         self._worker.finished.connect(self._on_finished)
         self.host.start(self._worker)
 
@@ -400,8 +411,18 @@ class PlaygroundWidget(mw.Container):
 
     # -- display --------------------------------------------------------------
     def _show_error(self, message: str) -> None:
+        if self.host.closing:
+            return
         self.last_error = message
         self.status.value = f"⚠ {message}"
+
+    def _on_outcome(self, outcome: tuple[str, Any], geometry: dict, key: tuple) -> None:
+        """A user error (bad settings: ValueError) in the status line; else show the result."""
+        status, value = outcome
+        if status == "error":
+            self._show_error(value)
+        else:
+            self._show(value, geometry, key)
 
     def _show(self, result: tuple, geometry: dict, key: tuple) -> None:
         if self.host.closing:

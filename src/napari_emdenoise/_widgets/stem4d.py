@@ -39,11 +39,13 @@ from qtpy.QtCore import QTimer
 from ._common import (
     CancellableRun,
     WorkerHost,
+    caught,
     disconnect_quietly,
     find_layer,
     is_grey_image,
     scrolling_with_view,
     topmost_name,
+    unexpected_error_text,
     wrap_labels,
 )
 from ._layers import OwnedLayers
@@ -99,10 +101,7 @@ def _preview(
 
 def _caught(func: Any, *args: Any) -> tuple[str, Any]:
     """``("ok", func(*args))``, or ``("error", message)`` for the errors a user can cause."""
-    try:
-        return ("ok", func(*args))
-    except (ValueError, MemoryError) as exc:
-        return ("error", str(exc))
+    return caught(func, *args)
 
 
 def _check_finite(total: np.ndarray) -> None:
@@ -426,7 +425,9 @@ class Stem4DWidget(CancellableRun, mw.Container):
         self.status.value = f"virtual images of {source['name']}…"
         worker = create_worker(_caught, _survey, source["data"], detectors, _start_thread=False)
         worker.returned.connect(lambda outcome: self._on_survey(source, outcome))
-        worker.errored.connect(lambda exc: self._on_survey(source, ("error", str(exc))))
+        worker.errored.connect(
+            lambda exc: self._on_survey(source, ("error", unexpected_error_text(exc)))
+        )
         self._survey_worker = worker
         self.host.start(worker)
 
@@ -653,7 +654,9 @@ class Stem4DWidget(CancellableRun, mw.Container):
             _start_thread=False,
         )
         worker.returned.connect(lambda outcome: self._on_preview(source, (iy, ix), outcome))
-        worker.errored.connect(lambda exc: self._on_preview(source, (iy, ix), ("error", str(exc))))
+        worker.errored.connect(
+            lambda exc: self._on_preview(source, (iy, ix), ("error", unexpected_error_text(exc)))
+        )
         self._preview_worker = worker
         self.host.start(worker)
 

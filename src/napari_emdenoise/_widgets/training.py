@@ -34,7 +34,15 @@ from ..training.config_builder import (
     in_process_reason,
     resolve_noise,
 )
-from ._common import WorkerHost, grey_image_layers, scrolling, section, wrap_labels
+from ._common import (
+    USER_ERRORS,
+    WorkerHost,
+    grey_image_layers,
+    scrolling,
+    section,
+    unexpected_error_text,
+    wrap_labels,
+)
 from ._layers import OwnedLayers
 from ._run_state import RunState
 from ._spawn import unguarded_main_script
@@ -101,16 +109,31 @@ def preview_montage(*panels: np.ndarray, gap: int = 2) -> np.ndarray:
     return np.concatenate(parts, axis=1)
 
 
+@dataclasses.dataclass(frozen=True)
+class RunFailed:
+    """Last event of a run stopped by an error the user can cause (bad data, disk full)."""
+
+    message: str
+
+
+#: Errors of a training run reported in the dock only (see ``_common.USER_ERRORS``).
+TRAINING_USER_ERRORS = (*USER_ERRORS, OSError)
+
+
 def _run_trainer(trainer: Trainer, done: threading.Event, go: threading.Event):
     """Generator for the worker: the trainer's events; ``done`` is set when it ends.
 
     After each event the thread waits while ``go`` is clear (paused); setting it
-    resumes the run at once (a pause asked just before is simply cancelled).
+    resumes the run at once (a pause asked just before is simply cancelled). A
+    user error ends the run with a :class:`RunFailed` event; any other exception
+    is raised (napari reports it).
     """
     try:
         for event in trainer.run():
             yield event
             go.wait()
+    except TRAINING_USER_ERRORS as exc:
+        yield RunFailed(str(exc))
     finally:
         done.set()
 
@@ -703,8 +726,11 @@ class TrainWidget(mw.Container):
                 message += f" · could not install the model: {exc}"
         self.status.value = message
 
+    def _on_RunFailed(self, event: RunFailed) -> None:  # noqa: N802
+        self._show_error(f"training failed: {event.message}")
+
     def _on_error(self, exc: BaseException) -> None:
-        self._show_error(f"training failed: {exc}")
+        self._show_error(f"training failed: {unexpected_error_text(exc)}")
 
     def _on_finished(self) -> None:
         self._worker = None
