@@ -181,3 +181,13 @@ def test_a_stopped_training_run_is_listed_as_a_checkpoint(make_napari_viewer, op
     widget.model.value = "halfway"
     assert "stopped at step 4 of 2000" in widget.card.value
     assert json.loads(path.with_suffix(".json").read_text())["training"]["stopped"] is True
+
+
+def test_card_text_counts_every_training_stage_of_a_bundled_model():
+    from napari_emdenoise._widgets.restore import _card_text
+    from napari_emdenoise.models import list_models
+
+    cards = list_models()
+    assert "12500 steps in 3 stages" in _card_text(cards["hrstem"])  # 0.2 model + 2 fine-tunings
+    assert sum(cards["hrstem"].training["stage_steps"]) == 12500
+    assert cards["hrstem"].training["stage_steps"][-1] == cards["hrstem"].training["steps"]

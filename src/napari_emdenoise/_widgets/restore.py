@@ -82,7 +82,9 @@ def _card_text(card: Any) -> str:
     m = card.metrics or {}
     training = card.training or {}
     steps = training.get("steps", "?")
-    parts = [f"{card.arch} · {card.kind.upper()}-{card.modality.upper()} · {steps} steps"]
+    stages = training.get("stage_steps")  # bundled models fine-tuned in several stages
+    trained = f"{sum(stages)} steps in {len(stages)} stages" if stages else f"{steps} steps"
+    parts = [f"{card.arch} · {card.kind.upper()}-{card.modality.upper()} · {trained}"]
     if is_checkpoint(card):
         planned = training.get("planned_steps")
         of = f" of {planned}" if planned else ""
