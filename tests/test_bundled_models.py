@@ -53,20 +53,7 @@ def probe():
     return lattice_probe(np.random.default_rng(0), size=192, dose=50.0)
 
 
-#: Measured gap, kept visible: the low-magnification TEM model (800 CPU steps) moves the
-#: columns of the atomic lattice probe by 0.11 px and scores 28.6 dB against the raw
-#: input's 30.8 dB at 50 counts/pixel. An atomic lattice is not its domain, but the probe
-#: must hold for every model; strict, so a fix shows up. (lrstem/lrsem passed once
-#: retrained with noise-only and high-dose pairs: 0.085 px, 35.3 dB.)
-_LR_PROBE_GAP = pytest.mark.xfail(
-    strict=True, reason="lrtem fails the atomic lattice probe (see comment above)"
-)
-
-
-@pytest.mark.parametrize(
-    "name",
-    [pytest.param(n, marks=_LR_PROBE_GAP) if n == "lrtem" else n for n in BUNDLED],
-)
+@pytest.mark.parametrize("name", BUNDLED)
 def test_lattice_probe_columns_stay_in_place(name, probe):
     """No learned shift: columns of a lag-free image do not move; the image gets better."""
     from napari_emdenoise.engine.predictor import restore
@@ -142,20 +129,18 @@ def test_no_checkerboard_on_smooth_noisy_images(name):
 #: images above (session 5): the HR models reach 4–12× on some (median 1.9–4.3×)
 #: although their 2-px amplitude is at most 4.1·10⁻⁵ of the range: a good denoiser
 #: empties the neighbourhood, so the ratio grows while the pattern does not
-#: (docs/restoration_fidelity.md, section 6). The same happened to lrstem (and lrsem,
-#: its weights) when retrained with noise-only pairs: up to 5.5× (median 1.9×) with a
-#: 2-px amplitude of at most 1.8·10⁻⁵ of the range. lrtem stays below 2.7×.
+#: (docs/restoration_fidelity.md, section 6). The same happened to the LR models when
+#: retrained with noise-only pairs: up to 5.5× (lrstem, lrsem: its weights) and 3.8×
+#: (lrtem), medians 1.9×, with a 2-px amplitude of at most 1.9·10⁻⁵ of the range.
 #: Strict, so a change shows up.
 _NYQUIST_GAP = pytest.mark.xfail(
     strict=True, reason="these models exceed 3× the input's relative spike on some images"
 )
-#: Models trained with noise-only pairs, whose ratio exceeds 3× (see above).
-_RATIO_ABOVE_3 = ("hrstem", "hrtem", "hrsem", "lrstem", "lrsem")
 
 
 @pytest.mark.parametrize(
     "name",
-    [pytest.param(n, marks=_NYQUIST_GAP) if n in _RATIO_ABOVE_3 else n for n in BUNDLED],
+    [pytest.param(n, marks=_NYQUIST_GAP) for n in BUNDLED],
 )
 def test_no_checkerboard_on_any_smooth_noisy_image(name):
     excess = _nyquist_excesses(name)
