@@ -166,3 +166,82 @@ def test_quitting_the_adaptation_stops_it_and_saves_nothing(
     assert panel.status.value.startswith("adaptation cancelled")
     assert panel.adapt_button.enabled and widget.run_button.enabled
     assert not panel.cancel_button.enabled
+
+
+# -- 4D-STEM survey and preview --------------------------------------------------------------
+class _Gate:
+    """Wraps a function so that each call waits at a gate the test opens (after a quit)."""
+
+    def __init__(self, func) -> None:
+        import threading
+
+        self.func = func
+        self.entered = threading.Event()
+        self.open = threading.Event()
+
+    def __call__(self, *args, **kwargs):
+        self.entered.set()
+        self.open.wait(60)
+        return self.func(*args, **kwargs)
+
+
+def _quit_plain_worker(viewer, worker, *, via_napari: bool) -> None:
+    if via_napari:
+        assert napari_cancels_its_tasks(viewer) >= 1  # the worker is listed by napari
+    else:
+        worker.quit()
+
+
+@pytest.mark.parametrize("via_napari", [True, False], ids=["task-registry", "worker.quit"])
+def test_quitting_the_4dstem_survey_and_preview_leaves_the_dock_usable(
+    make_napari_viewer, open_dock, qtbot, monkeypatch, via_napari
+):
+    """A quit survey or preview returns no outcome: the dock must not wait for one forever."""
+    import torch
+
+    from napari_emdenoise._widgets import stem4d
+    from napari_emdenoise.models.registry import build_model
+
+    survey = _Gate(stem4d._survey)
+    monkeypatch.setattr(stem4d, "_survey", survey)
+    viewer = make_napari_viewer()
+    data = np.random.default_rng(0).poisson(2.0, (8, 8, 32, 32)).astype(np.float32)
+    viewer.add_image(data, name="scan")
+    widget = open_dock(viewer, "4D-STEM")  # attaches "scan": its survey starts
+    torch.manual_seed(0)
+    widget.model_override = build_model("pix2pix", "tiny").eval()
+
+    # the survey (virtual images) is quit while it runs
+    assert survey.entered.wait(30)
+    assert widget._survey_worker is not None
+    _quit_plain_worker(viewer, widget._survey_worker, via_napari=via_napari)
+    survey.open.set()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=20000)
+    assert widget.detectors is None and widget.virtual == {}
+    assert "virtual images cancelled" in widget.status.value
+    widget.start()  # says what to do, instead of waiting for the quit survey
+    assert widget._worker is None and "find central disk" in widget.last_error
+    # usable again: the next survey runs and shows its images
+    widget.find_button.changed.emit(True)
+    qtbot.waitUntil(lambda: not widget.busy and widget.detectors is not None, timeout=30000)
+    assert set(widget.virtual) == {"BF", "ADF"}
+
+    # a preview is quit while it runs; a click waiting for it is dropped with it
+    preview = _Gate(stem4d._preview)
+    monkeypatch.setattr(stem4d, "_preview", preview)
+    n_layers = len(viewer.layers)
+    widget.preview_at(2, 3)
+    assert preview.entered.wait(30)
+    widget.preview_at(4, 4)  # waits for the running preview
+    assert widget._preview_pending == (4, 4)
+    _quit_plain_worker(viewer, widget._preview_worker, via_napari=via_napari)
+    preview.open.set()
+    qtbot.waitUntil(lambda: not widget.busy, timeout=20000)
+    assert "preview at (2, 3) cancelled" in widget.status.value
+    assert widget.preview == {} and len(viewer.layers) == n_layers
+    # usable again: the next click previews
+    widget.preview_at(5, 6)
+    qtbot.waitUntil(lambda: not widget.busy, timeout=30000)
+    assert widget.preview["position"] == (5, 6)
+    assert widget.status.value.startswith("pattern (5, 6)")
+    assert "scan pattern denoised" in viewer.layers

@@ -428,8 +428,26 @@ class Stem4DWidget(CancellableRun, mw.Container):
         worker.errored.connect(
             lambda exc: self._on_survey(source, ("error", unexpected_error_text(exc)))
         )
+        worker.finished.connect(lambda: self._on_survey_finished(worker))
         self._survey_worker = worker
         self.host.start(worker)
+
+    def _on_survey_finished(self, worker: Any) -> None:
+        """The survey's thread ended; if it was quit (no outcome came back), free the dock.
+
+        napari's cancel (its activity dock, ``worker.quit()``) makes a worker end
+        without ``returned``: the virtual images are then not updated, detector
+        edits made meanwhile are dropped, and the next survey may start.
+        """
+        if self._survey_worker is not worker:
+            return  # the outcome was handled (and may have started the next survey)
+        self._survey_worker = None
+        self._survey_pending = False
+        if self.host.closing:
+            return
+        self.status.value = (
+            "virtual images cancelled: move a detector or press 'find central disk' to compute them"
+        )
 
     def _on_survey(self, source: dict, outcome: tuple[str, Any]) -> None:
         self._survey_worker = None
@@ -657,8 +675,24 @@ class Stem4DWidget(CancellableRun, mw.Container):
         worker.errored.connect(
             lambda exc: self._on_preview(source, (iy, ix), ("error", unexpected_error_text(exc)))
         )
+        worker.finished.connect(lambda: self._on_preview_finished(worker, (iy, ix)))
         self._preview_worker = worker
         self.host.start(worker)
+
+    def _on_preview_finished(self, worker: Any, position: tuple[int, int]) -> None:
+        """The preview's thread ended; if it was quit (no outcome came back), free the dock.
+
+        A click waiting for this preview is dropped too: the next click previews.
+        """
+        if self._preview_worker is not worker:
+            return  # the outcome was handled (and may have started the next preview)
+        self._preview_worker = None
+        self._preview_pending = None
+        if self.host.closing:
+            return
+        self.status.value = (
+            f"preview at {position} cancelled: click the virtual image to preview a pattern"
+        )
 
     def _follow_position(self, iy: int, ix: int) -> None:
         """Move napari's scan sliders so the 4-D layer shows the previewed pattern too."""
@@ -720,8 +754,11 @@ class Stem4DWidget(CancellableRun, mw.Container):
         if self.source is None:
             self._error(self.problem or "no 4D-STEM layer selected")
             return
-        if self.detectors is None or self._survey_worker is not None:
+        if self._survey_worker is not None:
             self._error("still computing the virtual images: try again in a moment")
+            return
+        if self.detectors is None:
+            self._error("no virtual detectors yet: press 'find central disk'")
             return
         try:
             model = self._model()
