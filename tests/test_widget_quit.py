@@ -4,7 +4,9 @@ napari lists every worker in its task registry with ``worker.quit`` as the cance
 callback (the activity dock, closing the window). Quitting a worker only stops
 napari's loop over the worker's generator; these tests check that the
 computation behind it (a thread running the engine) stops too, that no result
-layer is added, and that the dock is idle and usable again.
+layer is added, and that the dock is idle and usable again. A quit 4D-STEM survey or
+preview frees its dock; a quit training run ends as after the Stop button (its
+checkpoint and model written).
 
 Every dock is opened from the Plugins menu of a real viewer; the engine function
 is wrapped by :class:`conftest.ComputeProbe`, which slows it a little and records
@@ -245,3 +247,74 @@ def test_quitting_the_4dstem_survey_and_preview_leaves_the_dock_usable(
     assert widget.preview["position"] == (5, 6)
     assert widget.status.value.startswith("pattern (5, 6)")
     assert "scan pattern denoised" in viewer.layers
+
+
+# -- Train -----------------------------------------------------------------------------------
+@pytest.fixture
+def train_dock(make_napari_viewer, open_dock, tmp_path, monkeypatch):
+    """The Train dock set for a tiny, fast run that would last far longer than the test."""
+    monkeypatch.setenv("EMDENOISE_MODELS_DIR", str(tmp_path / "models"))
+    viewer = make_napari_viewer()
+    widget = open_dock(viewer, "Train")
+    widget.model_name.value = "scope"
+    widget.model_config.value = "tiny"
+    widget.patch_size.value = 48
+    widget.batch_size.value = 2
+    widget.clean_pool.value = 4
+    widget.workers.value = 0
+    widget.weights["adversarial"].value = 0.0
+    widget.val_every.value = 5
+    widget.steps.value = 100_000
+    widget.checkpoint_every.value = 100_000
+    widget.out_dir.value = str(tmp_path / "runs")
+    yield viewer, widget
+    widget.shutdown(timeout=60)
+
+
+@pytest.mark.parametrize(
+    ("via_napari", "paused"),
+    [(True, False), (False, False), (False, True)],
+    ids=["task-registry", "worker.quit", "worker.quit-paused"],
+)
+def test_quitting_training_stops_it_as_the_stop_button_does(train_dock, qtbot, via_napari, paused):
+    """napari's cancel ends the run after its step, with the checkpoint and model written."""
+    from napari_emdenoise._widgets._run_state import RunState
+    from napari_emdenoise.models.registry import list_models
+    from napari_emdenoise.training.checkpoints import load_checkpoint
+
+    viewer, widget = train_dock
+    widget.start()
+    qtbot.waitUntil(lambda: widget.event_counts.get("StepEvent", 0) >= 2, timeout=TIMEOUT_MS)
+    if paused:
+        widget.toggle_pause()
+        assert widget.state is RunState.PAUSED
+    worker = widget._worker
+    _quit_plain_worker(viewer, worker, via_napari=via_napari)
+    assert widget.state is RunState.STOPPING
+    assert widget.status.value.startswith("stopping")
+    qtbot.waitUntil(lambda: not widget.running and widget._worker is None, timeout=TIMEOUT_MS)
+    # as after Stop: the final events arrived, the checkpoint and the model are written
+    assert widget.state is RunState.DONE and widget.last_error == ""
+    assert widget.event_counts["DoneEvent"] == 1
+    result = widget.result
+    assert result.stopped and result.model_path is not None
+    stopped_at = result.step
+    assert 2 <= stopped_at < 100_000
+    state, config = load_checkpoint(result.checkpoint)
+    assert int(state["step"]) == stopped_at and config["name"] == "scope"
+    card = list_models()["scope"]
+    assert card.training["stopped"] and card.training["planned_steps"] == 100_000
+    assert "checkpoint" in widget.status.value
+    assert widget.start_button.enabled and widget.onnx_button.enabled
+    assert not widget.stop_button.enabled and not widget.pause_button.enabled
+    # quitting the finished worker (napari cancels all its tasks at close) changes nothing
+    worker.quit()
+    assert widget.state is RunState.DONE
+    # Start continues the run, which the old worker's quit does not stop
+    widget.steps.value = stopped_at + 3
+    widget.start()
+    worker.quit()
+    assert widget.state is RunState.RUNNING
+    qtbot.waitUntil(lambda: not widget.running and widget._worker is None, timeout=TIMEOUT_MS)
+    assert widget.state is RunState.DONE and widget.last_error == ""
+    assert widget.result.step == stopped_at + 3 and not widget.result.stopped

@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
 __all__ = [
     "USER_ERRORS",
     "CancellableRun",
+    "GracefulStopWorker",
     "StoppingWorker",
     "caught",
     "unexpected_error_text",
@@ -278,6 +279,42 @@ class StoppingWorker(GeneratorWorker):
         finally:
             # quitting a finished worker (napari cancels every task it lists when
             # the window closes) must not cancel the dock's next run
+            self.on_quit = None
+
+
+class GracefulStopWorker(GeneratorWorker):
+    """A napari generator worker whose ``quit`` asks the run to end the way it ends on its own.
+
+    For a run that has results to write when it is stopped (training: its final
+    checkpoint and model). napari's own cancel (the activity dock's button, its
+    task registry, ``worker.quit()``) would leave the generator where it is, so
+    the run would neither finish nor write anything. Here ``quit`` calls
+    :attr:`on_quit` instead (the dock's Stop), and the worker goes on relaying
+    the generator until it has ended: every event, ``returned`` and ``finished``
+    follow as after any run. Once the run has ended (or without :attr:`on_quit`)
+    ``quit`` is napari's own.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: Called (on the calling thread) by :meth:`quit`: ask the run to stop after its step.
+        self.on_quit: Callable[[], None] | None = None
+
+    def quit(self) -> None:
+        """Ask the run to stop through :attr:`on_quit` (napari's quit when there is none)."""
+        on_quit = self.on_quit
+        if on_quit is None:
+            super().quit()
+        else:
+            on_quit()
+
+    def work(self) -> Any:
+        """napari's generator loop; once it has ended, ``quit`` no longer reaches the dock."""
+        try:
+            return super().work()
+        finally:
+            # quitting a finished worker (napari cancels every task it lists when the
+            # window closes) must not stop the dock's next run
             self.on_quit = None
 
 

@@ -8,8 +8,9 @@ The widget collects its editors' plain values into a
 main-thread updates: the live :class:`LossPlot`, a progress bar with
 pairs/s and ETA, and preview layers of the current network's output on a fixed
 validation pair (and, optionally, on one of the user's image layers). Stop,
-pause/resume and "save checkpoint now" act on the trainer between steps; closing
-the widget or the viewer stops the run and keeps the last checkpoint. One
+pause/resume and "save checkpoint now" act on the trainer between steps; napari's
+own cancel of the worker (its activity dock, ``worker.quit()``) is the Stop button;
+closing the widget or the viewer stops the run and keeps the last checkpoint. One
 :class:`~._run_state.RunState` says where the run stands and sets the buttons.
 """
 
@@ -36,6 +37,7 @@ from ..training.config_builder import (
 )
 from ._common import (
     USER_ERRORS,
+    GracefulStopWorker,
     WorkerHost,
     grey_image_layers,
     scrolling,
@@ -530,8 +532,14 @@ class TrainWidget(mw.Container):
         if self.in_process_reason:
             self.status.value += f" · {self.in_process_reason}"
         self._worker = create_worker(
-            _run_trainer, trainer, self._done, self._go, _start_thread=False
+            _run_trainer,
+            trainer,
+            self._done,
+            self._go,
+            _worker_class=GracefulStopWorker,
+            _start_thread=False,
         )
+        self._worker.on_quit = self.stop  # napari's cancel is the Stop button
         self._worker.yielded.connect(self._on_event)
         self._worker.errored.connect(self._on_error)
         self._worker.finished.connect(self._on_finished)
