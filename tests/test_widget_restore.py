@@ -191,3 +191,38 @@ def test_card_text_counts_every_training_stage_of_a_bundled_model():
     assert "12500 steps in 3 stages" in _card_text(cards["hrstem"])  # 0.2 model + 2 fine-tunings
     assert sum(cards["hrstem"].training["stage_steps"]) == 12500
     assert cards["hrstem"].training["stage_steps"][-1] == cards["hrstem"].training["steps"]
+
+
+def test_run_state_drives_the_buttons_through_run_error_cancel_and_close(restore_widget, qtbot):
+    from napari_emdenoise._widgets._run_state import RunState
+
+    viewer, widget, _ = restore_widget
+
+    def buttons():
+        return widget.run_button.enabled, widget.cancel_button.enabled
+
+    assert widget.state is RunState.IDLE and buttons() == (True, False)
+    widget.cancel()  # nothing to cancel: no state change
+    assert widget.state is RunState.IDLE
+    viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="screenshot", rgb=True)
+    widget.layer.value = "screenshot"
+    widget.start()  # refused before any run: still idle, Restore enabled
+    assert widget.state is RunState.IDLE and buttons() == (True, False)
+
+    widget.layer.value = "micrograph"
+    widget.start()
+    assert widget.state is RunState.RUNNING and buttons() == (False, True)
+    _wait(widget, qtbot)
+    assert widget.state is RunState.DONE and buttons() == (True, False)
+
+    widget.start()
+    widget.cancel()
+    assert widget.state is RunState.STOPPING and buttons() == (False, True)
+    _wait(widget, qtbot)
+    assert widget.state is RunState.DONE and buttons() == (True, False)
+    assert widget.status.value.startswith("cancelled")
+
+    viewer.window.remove_dock_widget(widget.native.parent())
+    assert widget.state is RunState.CLOSED
+    widget._show_running(False)  # a late end of run does not revive a closed dock
+    assert widget.state is RunState.CLOSED

@@ -484,8 +484,12 @@ class CancellableRun:
         self.last_error = ""
         self.progress.value = 0
         self.status.value = message
-        self.run_button.enabled = False
-        self.cancel_button.enabled = True
+        self._show_running(True)
+
+    def _show_running(self, running: bool) -> None:
+        """Show whether a run is under way: Run disabled and Cancel enabled while it is."""
+        self.run_button.enabled = not running
+        self.cancel_button.enabled = running
 
     def _stop_computation(self) -> None:
         """Ask the computation to stop at its next check (what quitting the worker does)."""
@@ -585,8 +589,7 @@ class CancellableRun:
 
     def _finish(self) -> None:
         self._worker = None
-        self.run_button.enabled = True
-        self.cancel_button.enabled = False
+        self._show_running(False)
 
     def cancel(self) -> None:
         """Ask the running job to stop at its next check (no layer is added)."""

@@ -25,6 +25,7 @@ from ._common import (
     topmost_name,
     wrap_labels,
 )
+from ._run_state import RunState
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -37,6 +38,13 @@ ENSEMBLE_CHOICES = {
     "off (1 pass)": 1,
     "2: + upside-down (any model, 2× time)": 2,
     "8: all flips and rotations (TEM/SEM, counting noise; 8× time)": 8,
+}
+#: Buttons per run state: (Restore, Cancel) enabled. Cancel stays enabled while stopping.
+_BUTTONS: dict[RunState, tuple[bool, bool]] = {
+    RunState.IDLE: (True, False),
+    RunState.RUNNING: (False, True),
+    RunState.STOPPING: (False, True),
+    RunState.DONE: (True, False),
 }
 
 
@@ -125,6 +133,8 @@ class RestoreWidget(CancellableRun, mw.Container):
         self.viewer = viewer
         self._worker: Any = None
         self._cancel = threading.Event()
+        #: Where the restoration stands, as the dock shows it (see :meth:`_enter`).
+        self.state = RunState.IDLE
         self.cards = image_models(list_models())
         #: The last layers produced (tests read them).
         self.outputs: list[Any] = []
@@ -202,6 +212,7 @@ class RestoreWidget(CancellableRun, mw.Container):
 
     def _on_close(self) -> None:
         """The viewer is closing or the dock was removed: cancel, let go of the viewer."""
+        self._enter(RunState.CLOSED)
         self._cancel.set()
         self.adapt_panel.close()
         if self._worker is not None:
@@ -212,6 +223,33 @@ class RestoreWidget(CancellableRun, mw.Container):
             (self.viewer.layers.events.removed, self._refresh_layers),
             (self.viewer.layers.selection.events.active, self._follow_selection),
         )
+
+    # -- run state --------------------------------------------------------------
+    def _enter(self, state: RunState) -> bool:
+        """Move to ``state`` and show it; False (and nothing changes) if it cannot follow."""
+        if not self.state.can_become(state):
+            return False
+        self.state = state
+        self._apply_state(state)
+        return True
+
+    def _apply_state(self, state: RunState) -> None:
+        """Set the buttons for ``state`` (nothing once closed: the Qt objects may be gone)."""
+        if state is RunState.CLOSED:
+            return
+        run, cancel = _BUTTONS[state]
+        self.run_button.enabled = run
+        self.cancel_button.enabled = cancel
+
+    def _show_running(self, running: bool) -> None:
+        """A restoration starts (RUNNING) or ends (DONE; an error before any run: IDLE)."""
+        if not self._enter(RunState.RUNNING if running else RunState.DONE):
+            self._apply_state(self.state)
+
+    def cancel(self) -> None:
+        """Ask the running restoration to stop at its next check (no layer is added)."""
+        super().cancel()
+        self._enter(RunState.STOPPING)
 
     # -- choices ----------------------------------------------------------------
     def refresh_models(self) -> None:
