@@ -110,3 +110,14 @@ def test_command_line_ensemble(tmp_path, tiny_user_model):
     expected = restore(data, model=tiny_user_model, ensemble=8)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
     assert main(["restore", str(src), "-o", str(dst), "--ensemble", "3"]) == 2
+
+
+def test_restore_dask_passes_the_ensemble(net, frame):
+    from napari_emdenoise.engine import restore_dask
+
+    stack = np.stack([frame, frame[::-1].copy()])
+    lazy = restore_dask(stack, model=net, backend="torch", ensemble=8)
+    expected = restore(stack, model=net, backend="torch", ensemble=8)
+    np.testing.assert_allclose(lazy.compute(), expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError, match="ensemble must be one of"):
+        restore_dask(stack, model=net, ensemble=4)

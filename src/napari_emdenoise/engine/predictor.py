@@ -857,6 +857,7 @@ def _restore_block(
     overlap: int | None,
     batch_size: int | None,
     backend: str = "auto",
+    ensemble: int = 1,
 ) -> np.ndarray:
     if isinstance(model, str):
         dev = str(resolve_device(device))
@@ -869,6 +870,7 @@ def _restore_block(
         overlap=overlap,
         batch_size=batch_size,
         backend=backend,
+        ensemble=ensemble,
     )
 
 
@@ -880,6 +882,7 @@ def restore_dask(
     overlap: int | None = None,
     batch_size: int | None = None,
     backend: str = "auto",
+    ensemble: int = 1,
 ) -> Any:
     """Lazy restoration of a stack: one dask task per frame.
 
@@ -889,7 +892,7 @@ def restore_dask(
         ``(frames, height, width)`` or ``(height, width)`` array, dask or
         anything ``dask.array.asarray`` accepts. It is rechunked to whole
         frames (a frame is normalised as a whole and tiled internally).
-    model, device, tile_size, overlap, batch_size, backend
+    model, device, tile_size, overlap, batch_size, backend, ensemble
         As for :func:`restore`. A model name or path is loaded once per
         worker process, so the graph runs on a ``dask.distributed`` cluster;
         a module is shipped with the graph.
@@ -910,6 +913,7 @@ def restore_dask(
 
     _check_tiling_args(tile_size, overlap, batch_size)
     _check_backend(backend)
+    check_ensemble(ensemble)
     arr = tensor_to_numpy(arr)
     darr = arr if isinstance(arr, da.Array) else da.asarray(arr)
     if darr.ndim not in (2, 3):
@@ -939,5 +943,6 @@ def restore_dask(
         overlap=overlap,
         batch_size=batch_size,
         backend=backend,
+        ensemble=ensemble,
     )
     return result[0] if squeeze else result
