@@ -2,14 +2,20 @@
 
 Usage::
 
-    python tools/install_bundled.py --runs runs
+    python tools/install_bundled.py --runs runs            # stage 1: runs/<name>/
+    python tools/install_bundled.py --runs runs --stage2   # a later stage: runs/<name>_plain/
 
 For every ``runs/<name>/<name>.safetensors`` (written by ``emdenoise train``, with
 the commands of ``weights/MODEL_CARD.md``) the weights and card are copied to
 ``src/napari_emdenoise/weights/``, with the reproducing ``emdenoise train`` command
-in the card's notes. The SEM models share the S(T)EM
-networks (the SEM distortion model of Lobato et al. 2023 is the S(T)EM one
-without black pixels): their cards say so.
+in the card's notes. With ``--stage2`` every ``runs/<name>_plain/`` (a run
+fine-tuned from the bundled ``<name>`` with noise-only and high-dose pairs) is
+installed on top of the bundled model instead: its card keeps the earlier
+stages' commands (``training.reproduce``) and step counts (``training.stage_steps``)
+and adds the PSNR on the 24 validation pairs of the paper's draw
+(``metrics.val_paper_draw``, the validation set of the earlier stages). The SEM
+models share the S(T)EM networks (the SEM distortion model of Lobato et al. 2023
+is the S(T)EM one without black pixels): their cards say so.
 """
 
 from __future__ import annotations
@@ -39,8 +45,12 @@ def _number(x: float) -> str:
     return text
 
 
-def _reproduce(name: str, card: dict) -> str:
-    """The ``emdenoise train`` command that retrains ``name`` from its 0.2 weights."""
+def _reproduce(name: str, card: dict, init: str | None = None, out: str | None = None) -> str:
+    """The ``emdenoise train`` command of ``card``'s run (by default from the 0.2 weights).
+
+    ``init``: the weights the run started from (default ``<0.2 name.safetensors>``);
+    ``out``: its run folder (default ``runs/<name>``).
+    """
     from napari_emdenoise.losses import LossWeights
 
     t = card["training"]
@@ -49,7 +59,8 @@ def _reproduce(name: str, card: dict) -> str:
     other = sorted(k for k, v in weights.items() if k != "adversarial" and v != default.get(k))
     if other:  # the CLI sets only the adversarial weight
         raise ValueError(f"{name}: loss weights {other} differ from the defaults")
-    init = f"--init-from <0.2 {name}.safetensors> --init-partial" if t.get("init_from") else ""
+    start = init or f"<0.2 {name}.safetensors>"
+    init = f"--init-from {start} --init-partial" if t.get("init_from") else ""
     extra = [
         f"--{flag} {_number(t[key])}"
         for flag, key in (
@@ -69,13 +80,74 @@ def _reproduce(name: str, card: dict) -> str:
             RUN_OPTIONS,
             f"--device {t['device']}",
             *([init] if init else []),
-            f"--out runs/{name}",
+            f"--out {out or f'runs/{name}'}",
         ]
     )
 
 
+def _paper_draw_metrics(weights: Path, card: dict, n_pairs: int = 24) -> dict:
+    """PSNR/SSIM on the "val" pairs of the paper's draw (no noise-only or high-dose pairs)."""
+    import numpy as np
+    import torch
+
+    from napari_emdenoise.metrics import psnr, ssim
+    from napari_emdenoise.models.registry import load_model
+    from napari_emdenoise.training.datasets import PairConfig, SyntheticPairs
+
+    t = card["training"]
+    config = PairConfig(
+        modality=card["modality"], kind=card["kind"], patch_size=t["patch_size"], seed=0,
+        clean_pool=0,
+    )  # fmt: skip
+    noisy, clean = SyntheticPairs(config, "val").arrays(n_pairs)
+    model, _ = load_model(weights, device="cpu")
+    with torch.inference_mode():
+        restored = model(torch.from_numpy(noisy[:, None])).numpy()[:, 0]
+    return {
+        "psnr": round(float(np.mean([psnr(a, b) for a, b in zip(restored, clean)])), 2),
+        "ssim": round(float(np.mean([ssim(a, b) for a, b in zip(restored, clean)])), 3),
+        "psnr_input": round(float(np.mean([psnr(a, b) for a, b in zip(noisy, clean)])), 2),
+        "pairs": n_pairs,
+        "note": "the same 'val' pairs drawn without noise-only or high-dose pairs (the "
+        "validation set of the earlier stages)",
+    }
+
+
+def _notes(commands: list[str]) -> str:
+    stages = "" if len(commands) == 1 else f", in {len(commands)} stages"
+    steps = "; ".join(f"({i}) {c}" for i, c in enumerate(commands, 1))
+    return (
+        f"CGRDN ({CITATION}), small configuration with bilinear upsampling, trained on this "
+        f"package's synthetic pairs only{stages}. Reproduce: {steps}. Measured quality: "
+        "weights/MODEL_CARD.md."
+    )
+
+
+def _install_stage2(src_dir: Path, name: str) -> dict:
+    """Install ``src_dir`` (fine-tuned from the bundled ``name``) on top of it."""
+    old = json.loads((WEIGHTS / f"{name}.json").read_text())
+    card = json.loads((src_dir / f"{name}.json").read_text())
+    t, before = card["training"], old["training"]
+    earlier = before.get("stage_steps", [before["steps"]])
+    t["stage_steps"] = [*earlier, t["steps"]]
+    t["init_from"] = f"the previous bundled '{name}' ({sum(earlier)} steps)"
+    t["init_partial"] = True
+    commands = before.get("reproduce", [_reproduce(name, old)])
+    previous_out = commands[-1].rsplit("--out ", 1)[-1].split()[0]
+    t["reproduce"] = [
+        *commands,
+        _reproduce(name, card, init=f"{previous_out}/{name}.safetensors", out=src_dir.as_posix()),
+    ]
+    card["metrics"]["val_paper_draw"] = _paper_draw_metrics(src_dir / f"{name}.safetensors", card)
+    card["notes"] = _notes(t["reproduce"])
+    shutil.copyfile(src_dir / f"{name}.safetensors", WEIGHTS / f"{name}.safetensors")
+    (WEIGHTS / f"{name}.json").write_text(json.dumps(card, indent=2) + "\n")
+    return card
+
+
 def _install(src_dir: Path, name: str) -> dict:
     card = json.loads((src_dir / f"{name}.json").read_text())
+    card["training"]["reproduce"] = [_reproduce(name, card)]
     card["notes"] = (
         f"CGRDN ({CITATION}), small configuration with bilinear upsampling, trained on this "
         f"package's synthetic pairs only. Reproduce: {_reproduce(name, card)}. "
@@ -89,12 +161,21 @@ def _install(src_dir: Path, name: str) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--runs", type=Path, default=Path("runs"))
+    ap.add_argument(
+        "--stage2",
+        action="store_true",
+        help="install runs/<name>_plain on top of the bundled <name> (see the module notes)",
+    )
     args = ap.parse_args(argv)
     installed = {}
+    suffix = "_plain" if args.stage2 else ""
     for run in sorted(p for p in args.runs.iterdir() if p.is_dir()):
-        if (run / f"{run.name}.safetensors").is_file() and run.name not in SEM_FROM:
-            installed[run.name] = _install(run, run.name)
-            print(f"installed {run.name}")
+        name = run.name.removesuffix(suffix) if suffix and run.name.endswith(suffix) else None
+        name = name if suffix else run.name
+        if not name or name in SEM_FROM or not (run / f"{name}.safetensors").is_file():
+            continue
+        installed[name] = (_install_stage2 if args.stage2 else _install)(run, name)
+        print(f"installed {name} from {run}")
     for sem, stem in SEM_FROM.items():
         if stem not in installed:
             continue
