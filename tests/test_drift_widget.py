@@ -129,3 +129,55 @@ def test_drifting_movie_sample_opens_and_aligns_to_its_true_drift(make_napari_vi
     assert truth.shape == (30, 2) and np.ptp(truth, axis=0).min() > 3.0  # it does drift
     _aligned, shifts = align_stack(layer.data[:10], method="ncc", denoise=False)
     assert np.sqrt(np.mean(np.sum((shifts - truth[:10]) ** 2, axis=1))) < 0.5
+
+
+def test_run_state_drives_the_buttons_through_run_error_cancel_and_close(drift_dock, qtbot):
+    from napari_emdenoise._widgets._run_state import RunState
+
+    viewer, widget, frames, _ = drift_dock
+    widget.method.value = "ncc"
+    widget.denoise.value = False
+
+    def buttons():
+        return widget.run_button.enabled, widget.cancel_button.enabled
+
+    assert widget.state is RunState.IDLE and buttons() == (True, False)
+    widget.cancel()  # nothing to cancel: no state change
+    assert widget.state is RunState.IDLE
+    viewer.layers.remove("movie")
+    widget.start()  # refused before any run (no frame stack): still idle, Align enabled
+    assert "no (frames, y, x)" in widget.last_error
+    assert widget.state is RunState.IDLE and buttons() == (True, False)
+
+    viewer.add_image(frames, name="movie")
+    widget.start()
+    assert widget.state is RunState.RUNNING and buttons() == (False, True)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120000)
+    assert widget.last_error == ""
+    assert widget.state is RunState.DONE and buttons() == (True, False)
+
+    bad = frames.copy()
+    bad[2, 5, 5] = np.nan
+    viewer.add_image(bad, name="broken")
+    widget.layer.value = "broken"
+    run(widget, qtbot)  # an error in the run ends it like any other
+    assert "NaN" in widget.last_error
+    assert widget.state is RunState.DONE and buttons() == (True, False)
+
+    viewer.add_image(np.concatenate([frames] * 12), name="long movie")  # long enough to cancel
+    widget.layer.value = "long movie"
+    widget.start()
+    widget.cancel()
+    assert widget.state is RunState.STOPPING and buttons() == (False, True)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=120000)
+    assert widget.state is RunState.DONE and buttons() == (True, False)
+    assert widget.status.value.startswith("cancelled")
+
+    widget.start()  # closing the dock during a run stops it; nothing revives the dock
+    assert widget.state is RunState.RUNNING
+    viewer.window.remove_dock_widget(widget.native.parent())
+    assert widget.state is RunState.CLOSED
+    assert not widget.host.busy  # the alignment was stopped before the dock went
+    qtbot.wait(50)  # the worker's late signals arrive
+    widget._show_running(False)  # a late end of run does not revive a closed dock
+    assert widget.state is RunState.CLOSED

@@ -242,3 +242,56 @@ def test_local_counts_setting_reaches_the_engine(dock, qtbot):
         )[0, 0]
         np.testing.assert_allclose(got[sigma], want, rtol=1e-5, atol=1e-4)
     assert not np.allclose(got[0.0], got[1.0])
+
+
+def test_run_state_drives_the_buttons_through_run_cancel_and_close(dock, qtbot):
+    from napari_emdenoise._widgets._run_state import RunState
+
+    viewer, widget, data = dock
+
+    def buttons():
+        return widget.run_button.enabled, widget.cancel_button.enabled
+
+    assert widget.state is RunState.IDLE and buttons() == (True, False)
+    widget.cancel()  # nothing to cancel: no state change
+    assert widget.state is RunState.IDLE
+    viewer.add_image(data[0], name="frames")  # 3-D: not a 4D-STEM data set
+    widget.layer.value = "frames"
+    widget.start()  # refused before any run: still idle, Denoise enabled
+    assert "3 dimensions" in widget.last_error
+    assert widget.state is RunState.IDLE and buttons() == (True, False)
+
+    widget.layer.value = "scan"
+    wait_idle(widget, qtbot)  # the survey is not a run: the state stays idle
+    assert widget.state is RunState.IDLE and buttons() == (True, False)
+    widget.whole_scan.value = False
+    widget.region.value = "2:4,3:5"
+    widget.start()
+    assert widget.state is RunState.RUNNING and buttons() == (False, True)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
+    assert widget.last_error == ""
+    assert widget.state is RunState.DONE and buttons() == (True, False)
+    widget.preview_at(0, 0)  # nor is a preview
+    wait_idle(widget, qtbot)
+    assert widget.state is RunState.DONE and buttons() == (True, False)
+
+    big = _stack(scan=(40, 40), seed=1)
+    viewer.add_image(big, name="big scan", scale=SCALE)
+    widget.layer.value = "big scan"
+    qtbot.waitUntil(lambda: not widget.busy and widget.source["name"] == "big scan", timeout=30000)
+    widget.whole_scan.value = True
+    widget.start()
+    widget.cancel()
+    assert widget.state is RunState.STOPPING and buttons() == (False, True)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
+    assert widget.state is RunState.DONE and buttons() == (True, False)
+    assert widget.status.value.startswith("cancelled")
+
+    widget.start()  # closing the dock during a run stops it; nothing revives the dock
+    assert widget.state is RunState.RUNNING
+    viewer.window.remove_dock_widget(widget.native.parent())
+    assert widget.state is RunState.CLOSED
+    assert not widget.host.busy  # the denoising was stopped before the dock went
+    qtbot.wait(50)  # the worker's late signals arrive
+    widget._show_running(False)  # a late end of run does not revive a closed dock
+    assert widget.state is RunState.CLOSED

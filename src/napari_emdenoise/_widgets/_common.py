@@ -29,6 +29,8 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from ._run_state import RunState
+
 if TYPE_CHECKING:  # pragma: no cover
     import napari
 
@@ -36,6 +38,8 @@ __all__ = [
     "USER_ERRORS",
     "CancellableRun",
     "GracefulStopWorker",
+    "RUN_BUTTONS",
+    "StatefulRun",
     "StoppingWorker",
     "caught",
     "unexpected_error_text",
@@ -594,3 +598,53 @@ class CancellableRun:
     def cancel(self) -> None:
         """Ask the running job to stop at its next check (no layer is added)."""
         self._cancel.set()
+
+
+#: Buttons per run state: (Run, Cancel) enabled. Cancel stays enabled while stopping.
+RUN_BUTTONS: dict[RunState, tuple[bool, bool]] = {
+    RunState.IDLE: (True, False),
+    RunState.RUNNING: (False, True),
+    RunState.STOPPING: (False, True),
+    RunState.DONE: (True, False),
+}
+
+
+class StatefulRun(CancellableRun):
+    """A :class:`CancellableRun` whose dock keeps a :class:`RunState` and derives its buttons.
+
+    IDLE → RUNNING (:meth:`_begin`) → STOPPING (:meth:`cancel`) → DONE (:meth:`_finish`),
+    or CLOSED, which the dock enters first thing in its ``on_close`` (the dock removed or
+    the viewer closing); :meth:`_apply_state` sets the Run and Cancel buttons from
+    :data:`RUN_BUTTONS`. An error before any run leaves the dock IDLE; a late end of run
+    never moves a closed dock. The dock sets ``self.state = RunState.IDLE`` in its
+    ``__init__``.
+    """
+
+    #: Where the dock's run stands, as the dock shows it (see :meth:`_enter`).
+    state: RunState = RunState.IDLE
+
+    def _enter(self, state: RunState) -> bool:
+        """Move to ``state`` and show it; False (and nothing changes) if it cannot follow."""
+        if not self.state.can_become(state):
+            return False
+        self.state = state
+        self._apply_state(state)
+        return True
+
+    def _apply_state(self, state: RunState) -> None:
+        """Set the buttons for ``state`` (nothing once closed: the Qt objects may be gone)."""
+        if state is RunState.CLOSED:
+            return
+        run, cancel = RUN_BUTTONS[state]
+        self.run_button.enabled = run
+        self.cancel_button.enabled = cancel
+
+    def _show_running(self, running: bool) -> None:
+        """A run starts (RUNNING) or ends (DONE; an error before any run: IDLE)."""
+        if not self._enter(RunState.RUNNING if running else RunState.DONE):
+            self._apply_state(self.state)
+
+    def cancel(self) -> None:
+        """Ask the running job to stop at its next check (no layer is added)."""
+        super().cancel()
+        self._enter(RunState.STOPPING)

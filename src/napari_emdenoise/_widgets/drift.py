@@ -21,13 +21,14 @@ from qtpy.QtWidgets import QHBoxLayout, QPushButton, QVBoxLayout, QWidget
 
 from ..drift.table import drift_table, write_table
 from ._common import (
-    CancellableRun,
+    StatefulRun,
     WorkerHost,
     disconnect_quietly,
     is_grey_image,
     scrolling_with_view,
     wrap_labels,
 )
+from ._run_state import RunState
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -111,7 +112,7 @@ class DriftPlot(QWidget):
         self.save_button.setEnabled(True)
 
 
-class DriftWidget(CancellableRun, mw.Container):
+class DriftWidget(StatefulRun, mw.Container):
     """Dock widget that aligns a frame stack and shows the measured drift.
 
     Parameters
@@ -128,6 +129,8 @@ class DriftWidget(CancellableRun, mw.Container):
         self.viewer = viewer
         self._worker: Any = None
         self._cancel = threading.Event()
+        #: Where the alignment stands, as the dock shows it (see :meth:`_enter`).
+        self.state = RunState.IDLE
         self._produced: set[Any] = set()
         #: Rows of the last drift table (see :func:`drift_table`).
         self.table: list[dict] = []
@@ -178,6 +181,8 @@ class DriftWidget(CancellableRun, mw.Container):
 
     # -- lifecycle ----------------------------------------------------------------
     def _on_close(self) -> None:
+        """The viewer is closing or the dock was removed: cancel, let go of the viewer."""
+        self._enter(RunState.CLOSED)
         self._cancel.set()
         if self._worker is not None:
             self._worker.quit()

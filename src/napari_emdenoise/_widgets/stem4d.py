@@ -37,7 +37,7 @@ from magicgui import widgets as mw
 from qtpy.QtCore import QTimer
 
 from ._common import (
-    CancellableRun,
+    StatefulRun,
     WorkerHost,
     caught,
     disconnect_quietly,
@@ -49,6 +49,7 @@ from ._common import (
     wrap_labels,
 )
 from ._layers import OwnedLayers
+from ._run_state import RunState
 from ._stem4d_geometry import (
     DETECTOR_COLORS,
     default_detectors,
@@ -181,7 +182,7 @@ def _run(
     return {"denoised": denoised, "virtual": virtual}
 
 
-class Stem4DWidget(CancellableRun, mw.Container):
+class Stem4DWidget(StatefulRun, mw.Container):
     """Dock widget for 4D-STEM: virtual images, pattern preview, region denoising.
 
     Parameters
@@ -200,6 +201,9 @@ class Stem4DWidget(CancellableRun, mw.Container):
         self.viewer = viewer
         self._worker: Any = None  # the denoising run
         self._cancel = threading.Event()
+        #: Where the denoising run stands, as the dock shows it (see :meth:`_enter`);
+        #: the survey and the previews are not runs and leave it alone.
+        self.state = RunState.IDLE
         self._survey_worker: Any = None
         self._survey_pending = False
         self._preview_worker: Any = None
@@ -296,6 +300,8 @@ class Stem4DWidget(CancellableRun, mw.Container):
 
     # -- lifecycle ----------------------------------------------------------------------------
     def _on_close(self) -> None:
+        """The viewer is closing or the dock was removed: cancel, let go of the viewer."""
+        self._enter(RunState.CLOSED)
         self._cancel.set()
         self._detector_timer.stop()
         for worker in (self._worker, self._survey_worker, self._preview_worker):
