@@ -16,7 +16,7 @@ import numpy as np
 from magicgui import widgets as mw
 
 from ._common import (
-    CancellableRun,
+    StatefulRun,
     WorkerHost,
     disconnect_quietly,
     is_grey_image,
@@ -38,13 +38,6 @@ ENSEMBLE_CHOICES = {
     "off (1 pass)": 1,
     "2: + upside-down (any model, 2× time)": 2,
     "8: all flips and rotations (TEM/SEM, counting noise; 8× time)": 8,
-}
-#: Buttons per run state: (Restore, Cancel) enabled. Cancel stays enabled while stopping.
-_BUTTONS: dict[RunState, tuple[bool, bool]] = {
-    RunState.IDLE: (True, False),
-    RunState.RUNNING: (False, True),
-    RunState.STOPPING: (False, True),
-    RunState.DONE: (True, False),
 }
 
 
@@ -115,7 +108,7 @@ def model_label(name: str, card: Any) -> str:
     return f"{name} (checkpoint)" if card is not None and is_checkpoint(card) else name
 
 
-class RestoreWidget(CancellableRun, mw.Container):
+class RestoreWidget(StatefulRun, mw.Container):
     """Dock widget that restores an image layer with a bundled or user-trained model.
 
     Parameters
@@ -223,33 +216,6 @@ class RestoreWidget(CancellableRun, mw.Container):
             (self.viewer.layers.events.removed, self._refresh_layers),
             (self.viewer.layers.selection.events.active, self._follow_selection),
         )
-
-    # -- run state --------------------------------------------------------------
-    def _enter(self, state: RunState) -> bool:
-        """Move to ``state`` and show it; False (and nothing changes) if it cannot follow."""
-        if not self.state.can_become(state):
-            return False
-        self.state = state
-        self._apply_state(state)
-        return True
-
-    def _apply_state(self, state: RunState) -> None:
-        """Set the buttons for ``state`` (nothing once closed: the Qt objects may be gone)."""
-        if state is RunState.CLOSED:
-            return
-        run, cancel = _BUTTONS[state]
-        self.run_button.enabled = run
-        self.cancel_button.enabled = cancel
-
-    def _show_running(self, running: bool) -> None:
-        """A restoration starts (RUNNING) or ends (DONE; an error before any run: IDLE)."""
-        if not self._enter(RunState.RUNNING if running else RunState.DONE):
-            self._apply_state(self.state)
-
-    def cancel(self) -> None:
-        """Ask the running restoration to stop at its next check (no layer is added)."""
-        super().cancel()
-        self._enter(RunState.STOPPING)
 
     # -- choices ----------------------------------------------------------------
     def refresh_models(self) -> None:
