@@ -229,3 +229,51 @@ def emdenoise_threads() -> list[str]:
     import threading
 
     return [t.name for t in threading.enumerate() if t.name.startswith("emdenoise-")]
+
+
+@pytest.fixture
+def train_widget(make_napari_viewer, open_dock, tmp_path, monkeypatch):
+    """The Train dock, opened from the Plugins menu, set for a tiny and fast run."""
+    monkeypatch.setenv("EMDENOISE_MODELS_DIR", str(tmp_path / "models"))
+    viewer = make_napari_viewer()
+    widget = open_dock(viewer, "Train")
+    widget.model_name.value = "scope"
+    widget.model_config.value = "tiny"
+    widget.patch_size.value = 48
+    widget.batch_size.value = 2
+    widget.clean_pool.value = 4
+    widget.workers.value = 0
+    widget.weights["adversarial"].value = 0.0
+    widget.val_every.value = 5
+    widget.out_dir.value = str(tmp_path / "runs")
+    yield viewer, widget
+    widget.shutdown(timeout=60)
+
+
+def check_cancel_then_close(viewer, widget, qtbot, timeout_ms: int) -> None:
+    """Through a dock's :class:`RunState`: a cancelled run, then the dock closed mid-run.
+
+    Start a run long enough to cancel, cancel it (STOPPING, then DONE with a
+    "cancelled" status), start again and remove the dock: it is CLOSED, its
+    computation has stopped, and a late end-of-run signal leaves it CLOSED.
+    """
+    from napari_emdenoise._widgets._run_state import RunState
+
+    def buttons():
+        return widget.run_button.enabled, widget.cancel_button.enabled
+
+    widget.start()
+    widget.cancel()
+    assert widget.state is RunState.STOPPING and buttons() == (False, True)
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout_ms)
+    assert widget.state is RunState.DONE and buttons() == (True, False)
+    assert widget.status.value.startswith("cancelled")
+
+    widget.start()  # closing the dock during a run stops it; nothing revives the dock
+    assert widget.state is RunState.RUNNING
+    viewer.window.remove_dock_widget(widget.native.parent())
+    assert widget.state is RunState.CLOSED
+    assert not widget.host.busy  # the computation was stopped before the dock went
+    qtbot.wait(50)  # the worker's late signals arrive
+    widget._show_running(False)  # a late end of run does not revive a closed dock
+    assert widget.state is RunState.CLOSED

@@ -6,6 +6,7 @@ import csv
 
 import numpy as np
 import pytest
+from conftest import check_cancel_then_close
 
 from napari_emdenoise.drift import synthetic
 
@@ -166,18 +167,4 @@ def test_run_state_drives_the_buttons_through_run_error_cancel_and_close(drift_d
 
     viewer.add_image(np.concatenate([frames] * 12), name="long movie")  # long enough to cancel
     widget.layer.value = "long movie"
-    widget.start()
-    widget.cancel()
-    assert widget.state is RunState.STOPPING and buttons() == (False, True)
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=120000)
-    assert widget.state is RunState.DONE and buttons() == (True, False)
-    assert widget.status.value.startswith("cancelled")
-
-    widget.start()  # closing the dock during a run stops it; nothing revives the dock
-    assert widget.state is RunState.RUNNING
-    viewer.window.remove_dock_widget(widget.native.parent())
-    assert widget.state is RunState.CLOSED
-    assert not widget.host.busy  # the alignment was stopped before the dock went
-    qtbot.wait(50)  # the worker's late signals arrive
-    widget._show_running(False)  # a late end of run does not revive a closed dock
-    assert widget.state is RunState.CLOSED
+    check_cancel_then_close(viewer, widget, qtbot, timeout_ms=120000)

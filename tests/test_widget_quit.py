@@ -251,24 +251,12 @@ def test_quitting_the_4dstem_survey_and_preview_leaves_the_dock_usable(
 
 # -- Train -----------------------------------------------------------------------------------
 @pytest.fixture
-def train_dock(make_napari_viewer, open_dock, tmp_path, monkeypatch):
-    """The Train dock set for a tiny, fast run that would last far longer than the test."""
-    monkeypatch.setenv("EMDENOISE_MODELS_DIR", str(tmp_path / "models"))
-    viewer = make_napari_viewer()
-    widget = open_dock(viewer, "Train")
-    widget.model_name.value = "scope"
-    widget.model_config.value = "tiny"
-    widget.patch_size.value = 48
-    widget.batch_size.value = 2
-    widget.clean_pool.value = 4
-    widget.workers.value = 0
-    widget.weights["adversarial"].value = 0.0
-    widget.val_every.value = 5
+def train_dock(train_widget):
+    """The tiny Train dock set for a run that would last far longer than the test."""
+    viewer, widget = train_widget
     widget.steps.value = 100_000
     widget.checkpoint_every.value = 100_000
-    widget.out_dir.value = str(tmp_path / "runs")
-    yield viewer, widget
-    widget.shutdown(timeout=60)
+    return viewer, widget
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import check_cancel_then_close
 
 from napari_emdenoise.engine import virtual_detectors as vd
 
@@ -280,18 +281,4 @@ def test_run_state_drives_the_buttons_through_run_cancel_and_close(dock, qtbot):
     widget.layer.value = "big scan"
     qtbot.waitUntil(lambda: not widget.busy and widget.source["name"] == "big scan", timeout=30000)
     widget.whole_scan.value = True
-    widget.start()
-    widget.cancel()
-    assert widget.state is RunState.STOPPING and buttons() == (False, True)
-    qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
-    assert widget.state is RunState.DONE and buttons() == (True, False)
-    assert widget.status.value.startswith("cancelled")
-
-    widget.start()  # closing the dock during a run stops it; nothing revives the dock
-    assert widget.state is RunState.RUNNING
-    viewer.window.remove_dock_widget(widget.native.parent())
-    assert widget.state is RunState.CLOSED
-    assert not widget.host.busy  # the denoising was stopped before the dock went
-    qtbot.wait(50)  # the worker's late signals arrive
-    widget._show_running(False)  # a late end of run does not revive a closed dock
-    assert widget.state is RunState.CLOSED
+    check_cancel_then_close(viewer, widget, qtbot, timeout_ms=60000)

@@ -12,24 +12,6 @@ import pytest
 TIMEOUT_MS = 120_000
 
 
-@pytest.fixture
-def train_widget(make_napari_viewer, open_dock, tmp_path, monkeypatch):
-    monkeypatch.setenv("EMDENOISE_MODELS_DIR", str(tmp_path / "models"))
-    viewer = make_napari_viewer()
-    widget = open_dock(viewer, "Train")
-    widget.model_name.value = "scope"
-    widget.model_config.value = "tiny"
-    widget.patch_size.value = 48
-    widget.batch_size.value = 2
-    widget.clean_pool.value = 4
-    widget.workers.value = 0
-    widget.weights["adversarial"].value = 0.0
-    widget.val_every.value = 5
-    widget.out_dir.value = str(tmp_path / "runs")
-    yield viewer, widget
-    widget.shutdown(timeout=60)
-
-
 def _wait_done(widget, qtbot):
     qtbot.waitUntil(lambda: not widget.running and widget._worker is None, timeout=TIMEOUT_MS)
 

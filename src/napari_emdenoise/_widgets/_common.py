@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
-from ._run_state import RunState
+from ._run_state import RunState, RunStateHolder
 
 if TYPE_CHECKING:  # pragma: no cover
     import napari
@@ -609,7 +609,7 @@ RUN_BUTTONS: dict[RunState, tuple[bool, bool]] = {
 }
 
 
-class StatefulRun(CancellableRun):
+class StatefulRun(CancellableRun, RunStateHolder):
     """A :class:`CancellableRun` whose dock keeps a :class:`RunState` and derives its buttons.
 
     IDLE → RUNNING (:meth:`_begin`) → STOPPING (:meth:`cancel`) → DONE (:meth:`_finish`),
@@ -619,17 +619,6 @@ class StatefulRun(CancellableRun):
     never moves a closed dock. The dock sets ``self.state = RunState.IDLE`` in its
     ``__init__``.
     """
-
-    #: Where the dock's run stands, as the dock shows it (see :meth:`_enter`).
-    state: RunState = RunState.IDLE
-
-    def _enter(self, state: RunState) -> bool:
-        """Move to ``state`` and show it; False (and nothing changes) if it cannot follow."""
-        if not self.state.can_become(state):
-            return False
-        self.state = state
-        self._apply_state(state)
-        return True
 
     def _apply_state(self, state: RunState) -> None:
         """Set the buttons for ``state`` (nothing once closed: the Qt objects may be gone)."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import enum
 
-__all__ = ["RunState"]
+__all__ = ["RunState", "RunStateHolder"]
 
 
 class RunState(enum.Enum):
@@ -61,3 +61,25 @@ _NEXT: dict[RunState, frozenset[RunState]] = {
     RunState.DONE: frozenset({RunState.RUNNING, RunState.CLOSED}),
     RunState.CLOSED: frozenset(),
 }
+
+
+class RunStateHolder:
+    """A dock's :class:`RunState` and the one way to change it.
+
+    The dock starts in ``state`` (set it to IDLE in its ``__init__``) and
+    implements ``_apply_state(state)``, which shows a state (its buttons).
+    """
+
+    #: Where the dock's run stands, as the dock shows it (see :meth:`_enter`).
+    state: RunState = RunState.IDLE
+
+    def _enter(self, state: RunState) -> bool:
+        """Move to ``state`` and show it; False (and nothing changes) if it cannot follow."""
+        if not self.state.can_become(state):
+            return False
+        self.state = state
+        self._apply_state(state)
+        return True
+
+    def _apply_state(self, state: RunState) -> None:  # pragma: no cover - docks override
+        raise NotImplementedError

@@ -46,7 +46,7 @@ from ._common import (
     wrap_labels,
 )
 from ._layers import OwnedLayers
-from ._run_state import RunState
+from ._run_state import RunState, RunStateHolder
 from ._spawn import unguarded_main_script
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -186,7 +186,7 @@ def size_choices(arch: str) -> list[str]:
     return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
 
 
-class TrainWidget(mw.Container):
+class TrainWidget(RunStateHolder, mw.Container):
     """Dock widget: configure, start, watch, pause, stop and save a training run.
 
     Parameters
@@ -628,14 +628,6 @@ class TrainWidget(mw.Container):
     def _closed(self) -> bool:
         """True once the viewer is closing or the dock was removed."""
         return self.state is RunState.CLOSED
-
-    def _enter(self, state: RunState) -> bool:
-        """Move to ``state`` and show it; False (and nothing changes) if it cannot follow."""
-        if not self.state.can_become(state):
-            return False
-        self.state = state
-        self._apply_state(state)
-        return True
 
     def _apply_state(self, state: RunState) -> None:
         """Set the buttons for ``state`` (nothing once closed: the Qt objects may be gone)."""
