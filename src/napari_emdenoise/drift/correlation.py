@@ -150,17 +150,14 @@ class NCCMap:
         unweighted map then moves to that peak's own maximum, so the weighting
         never pulls a broad peak towards zero shift.
         """
-        from scipy import ndimage
-
         sy, sx = self.search
         window = self.score()
         iy, ix = np.unravel_index(int(np.argmax(window)), window.shape)
         top = float(window[iy, ix])
         if top > 0:
-            near = (window >= NEAR_EQUAL * top) & (
-                window == ndimage.maximum_filter(window, size=3, mode="nearest")
-            )
-            yy, xx = np.nonzero(near)
+            yy, xx = _local_maxima(window)
+            near = window[yy, xx] >= NEAR_EQUAL * top
+            yy, xx = yy[near], xx[near]
             # smallest shift first, then the higher score
             order = np.lexsort((-window[yy, xx], np.hypot(yy - sy, xx - sx)))
             iy, ix = yy[order[0]], xx[order[0]]
@@ -194,18 +191,17 @@ class NCCMap:
         y, x = ky + center[0] + half, kx + center[1] + half
         return padded[y - half : y + half + 1, x - half : x + half + 1]
 
-    def second_peak(self, exclude: float) -> tuple[float, float]:
+    def second_peak(
+        self, exclude: float, peak: tuple[int, int] | None = None
+    ) -> tuple[float, float]:
         """Score of the most significant local maximum farther than ``exclude`` px from the
         peak relative to the peak's score, and its distance in pixels (``(-inf, inf)`` if
-        there is none)."""
-        from scipy import ndimage
-
+        there is none). ``peak``: :meth:`peak`, when the caller has it already."""
         sy, sx = self.search
         window = self.score()
-        py, px = self.peak()
+        py, px = self.peak() if peak is None else peak
         top = float(window[py + sy, px + sx])
-        maxima = window == ndimage.maximum_filter(window, size=3, mode="nearest")
-        yy, xx = np.nonzero(maxima)
+        yy, xx = _local_maxima(window)
         dist = np.hypot(yy - sy - py, xx - sx - px)
         far = dist > exclude
         if not far.any():
@@ -213,6 +209,13 @@ class NCCMap:
         heights = window[yy[far], xx[far]]
         best = int(np.argmax(heights))
         return float(heights[best]) / max(top, _EPS), float(dist[far][best])
+
+
+def _local_maxima(window: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Row and column indices of the local maxima (3 × 3) of a map."""
+    from scipy import ndimage
+
+    return np.nonzero(window == ndimage.maximum_filter(window, size=3, mode="nearest"))
 
 
 def _window(

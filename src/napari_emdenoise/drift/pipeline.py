@@ -280,7 +280,7 @@ def _estimate_prepared(
     ncc, den_map, raw_map, (ref_f, mov_f) = _correlate(reference, moving, sigma, max_shift)
     peak = ncc.peak()
     rho = ncc.value(peak)
-    ratio, _distance = ncc.second_peak(exclude=3.0)
+    ratio, _distance = ncc.second_peak(exclude=3.0, peak=peak)
     ambiguous = ratio >= NEAR_EQUAL
     overlap = int(ncc.overlap[ncc.radius[0] + peak[0], ncc.radius[1] + peak[1]])
     if method == "cnn":
