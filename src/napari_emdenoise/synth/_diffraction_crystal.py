@@ -72,6 +72,16 @@ class Specimen:
         Width of the inelastic Lorentzian (Å⁻¹).
     edge_blur : float
         Softness of the aperture edge (pixels, Gaussian σ).
+    coherence : float
+        Weight γ ∈ [0, 1] of the coherent sum of overlapping disks (0: disk
+        intensities add; 1: their amplitudes add and interfere). See
+        :func:`render_pattern`.
+    defocus : float
+        Probe defocus Δf (Å) of the aberration phase χ(q) = πλΔf|q|² used by
+        the coherent sum.
+    phases : numpy.ndarray or None
+        (n,) structure-factor phases φ_g (radians) of the reflections, with
+        φ₋g = −φ_g (Friedel); None when ``coherence`` is 0.
     """
 
     wavelength: float
@@ -88,6 +98,9 @@ class Specimen:
     tds_q: float
     inelastic_q: float
     edge_blur: float
+    coherence: float = 0.0
+    defocus: float = 0.0
+    phases: np.ndarray | None = None
 
     @property
     def convergence_mrad(self) -> float:
@@ -120,6 +133,9 @@ class CrystalState:
         1 inside the crystal, 0 over vacuum/amorphous support (dimensionless).
     amorphous_scale : float
         Multiplier of the amorphous ring (dimensionless).
+    probe_position : tuple of float
+        Probe position (y, x) in Å; sets the phase 2π g·r of each overlapping
+        disk in the coherent sum.
     """
 
     centre: tuple[float, float]
@@ -128,6 +144,7 @@ class CrystalState:
     thickness: float = 500.0
     crystal_fraction: float = 1.0
     amorphous_scale: float = 1.0
+    probe_position: tuple[float, float] = (0.0, 0.0)
 
 
 _LATTICES = ("square", "hexagonal", "rectangular", "centred", "oblique")
@@ -139,12 +156,20 @@ def draw_specimen(
     *,
     overlap_probability: float = 0.3,
     voltages_kv: tuple[float, ...] = (80.0, 200.0, 300.0),
+    overlap_ratio_range: tuple[float, float] = (0.55, 1.4),
+    coherent_probability: float = 0.0,
+    defocus_range: tuple[float, float] = (-300.0, 300.0),
 ) -> Specimen:
     """Draw a random crystal and microscope set-up for patterns of ``shape`` pixels.
 
     The first reciprocal vector spans 1/16 to 1/4 of the smaller detector side;
     the disks are separated (radius < 0.45 |g1|) or, with probability
-    ``overlap_probability``, overlapping (large convergence, radius 0.55–1.4 |g1|).
+    ``overlap_probability``, overlapping (large convergence, radius
+    ``overlap_ratio_range`` × |g1|, at most a quarter of the detector side).
+    Overlapping disks interfere (:func:`render_pattern`) with probability
+    ``coherent_probability``: coherence γ 0.5–1, defocus from ``defocus_range``
+    (Å), random structure-factor phases. With ``coherent_probability = 0`` no
+    extra random numbers are drawn.
     """
     n = float(min(shape))
     lam = electron_wavelength(float(rng.choice(voltages_kv)))
@@ -165,8 +190,9 @@ def draw_specimen(
 
     g1_px = rng.uniform(max(4.0, n / 16.0), n / 4.0)
     step = g1 / g1_px
-    if rng.random() < overlap_probability:
-        radius = rng.uniform(0.55, 1.4) * g1_px
+    overlapping = bool(rng.random() < overlap_probability)
+    if overlapping:
+        radius = rng.uniform(*overlap_ratio_range) * g1_px
     else:
         radius = rng.uniform(min(1.2, 0.3 * g1_px), 0.45 * g1_px)
     radius = float(min(radius, n / 4.0))
@@ -197,6 +223,13 @@ def draw_specimen(
         f = np.where((hk.sum(1) % 2) != 0, f * rng.uniform(0.0, 0.1), f)
     xi0 = rng.uniform(100.0, 400.0)
     xi = xi0 / np.clip(f, 1e-3, None)
+    coherence, defocus, phases = 0.0, 0.0, None
+    if coherent_probability > 0 and overlapping and rng.random() < coherent_probability:
+        coherence = float(rng.uniform(0.5, 1.0))
+        defocus = float(rng.uniform(*defocus_range))
+        sign = np.where((hk[:, 0] > 0) | ((hk[:, 0] == 0) & (hk[:, 1] > 0)), 1.0, -1.0)
+        pair_phase = rng.uniform(-np.pi, np.pi, size=int(np.max(pair_ids)) + 1)
+        phases = sign * pair_phase[np.asarray(pair_ids).ravel()]  # φ₋g = −φ_g
 
     return Specimen(
         wavelength=lam,
@@ -213,6 +246,9 @@ def draw_specimen(
         tds_q=rng.uniform(0.3, 1.0),
         inelastic_q=rng.uniform(0.01, 0.05),
         edge_blur=rng.uniform(0.0, 0.6),
+        coherence=coherence,
+        defocus=defocus,
+        phases=phases,
     )
 
 
@@ -238,6 +274,16 @@ def render_pattern(spec: Specimen, state: CrystalState, shape: tuple[int, int]) 
     -------
     numpy.ndarray
         Non-negative pattern normalised to a total of 1.
+
+    Notes
+    -----
+    With ``spec.coherence`` γ > 0 the disks are also summed as amplitudes,
+    as for a thin crystal under a coherent convergent probe at position r:
+    ``Ψ(k) = Σ_g √I_g(k) A(k − g) exp i(φ_g + 2π g·r − χ(k − g))`` with
+    ``χ(q) = πλΔf|q|²``, and the Bragg part is
+    ``γ|Ψ|² + (1 − γ) Σ_g I_g A(k − g)``. Where disks overlap this gives the
+    probe-position-dependent interference (fringes, dark or bright overlaps)
+    of large-convergence CBED; where they do not, the two sums agree.
     """
     h, w = shape
     cy, cx = state.centre
@@ -259,6 +305,14 @@ def render_pattern(spec: Specimen, state: CrystalState, shape: tuple[int, int]) 
 
     # Local grid of one disk (pixel offsets from its fractional centre).
     bragg = np.zeros(shape)
+    coherent = spec.coherence > 0 and spec.phases is not None
+    field = np.zeros(shape, complex) if coherent else None
+    ry, rx = (float(v) for v in state.probe_position)
+
+    def wave(yy: np.ndarray, xx: np.ndarray, phase: float) -> np.ndarray:
+        q2 = (yy * yy + xx * xx) * spec.step**2  # |k − g|², Å⁻²
+        return np.exp(1j * (phase - np.pi * lam * spec.defocus * q2))
+
     rr = int(np.ceil(r + 2))
 
     def box(y0: float, x0: float):
@@ -295,12 +349,21 @@ def render_pattern(spec: Specimen, state: CrystalState, shape: tuple[int, int]) 
             sl, yy, xx = b
             kx, ky = tau[0] + xx * spec.step, tau[1] + yy * spec.step
             sg = -0.5 * lam * (g2 + 2 * (gx * kx + gy * ky))
-            bragg[sl] += frac * aperture(yy, xx) * _two_beam(t, sg, spec.xi[i])
+            disk = frac * aperture(yy, xx) * _two_beam(t, sg, spec.xi[i])
+            bragg[sl] += disk
+            if field is not None:
+                phase = spec.phases[i] + 2 * np.pi * (gx * rx + gy * ry)
+                field[sl] += np.sqrt(disk) * wave(yy, xx, phase)
     if central is not None:
         sl, yy, xx = central
         # more than 90 % of the beam never leaves the transmitted disk in this model
         scale = np.where(loss > 0.9, 0.9 / np.maximum(loss, 1e-12), 1.0)
-        bragg[sl] += aperture(yy, xx) * (1.0 - frac * loss * scale)
+        disk = aperture(yy, xx) * (1.0 - frac * loss * scale)
+        bragg[sl] += disk
+        if field is not None:
+            field[sl] += np.sqrt(disk) * wave(yy, xx, 0.0)
+    if field is not None:
+        bragg = spec.coherence * np.abs(field) ** 2 + (1.0 - spec.coherence) * bragg
     if spec.edge_blur > 0.05:
         bragg = ndimage.gaussian_filter(bragg, spec.edge_blur, mode="constant")
     elastic = bragg.sum()

@@ -63,6 +63,14 @@ class DiffractionConfig:
         within [1, 10⁸].
     overlap_probability : float
         Probability of a large convergence angle with overlapping disks, [0, 1].
+    overlap_ratio_range : tuple of float
+        Disk radius of overlapping disks as a multiple of the first reflection's
+        distance |g1|, within [0.5, 3].
+    coherent_probability : float
+        Probability that overlapping disks interfere (a coherent probe: fringes and
+        probe-position-dependent overlaps, as in large-convergence CBED), [0, 1].
+    defocus_range : tuple of float
+        Probe defocus (Å) of the coherent patterns, within [−5000, 5000].
     zone_axis_probability : float
         Probability that a grain sits near a zone axis (tilt < 0.15 |g1|)
         rather than off-axis (tilt 0.5–2.5 |g1|, a Laue circle), [0, 1].
@@ -92,6 +100,9 @@ class DiffractionConfig:
 
     counts_range: tuple[float, float] = COUNTS_RANGE
     overlap_probability: float = 0.3
+    overlap_ratio_range: tuple[float, float] = (0.55, 1.4)
+    coherent_probability: float = 0.0
+    defocus_range: tuple[float, float] = (-300.0, 300.0)
     zone_axis_probability: float = 0.5
     max_grains: int = 3
     vacuum_probability: float = 0.15
@@ -108,6 +119,7 @@ class DiffractionConfig:
     def __post_init__(self) -> None:
         for name in (
             "overlap_probability",
+            "coherent_probability",
             "zone_axis_probability",
             "vacuum_probability",
             "counting_probability",
@@ -125,6 +137,17 @@ class DiffractionConfig:
         if not (10.0 <= lo <= hi <= 5000.0):
             raise ValueError(
                 f"thickness_range must lie within [10, 5000] Å, got {self.thickness_range}"
+            )
+        lo, hi = (float(v) for v in self.overlap_ratio_range)
+        if not (0.5 <= lo <= hi <= 3.0):
+            raise ValueError(
+                f"overlap_ratio_range must satisfy 0.5 ≤ low ≤ high ≤ 3, got "
+                f"{self.overlap_ratio_range}"
+            )
+        lo, hi = (float(v) for v in self.defocus_range)
+        if not (-5000.0 <= lo <= hi <= 5000.0):
+            raise ValueError(
+                f"defocus_range must lie within [-5000, 5000] Å, got {self.defocus_range}"
             )
         if int(self.max_grains) < 1:
             raise ValueError(f"max_grains must be ≥ 1, got {self.max_grains}")
@@ -145,6 +168,8 @@ class DiffractionConfig:
             "mtf_sigma_range",
             "read_noise_range",
             "defect_fraction_range",
+            "overlap_ratio_range",
+            "defocus_range",
         ):
             if key in d:
                 d[key] = tuple(d[key])
@@ -205,6 +230,7 @@ class _ScanModel:
         ny, nx = scan_shape
         h, w = pattern_shape
         self.scan_shape = scan_shape
+        self.scan_step = float(cfg.scan_step)
         g1 = float(np.hypot(*spec.basis[0]))
         n_grains = int(rng.integers(1, int(cfg.max_grains) + 1))
         self.seeds = rng.uniform(0, 1, size=(n_grains, 2))
@@ -260,6 +286,7 @@ class _ScanModel:
             thickness=float(thickness),
             crystal_fraction=fraction,
             amorphous_scale=float(1.0 + self.amorphous_gradient * d.sum()),
+            probe_position=(iy * self.scan_step, ix * self.scan_step),
         )
 
 
@@ -269,7 +296,14 @@ def _setup(
     scan_shape: tuple[int, int],
     pattern_shape: tuple[int, int],
 ) -> tuple[Specimen, DetectorState, _ScanModel]:
-    spec = draw_specimen(rng, pattern_shape, overlap_probability=cfg.overlap_probability)
+    spec = draw_specimen(
+        rng,
+        pattern_shape,
+        overlap_probability=cfg.overlap_probability,
+        overlap_ratio_range=tuple(cfg.overlap_ratio_range),
+        coherent_probability=cfg.coherent_probability,
+        defocus_range=tuple(cfg.defocus_range),
+    )
     det = draw_detector(
         rng,
         pattern_shape,
