@@ -27,7 +27,7 @@ dose the RMS is set by a few gross failures (a wrong correlation peak tens of
 pixels away), so the cnn / skimage ratio comes with a 95 % paired-bootstrap
 interval and the share of the squared error due to the single worst pair.
 
-Run: ``OMP_NUM_THREADS=1 python benchmarks/drift_accuracy.py [--pairs 48]``; it
+Run: ``OMP_NUM_THREADS=1 python benchmarks/drift_accuracy.py [--pairs 240]``; it
 prints markdown tables and writes ``benchmarks/results/drift_accuracy.json``.
 """
 
@@ -336,7 +336,7 @@ def tables(payload: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--pairs", type=int, default=48, help="pairs per dose")
+    parser.add_argument("--pairs", type=int, default=240, help="pairs per dose")
     parser.add_argument("--doses", type=float, nargs="+", default=list(DOSES))
     parser.add_argument(
         "--out", default=str(Path(__file__).resolve().parent / "results" / "drift_accuracy.json")
