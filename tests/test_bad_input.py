@@ -965,6 +965,10 @@ def test_train_checkpoint_that_does_not_fit_the_network(tmp_path: Path, capsys) 
         ["--lr", "inf"],
         ["--adversarial", "-0.1"],
         ["--workers", "-1"],
+        ["--loss-weights", "{l1: 3}"],
+        ["--loss-weights", "[1, 2]"],
+        ["--diffraction", "{\"overlap_probability\": 2}"],
+        ["--config", "{\"ngf\": 0}"],
     ],
 )
 def test_train_bad_numbers(tmp_path: Path, argv: list[str], capsys) -> None:
@@ -973,6 +977,24 @@ def test_train_bad_numbers(tmp_path: Path, argv: list[str], capsys) -> None:
     assert _rc(["train", "--out", tmp_path / "run", *tiny, *argv]) == 2
     assert "error" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
+
+
+def test_train_json_settings_reach_the_model_card(tmp_path: Path) -> None:
+    """--config, --loss-weights and --diffraction as JSON: recorded in the exported card."""
+    argv = ["train", "--out", tmp_path / "run", "--model", "p2p_json", "--arch", "pix2pix"]
+    argv += ["--modality", "diffraction", "--patch", "32", "--steps", "1", "--batch", "1"]
+    argv += ["--val-size", "1", "--workers", "0", "--threads", "1"]
+    argv += ["--config", '{"ngf": 4, "pattern_size": 32, "prior_sigma": 2.0}']
+    argv += ["--loss-weights", '{"l1": 30, "l2": 10}', "--adversarial", "0"]
+    argv += ["--diffraction", '{"coherent_probability": 0.7, "overlap_ratio_range": [0.55, 2]}']
+    assert _rc(argv) == 0
+    card = json.loads((tmp_path / "run" / "p2p_json.json").read_text())
+    assert card["config"]["prior_sigma"] == 2.0 and card["config"]["ngf"] == 4
+    weights = card["training"]["loss_weights"]
+    assert (weights["l1"], weights["l2"], weights["adversarial"]) == (30, 10, 0)
+    diffraction = card["training"]["noise"]["diffraction"]
+    assert diffraction["coherent_probability"] == 0.7
+    assert diffraction["overlap_ratio_range"] == [0.55, 2]
 
 
 def test_train_out_that_is_a_file(tmp_path: Path, capsys) -> None:

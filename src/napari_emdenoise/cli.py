@@ -493,6 +493,21 @@ def _model_files(model: str) -> list[Path]:
     return [p for p in (Path(weights), Path(weights).with_suffix(".json")) if p.exists()]
 
 
+def _json_object(text: str, option: str) -> dict:
+    """Parse a JSON object given on the command line, with a clear message if it is not one."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(
+            f"{option} must be a JSON object such as '{{\"l1\": 30}}': {exc}"
+        ) from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{option} must be a JSON object, got {type(value).__name__}")
+    return value
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
     from .noise.pipeline import NoiseParams
     from .training.datasets import PairConfig
@@ -514,11 +529,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
     noise = NoiseParams.load(args.noise) if args.noise else None
     if noise is not None:
         modality = noise.modality
-    weights = {"adversarial": args.adversarial} if args.adversarial is not None else {}
+    weights = _json_object(args.loss_weights, "--loss-weights") if args.loss_weights else {}
+    if args.adversarial is not None:
+        weights["adversarial"] = args.adversarial
+    model_config = (
+        _json_object(args.config, "--config")
+        if args.config.lstrip().startswith("{")
+        else args.config
+    )
+    diffraction = _json_object(args.diffraction, "--diffraction") if args.diffraction else None
     cfg = TrainConfig(
         name=args.model,
         arch=args.arch,
-        model_config=args.config,
+        model_config=model_config,
         pairs=PairConfig(
             modality=modality,
             kind=kind,
@@ -528,6 +551,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             clean_pool=args.clean_pool,
             plain_fraction=args.plain_fraction,
             high_dose_fraction=args.high_dose_fraction,
+            diffraction=diffraction,
         ),
         steps=args.steps,
         batch_size=args.batch,
@@ -1069,7 +1093,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--config",
         default="small",
         help="network size: tiny, small (train in minutes on a CPU) or full (7 M parameters "
-        "for CGRDN, meant for a GPU)",
+        "for CGRDN, meant for a GPU), or a JSON object of the architecture's settings, "
+        'e.g. \'{"ngf": 16, "pattern_size": 64, "prior_sigma": 2.0}\' for pix2pix',
     )
     tr.add_argument(
         "--modality",
@@ -1097,6 +1122,18 @@ def build_parser() -> argparse.ArgumentParser:
         "--patch", type=_int_at_least(16), default=128, help="side of the training crops [px]"
     )
     tr.add_argument("--lr", type=_positive_float, default=2e-4, help="learning rate (Adam)")
+    tr.add_argument(
+        "--loss-weights",
+        default=None,
+        help='loss weights as a JSON object, e.g. \'{"l1": 30, "l2": 10}\' (pix2pix: '
+        "Anscombe L1 and local-count squared error); --adversarial overrides its key",
+    )
+    tr.add_argument(
+        "--diffraction",
+        default=None,
+        help="with --modality diffraction: settings of the synthetic 4D-STEM patterns as a "
+        'JSON object, e.g. \'{"overlap_probability": 0.5, "coherent_probability": 0.7}\'',
+    )
     tr.add_argument(
         "--adversarial",
         type=_non_negative_float,

@@ -586,11 +586,10 @@ PIX2PIX_LOSS_WEIGHTS: dict[str, float] = {"l1": 100.0, "adversarial": 1.0, "l2":
 
 def _noise_description(pairs: PairConfig) -> Any:
     if pairs.modality == "diffraction":
-        return "synthetic 4D-STEM detector model (napari_emdenoise.synth.diffraction), " + (
-            f"{pairs.diffraction.get('counts_range')} counts per pattern"
-            if pairs.diffraction
-            else "default ranges"
-        )
+        return {
+            "model": "synthetic 4D-STEM patterns and detector (napari_emdenoise.synth.diffraction)",
+            "diffraction": dict(pairs.diffraction or {}),
+        }
     if pairs.noise is None:
         return "random (Lobato et al. 2023 ranges)"
     return pairs.noise.to_dict()
