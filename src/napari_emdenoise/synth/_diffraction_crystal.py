@@ -214,9 +214,11 @@ def draw_specimen(
     shell_ids, inverse = np.unique(shells, return_inverse=True)
     shell_f = rng.uniform(0.15, 1.0, size=len(shell_ids)) ** 1.5
     jitter = np.exp(rng.normal(0.0, 0.15, size=len(hk)))
-    key = np.where((hk[:, 0] > 0) | ((hk[:, 0] == 0) & (hk[:, 1] > 0)), 1, -1)[:, None] * hk
-    _, pair_ids = np.unique(key, axis=0, return_inverse=True)
-    jitter = jitter[np.asarray(pair_ids).ravel()]  # Friedel pairs share the jitter
+    # +1 for one reflection of each Friedel pair g, −g, −1 for the other
+    friedel_sign = np.where((hk[:, 0] > 0) | ((hk[:, 0] == 0) & (hk[:, 1] > 0)), 1, -1)
+    _, pair_ids = np.unique(friedel_sign[:, None] * hk, axis=0, return_inverse=True)
+    pair_ids = np.asarray(pair_ids).ravel()
+    jitter = jitter[pair_ids]  # Friedel pairs share the jitter
     debye_waller = np.exp(-rng.uniform(0.3, 1.5) * gl**2 / 4.0)  # exp(−B s²), s = |g|/2
     f = shell_f[inverse] * jitter * debye_waller
     if lattice == "centred" or rng.random() < 0.15:
@@ -227,9 +229,8 @@ def draw_specimen(
     if coherent_probability > 0 and overlapping and rng.random() < coherent_probability:
         coherence = float(rng.uniform(0.5, 1.0))
         defocus = float(rng.uniform(*defocus_range))
-        sign = np.where((hk[:, 0] > 0) | ((hk[:, 0] == 0) & (hk[:, 1] > 0)), 1.0, -1.0)
         pair_phase = rng.uniform(-np.pi, np.pi, size=int(np.max(pair_ids)) + 1)
-        phases = sign * pair_phase[np.asarray(pair_ids).ravel()]  # φ₋g = −φ_g
+        phases = friedel_sign * pair_phase[pair_ids]  # φ₋g = −φ_g
 
     return Specimen(
         wavelength=lam,
