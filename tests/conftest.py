@@ -250,6 +250,11 @@ def train_widget(make_napari_viewer, open_dock, tmp_path, monkeypatch):
     widget.shutdown(timeout=60)
 
 
+def run_buttons(widget) -> tuple[bool, bool]:
+    """Whether a dock's run and Cancel buttons are enabled."""
+    return widget.run_button.enabled, widget.cancel_button.enabled
+
+
 def check_cancel_then_close(viewer, widget, qtbot, timeout_ms: int) -> None:
     """Through a dock's :class:`RunState`: a cancelled run, then the dock closed mid-run.
 
@@ -259,14 +264,11 @@ def check_cancel_then_close(viewer, widget, qtbot, timeout_ms: int) -> None:
     """
     from napari_emdenoise._widgets._run_state import RunState
 
-    def buttons():
-        return widget.run_button.enabled, widget.cancel_button.enabled
-
     widget.start()
     widget.cancel()
-    assert widget.state is RunState.STOPPING and buttons() == (False, True)
+    assert widget.state is RunState.STOPPING and run_buttons(widget) == (False, True)
     qtbot.waitUntil(lambda: widget._worker is None, timeout=timeout_ms)
-    assert widget.state is RunState.DONE and buttons() == (True, False)
+    assert widget.state is RunState.DONE and run_buttons(widget) == (True, False)
     assert widget.status.value.startswith("cancelled")
 
     widget.start()  # closing the dock during a run stops it; nothing revives the dock

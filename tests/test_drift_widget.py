@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import check_cancel_then_close
+from conftest import check_cancel_then_close, run_buttons
 
 from napari_emdenoise.drift import synthetic
 
@@ -139,23 +139,20 @@ def test_run_state_drives_the_buttons_through_run_error_cancel_and_close(drift_d
     widget.method.value = "ncc"
     widget.denoise.value = False
 
-    def buttons():
-        return widget.run_button.enabled, widget.cancel_button.enabled
-
-    assert widget.state is RunState.IDLE and buttons() == (True, False)
+    assert widget.state is RunState.IDLE and run_buttons(widget) == (True, False)
     widget.cancel()  # nothing to cancel: no state change
     assert widget.state is RunState.IDLE
     viewer.layers.remove("movie")
     widget.start()  # refused before any run (no frame stack): still idle, Align enabled
     assert "no (frames, y, x)" in widget.last_error
-    assert widget.state is RunState.IDLE and buttons() == (True, False)
+    assert widget.state is RunState.IDLE and run_buttons(widget) == (True, False)
 
     viewer.add_image(frames, name="movie")
     widget.start()
-    assert widget.state is RunState.RUNNING and buttons() == (False, True)
+    assert widget.state is RunState.RUNNING and run_buttons(widget) == (False, True)
     qtbot.waitUntil(lambda: widget._worker is None, timeout=120000)
     assert widget.last_error == ""
-    assert widget.state is RunState.DONE and buttons() == (True, False)
+    assert widget.state is RunState.DONE and run_buttons(widget) == (True, False)
 
     bad = frames.copy()
     bad[2, 5, 5] = np.nan
@@ -163,7 +160,7 @@ def test_run_state_drives_the_buttons_through_run_error_cancel_and_close(drift_d
     widget.layer.value = "broken"
     run(widget, qtbot)  # an error in the run ends it like any other
     assert "NaN" in widget.last_error
-    assert widget.state is RunState.DONE and buttons() == (True, False)
+    assert widget.state is RunState.DONE and run_buttons(widget) == (True, False)
 
     viewer.add_image(np.concatenate([frames] * 12), name="long movie")  # long enough to cancel
     widget.layer.value = "long movie"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import run_buttons
 
 
 @pytest.fixture
@@ -198,28 +199,25 @@ def test_run_state_drives_the_buttons_through_run_error_cancel_and_close(restore
 
     viewer, widget, _ = restore_widget
 
-    def buttons():
-        return widget.run_button.enabled, widget.cancel_button.enabled
-
-    assert widget.state is RunState.IDLE and buttons() == (True, False)
+    assert widget.state is RunState.IDLE and run_buttons(widget) == (True, False)
     widget.cancel()  # nothing to cancel: no state change
     assert widget.state is RunState.IDLE
     viewer.add_image(np.zeros((8, 8, 3), np.uint8), name="screenshot", rgb=True)
     widget.layer.value = "screenshot"
     widget.start()  # refused before any run: still idle, Restore enabled
-    assert widget.state is RunState.IDLE and buttons() == (True, False)
+    assert widget.state is RunState.IDLE and run_buttons(widget) == (True, False)
 
     widget.layer.value = "micrograph"
     widget.start()
-    assert widget.state is RunState.RUNNING and buttons() == (False, True)
+    assert widget.state is RunState.RUNNING and run_buttons(widget) == (False, True)
     _wait(widget, qtbot)
-    assert widget.state is RunState.DONE and buttons() == (True, False)
+    assert widget.state is RunState.DONE and run_buttons(widget) == (True, False)
 
     widget.start()
     widget.cancel()
-    assert widget.state is RunState.STOPPING and buttons() == (False, True)
+    assert widget.state is RunState.STOPPING and run_buttons(widget) == (False, True)
     _wait(widget, qtbot)
-    assert widget.state is RunState.DONE and buttons() == (True, False)
+    assert widget.state is RunState.DONE and run_buttons(widget) == (True, False)
     assert widget.status.value.startswith("cancelled")
 
     viewer.window.remove_dock_widget(widget.native.parent())

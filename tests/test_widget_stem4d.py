@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import check_cancel_then_close
+from conftest import check_cancel_then_close, run_buttons
 
 from napari_emdenoise.engine import virtual_detectors as vd
 
@@ -250,31 +250,28 @@ def test_run_state_drives_the_buttons_through_run_cancel_and_close(dock, qtbot):
 
     viewer, widget, data = dock
 
-    def buttons():
-        return widget.run_button.enabled, widget.cancel_button.enabled
-
-    assert widget.state is RunState.IDLE and buttons() == (True, False)
+    assert widget.state is RunState.IDLE and run_buttons(widget) == (True, False)
     widget.cancel()  # nothing to cancel: no state change
     assert widget.state is RunState.IDLE
     viewer.add_image(data[0], name="frames")  # 3-D: not a 4D-STEM data set
     widget.layer.value = "frames"
     widget.start()  # refused before any run: still idle, Denoise enabled
     assert "3 dimensions" in widget.last_error
-    assert widget.state is RunState.IDLE and buttons() == (True, False)
+    assert widget.state is RunState.IDLE and run_buttons(widget) == (True, False)
 
     widget.layer.value = "scan"
     wait_idle(widget, qtbot)  # the survey is not a run: the state stays idle
-    assert widget.state is RunState.IDLE and buttons() == (True, False)
+    assert widget.state is RunState.IDLE and run_buttons(widget) == (True, False)
     widget.whole_scan.value = False
     widget.region.value = "2:4,3:5"
     widget.start()
-    assert widget.state is RunState.RUNNING and buttons() == (False, True)
+    assert widget.state is RunState.RUNNING and run_buttons(widget) == (False, True)
     qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
     assert widget.last_error == ""
-    assert widget.state is RunState.DONE and buttons() == (True, False)
+    assert widget.state is RunState.DONE and run_buttons(widget) == (True, False)
     widget.preview_at(0, 0)  # nor is a preview
     wait_idle(widget, qtbot)
-    assert widget.state is RunState.DONE and buttons() == (True, False)
+    assert widget.state is RunState.DONE and run_buttons(widget) == (True, False)
 
     big = _stack(scan=(40, 40), seed=1)
     viewer.add_image(big, name="big scan", scale=SCALE)
