@@ -11,6 +11,9 @@ vst
 columns
     Atom-column refinement (2-D Gaussian or centre of mass) and the column
     position / intensity errors of a restored image.
+crlb
+    The Cramér–Rao lower bound of a column position measured on Poisson counts:
+    the floor no restoration can take an unbiased measurement below.
 probes
     The lattice probe: Gaussian columns on a lag-free lattice with Poisson noise.
 spectra
@@ -29,6 +32,7 @@ from .columns import (
     integrated_intensity,
     refine_columns,
 )
+from .crlb import position_crlb, shift_gradient
 from .metrics import best_gaussian, psnr, ssim
 from .probes import LatticeProbe, lattice_probe
 from .spectra import (
@@ -58,6 +62,7 @@ __all__ = [
     "gat_forward",
     "gat_inverse",
     "integrated_intensity",
+    "position_crlb",
     "lattice_probe",
     "nyquist_amplitude",
     "nyquist_excess",
@@ -66,6 +71,7 @@ __all__ = [
     "periodic_component",
     "psnr",
     "refine_columns",
+    "shift_gradient",
     "ssim",
     "vst_denoise",
 ]
