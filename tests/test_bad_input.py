@@ -967,8 +967,8 @@ def test_train_checkpoint_that_does_not_fit_the_network(tmp_path: Path, capsys) 
         ["--workers", "-1"],
         ["--loss-weights", "{l1: 3}"],
         ["--loss-weights", "[1, 2]"],
-        ["--diffraction", "{\"overlap_probability\": 2}"],
-        ["--config", "{\"ngf\": 0}"],
+        ["--diffraction", '{"overlap_probability": 2}'],
+        ["--config", '{"ngf": 0}'],
     ],
 )
 def test_train_bad_numbers(tmp_path: Path, argv: list[str], capsys) -> None:
@@ -1047,14 +1047,19 @@ def test_train_pair_fractions_reach_the_run(tmp_path: Path) -> None:
     run = tmp_path / "run"
     argv = ["train", "--model", "mixed", "--config", "tiny", "--out", run, *_TINY_RUN]
     argv += ["--steps", "2", "--batch", "2", "--val-size", "2"]
-    assert _rc([*argv, "--plain-fraction", "0.3", "--high-dose-fraction", "0.2"]) == 0
+    argv += ["--plain-fraction", "0.3", "--high-dose-fraction", "0.2"]
+    assert _rc([*argv, "--fine-lattice-fraction", "0.4"]) == 0
     training = json.loads((run / "mixed.json").read_text())["training"]
     assert training["plain_fraction"] == 0.3 and training["high_dose_fraction"] == 0.2
+    assert training["fine_lattice_fraction"] == 0.4
     pairs = load_checkpoint(run / CHECKPOINT_NAME)[1]["pairs"]
     assert pairs["plain_fraction"] == 0.3 and pairs["high_dose_fraction"] == 0.2
+    assert pairs["fine_lattice_fraction"] == 0.4
 
 
-@pytest.mark.parametrize("option", ["--plain-fraction", "--high-dose-fraction"])
+@pytest.mark.parametrize(
+    "option", ["--plain-fraction", "--high-dose-fraction", "--fine-lattice-fraction"]
+)
 @pytest.mark.parametrize("value", ["1.5", "-0.1", "nan", "inf", "half"])
 def test_train_fraction_outside_zero_one(tmp_path: Path, option: str, value: str, capsys) -> None:
     argv = ["train", "--config", "tiny", "--out", tmp_path / "run", *_TINY_RUN, option, value]

@@ -350,28 +350,74 @@ def test_high_dose_pairs_are_drawn_in_the_high_dose_range(modality):
     assert len(set(doses)) == len(doses)  # redrawn per pair
 
 
-@pytest.mark.parametrize("name", ["plain_fraction", "high_dose_fraction"])
+@pytest.mark.parametrize("name", ["plain_fraction", "high_dose_fraction", "fine_lattice_fraction"])
 @pytest.mark.parametrize("value", [1.5, -0.1, float("nan"), float("inf")])
 def test_fractions_outside_zero_one_are_rejected(name, value):
     with pytest.raises(ValueError, match=name):
         PairConfig(patch_size=32, **{name: value})
 
 
-@pytest.mark.parametrize("name", ["plain_fraction", "high_dose_fraction"])
+@pytest.mark.parametrize("name", ["plain_fraction", "high_dose_fraction", "fine_lattice_fraction"])
 def test_fractions_do_not_apply_to_diffraction(name):
     with pytest.raises(ValueError, match="diffraction"):
         PairConfig(modality="diffraction", patch_size=32, **{name: 0.5})
     PairConfig(modality="diffraction", patch_size=32, **{name: 0.0})  # the default is fine
 
 
+def test_fine_lattice_pairs_are_zone_axis_crystals_at_coarse_sampling():
+    from napari_emdenoise.training.datasets import FINE_LATTICE_PIXEL_RANGE
+
+    cfg = PairConfig(patch_size=48, seed=8, fine_lattice_fraction=1.0)
+    low, high = FINE_LATTICE_PIXEL_RANGE
+    sizes = []
+    for i in range(6):
+        x, y, info = make_training_pair(cfg, i, return_info=True)
+        assert np.isfinite(x).all() and np.isfinite(y).all()
+        assert info["specimen"]["type"] == "crystalline"
+        assert info["specimen"]["orientation"] == "zone_axis"
+        assert low <= info["pixel_size_A"] <= high
+        sizes.append(info["pixel_size_A"])
+    assert len(set(sizes)) == len(sizes)  # drawn per pair
+
+
+def test_a_pair_not_drawn_as_fine_lattice_is_unchanged_by_the_fraction():
+    base = PairConfig(patch_size=32, seed=9)
+    mixed = PairConfig(patch_size=32, seed=9, fine_lattice_fraction=0.4)
+    kept = changed = 0
+    for i in range(16):
+        x0, y0, i0 = make_training_pair(base, i, return_info=True)
+        x1, y1, i1 = make_training_pair(mixed, i, return_info=True)
+        if np.array_equal(y0, y1):
+            np.testing.assert_array_equal(x1, x0)
+            assert i1 == i0
+            kept += 1
+        else:
+            assert i1["specimen"]["orientation"] == "zone_axis"
+            changed += 1
+    assert kept and changed  # binomial(16, 0.4): both occur
+
+
+def test_fine_lattices_need_atomic_resolution_images():
+    from napari_emdenoise.synth import generate_clean
+
+    with pytest.raises(ValueError, match="fine_lattice_fraction"):
+        PairConfig(kind="lr", patch_size=32, fine_lattice_fraction=0.5)
+    with pytest.raises(ValueError, match="atomic options"):
+        generate_clean("lr", (32, 32), rng=0, atomic={"pixel_size": 0.3})
+
+
 def test_fractions_round_trip_through_the_config_dict():
     import json
 
-    cfg = PairConfig(patch_size=32, seed=7, plain_fraction=0.3, high_dose_fraction=0.2)
+    cfg = PairConfig(
+        patch_size=32, seed=7, plain_fraction=0.3, high_dose_fraction=0.2, fine_lattice_fraction=0.5
+    )
     data = json.loads(json.dumps(cfg.to_dict()))
     assert data["plain_fraction"] == 0.3 and data["high_dose_fraction"] == 0.2
+    assert data["fine_lattice_fraction"] == 0.5
     again = PairConfig.from_dict(data)
     assert again.plain_fraction == 0.3 and again.high_dose_fraction == 0.2
+    assert again.fine_lattice_fraction == 0.5
     assert again.to_dict() == cfg.to_dict()
     for i in range(3):
         a, b = make_training_pair(cfg, i), make_training_pair(again, i)

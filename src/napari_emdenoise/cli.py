@@ -551,6 +551,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             clean_pool=args.clean_pool,
             plain_fraction=args.plain_fraction,
             high_dose_fraction=args.high_dose_fraction,
+            fine_lattice_fraction=args.fine_lattice_fraction,
             diffraction=diffraction,
         ),
         steps=args.steps,
@@ -1167,6 +1168,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         help="share of training pairs (0–1) recorded at a high dose, 100–10⁴ e⁻/pixel: "
         "teaches the network to leave well-exposed images alone",
+    )
+    tr.add_argument(
+        "--fine-lattice-fraction",
+        type=_probability,
+        default=0.0,
+        help="share of atomic-resolution training pairs (0–1) showing a zone-axis crystal "
+        "at 0.25–0.9 Å/pixel, whose columns repeat every few pixels: teaches the network "
+        "to keep fine lattices",
     )
     tr.add_argument("--val-size", type=_positive_int, default=16, help="validation pairs")
     tr.add_argument("--val-every", type=_positive_int, default=100, help="validate every N steps")

@@ -35,6 +35,7 @@ def generate_clean(
     rng: np.random.Generator | int | None = ...,
     *,
     return_info: Literal[False] = ...,
+    atomic: dict[str, Any] | None = ...,
 ) -> np.ndarray: ...
 
 
@@ -45,6 +46,7 @@ def generate_clean(
     rng: np.random.Generator | int | None = ...,
     *,
     return_info: Literal[True],
+    atomic: dict[str, Any] | None = ...,
 ) -> tuple[np.ndarray, dict[str, Any]]: ...
 
 
@@ -54,6 +56,7 @@ def generate_clean(
     rng: np.random.Generator | int | None = None,
     *,
     return_info: bool = False,
+    atomic: dict[str, Any] | None = None,
 ) -> np.ndarray | tuple[np.ndarray, dict[str, Any]]:
     """Generate one random undistorted EM image (Lobato et al. 2023, "Data generation").
 
@@ -78,6 +81,10 @@ def generate_clean(
         Also return a JSON-serialisable record of every random choice
         (specimen, pixel size in Å, species and profiles, modifiers,
         inversion, β, background, std/mean ratio).
+    atomic : dict, optional
+        With ``kind="hr"``: choices passed to
+        :func:`napari_emdenoise.synth.atomic.generate_atomic` instead of being
+        drawn (``specimen``, ``orientation``, ``pixel_size`` in Å, …).
 
     Returns
     -------
@@ -99,6 +106,8 @@ def generate_clean(
     """
     if kind not in KINDS:
         raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+    if atomic and kind != "hr":
+        raise ValueError("atomic options apply to high-resolution ('hr') images only")
     shape = check_shape(shape)
     n_pixels = float(shape[0]) * float(shape[1])
     check_fits_in_memory(
@@ -111,7 +120,7 @@ def generate_clean(
     for _ in range(_MAX_ATTEMPTS):
         attempts += 1
         if kind == "hr":
-            raw, info = generate_atomic(shape, rng)
+            raw, info = generate_atomic(shape, rng, **(atomic or {}))
         else:
             raw, info = generate_lowres(shape, rng)
         if not _usable(raw):

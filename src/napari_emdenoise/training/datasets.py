@@ -49,6 +49,14 @@ HIGH_DOSE_RANGE = (100.0, 10_000.0)
 #: every other pair stays identical when both fractions are zero).
 _VARIANT_STREAM = 4
 
+#: Pixel sizes (Å, log-uniform) of the zone-axis crystals drawn for
+#: ``PairConfig.fine_lattice_fraction``: columns 1.5–4 Å apart then repeat every
+#: 2–15 pixels, as in an atomic-resolution overview recorded at 0.2–0.3 Å/pixel.
+FINE_LATTICE_PIXEL_RANGE = (0.25, 0.9)
+
+#: Stream of the fine-lattice draw (separate, for the same reason).
+_FINE_LATTICE_STREAM = 5
+
 
 @dataclass
 class PairConfig:
@@ -94,6 +102,13 @@ class PairConfig:
         at about 4 e⁻/pixel and only 10 % of pairs above 110, so a network
         rarely learns to leave well-exposed images alone. 0 (default) is the
         paper's scheme.
+    fine_lattice_fraction : float
+        Probability, in [0, 1], that a high-resolution pair's clean image is a
+        zone-axis crystal at a coarse pixel size (``FINE_LATTICE_PIXEL_RANGE``),
+        so that its columns repeat every few pixels. In the paper's draw about
+        10 % of S(T)EM targets have most of their contrast at periods below
+        8 px, and networks trained on it smooth such lattices away (multislice
+        Au [001] at 0.3 Å/pixel); 0 (default) is the paper's scheme.
     """
 
     modality: str = "stem"
@@ -106,6 +121,7 @@ class PairConfig:
     diffraction: dict[str, Any] | None = None
     plain_fraction: float = 0.0
     high_dose_fraction: float = 0.0
+    fine_lattice_fraction: float = 0.0
     _pool: dict[int, tuple[np.ndarray, dict]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -113,12 +129,14 @@ class PairConfig:
             raise ValueError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
         if self.clean_pool < 0:
             raise ValueError("clean_pool must be ≥ 0")
-        for name in ("plain_fraction", "high_dose_fraction"):
+        for name in ("plain_fraction", "high_dose_fraction", "fine_lattice_fraction"):
             value = getattr(self, name)
             if not (np.isfinite(value) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
             if value and self.modality == "diffraction":
                 raise ValueError(f"{name} does not apply to diffraction patterns")
+        if self.fine_lattice_fraction and self.kind != "hr":
+            raise ValueError("fine_lattice_fraction applies to high-resolution ('hr') images only")
         if self.clean_pool and self.pool_image_size < self.patch_size:
             raise ValueError("pool_image_size must be at least patch_size")
         if self.modality == "diffraction":
@@ -148,6 +166,8 @@ class PairConfig:
         if self.plain_fraction or self.high_dose_fraction:
             out["plain_fraction"] = self.plain_fraction
             out["high_dose_fraction"] = self.high_dose_fraction
+        if self.fine_lattice_fraction:
+            out["fine_lattice_fraction"] = self.fine_lattice_fraction
         if self.modality == "diffraction":
             out["diffraction"] = dict(self.diffraction or {})
         return out
@@ -198,7 +218,10 @@ def make_training_pair(
             clean = clean[::-1]
         clean = np.ascontiguousarray(np.rot90(clean, int(rng_crop.integers(4))))
     else:
-        clean, info = generate_clean(cfg.kind, (p, p), rng=rng_clean, return_info=True)
+        atomic = _fine_lattice(cfg, split, index)
+        clean, info = generate_clean(
+            cfg.kind, (p, p), rng=rng_clean, return_info=True, atomic=atomic
+        )
     params = cfg.noise or sample_params(
         cfg.modality, rng_params, pixel_size=info.get("pixel_size_A")
     )
@@ -218,6 +241,20 @@ def make_training_pair(
     if return_info:
         out += (info,)
     return out
+
+
+def _fine_lattice(cfg: PairConfig, split: str, index: int) -> dict[str, Any] | None:
+    """Clean-image choices of a fine-lattice pair (see ``PairConfig``), or None."""
+    if not cfg.fine_lattice_fraction:
+        return None
+    rng = np.random.default_rng([cfg.seed, SPLITS[split], int(index), _FINE_LATTICE_STREAM])
+    if rng.random() >= cfg.fine_lattice_fraction:
+        return None
+    return {
+        "specimen": "crystalline",
+        "orientation": "zone_axis",
+        "pixel_size": float(log_uniform(rng, *FINE_LATTICE_PIXEL_RANGE)),
+    }
 
 
 def _pair_variant(params: NoiseParams, cfg: PairConfig, rng: np.random.Generator) -> NoiseParams:

@@ -523,7 +523,7 @@ class Trainer:
                 **{
                     k: v
                     for k, v in cfg.pairs.to_dict().items()
-                    if k in ("plain_fraction", "high_dose_fraction")
+                    if k in ("plain_fraction", "high_dose_fraction", "fine_lattice_fraction")
                 },
                 "init_from": cfg.init_from,
                 **({"init_partial": True} if cfg.init_from and cfg.init_partial else {}),
