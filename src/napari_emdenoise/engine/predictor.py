@@ -858,6 +858,7 @@ def _restore_block(
     batch_size: int | None,
     backend: str = "auto",
     ensemble: int = 1,
+    safeguard: bool = False,
 ) -> np.ndarray:
     if isinstance(model, str):
         dev = str(resolve_device(device))
@@ -871,6 +872,7 @@ def _restore_block(
         batch_size=batch_size,
         backend=backend,
         ensemble=ensemble,
+        safeguard=safeguard,
     )
 
 
@@ -883,6 +885,7 @@ def restore_dask(
     batch_size: int | None = None,
     backend: str = "auto",
     ensemble: int = 1,
+    safeguard: bool = False,
 ) -> Any:
     """Lazy restoration of a stack: one dask task per frame.
 
@@ -892,7 +895,7 @@ def restore_dask(
         ``(frames, height, width)`` or ``(height, width)`` array, dask or
         anything ``dask.array.asarray`` accepts. It is rechunked to whole
         frames (a frame is normalised as a whole and tiled internally).
-    model, device, tile_size, overlap, batch_size, backend, ensemble
+    model, device, tile_size, overlap, batch_size, backend, ensemble, safeguard
         As for :func:`restore`. A model name or path is loaded once per
         worker process, so the graph runs on a ``dask.distributed`` cluster;
         a module is shipped with the graph.
@@ -944,5 +947,6 @@ def restore_dask(
         batch_size=batch_size,
         backend=backend,
         ensemble=ensemble,
+        safeguard=bool(safeguard),
     )
     return result[0] if squeeze else result
