@@ -4,6 +4,7 @@ Usage::
 
     python tools/install_bundled.py --runs runs            # stage 1: runs/<name>/
     python tools/install_bundled.py --runs runs --stage2   # a later stage: runs/<name>_plain/
+    python tools/install_bundled.py --runs runs/s8 --stage2 --suffix _C   # runs/s8/<name>_C/
 
 For every ``runs/<name>/<name>.safetensors`` (written by ``emdenoise train``, with
 the commands of ``weights/MODEL_CARD.md``) the weights and card are copied to
@@ -66,6 +67,7 @@ def _reproduce(name: str, card: dict, init: str | None = None, out: str | None =
         for flag, key in (
             ("plain-fraction", "plain_fraction"),
             ("high-dose-fraction", "high_dose_fraction"),
+            ("fine-lattice-fraction", "fine_lattice_fraction"),
             ("seed", "seed"),
         )
         if t.get(key)
@@ -166,9 +168,14 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="install runs/<name>_plain on top of the bundled <name> (see the module notes)",
     )
+    ap.add_argument(
+        "--suffix",
+        default="_plain",
+        help="with --stage2: run folders are runs/<name><suffix> (default _plain)",
+    )
     args = ap.parse_args(argv)
     installed = {}
-    suffix = "_plain" if args.stage2 else ""
+    suffix = args.suffix if args.stage2 else ""
     for run in sorted(p for p in args.runs.iterdir() if p.is_dir()):
         name = run.name.removesuffix(suffix) if suffix and run.name.endswith(suffix) else None
         name = name if suffix else run.name

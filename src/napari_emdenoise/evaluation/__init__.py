@@ -18,6 +18,8 @@ probes
     The lattice probe: Gaussian columns on a lag-free lattice with Poisson noise.
 spectra
     The Nyquist-spike measure of a 2-px checkerboard.
+transfer
+    The gain of a restoration on a fine lattice, per period (does it erase it?).
 metrics
     PSNR and SSIM with the clean image's data range, and the oracle Gaussian filter.
 """
@@ -42,6 +44,7 @@ from .spectra import (
     nyquist_spikes,
     periodic_component,
 )
+from .transfer import lattice_gain, lattice_pattern
 from .vst import (
     bm3d_gat,
     estimate_poisson_gaussian,
@@ -63,6 +66,8 @@ __all__ = [
     "gat_inverse",
     "integrated_intensity",
     "position_crlb",
+    "lattice_gain",
+    "lattice_pattern",
     "lattice_probe",
     "nyquist_amplitude",
     "nyquist_excess",
