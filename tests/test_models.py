@@ -221,6 +221,39 @@ def test_cgrdn_config_rejects_bad_values(field, value):
         CGRDNConfig(**{field: value})
 
 
+@pytest.mark.parametrize("value", [1, -1, 2.5, True])
+def test_cgrdn_full_res_convs_rejects_bad_values(value):
+    with pytest.raises(ValueError, match="full_res_convs"):
+        CGRDNConfig(full_res_convs=value)
+
+
+def test_full_resolution_block_starts_as_the_model_it_extends():
+    # A model extended with the refinement block (weights copied, new block at
+    # its initial state) gives the same output as before: training starts there.
+    torch.manual_seed(0)
+    small = CGRDN(CGRDN_CONFIGS["tiny"]).eval()
+    cfg = CGRDNConfig(**{**CGRDN_CONFIGS["tiny"].to_dict(), "full_res_convs": 3})
+    extended = CGRDN(cfg).eval()
+    result = extended.load_state_dict(small.state_dict(), strict=False)
+    assert not result.unexpected_keys
+    assert sorted(result.missing_keys) == sorted(
+        f"refine.{i}.{p}" for i in (0, 2, 4) for p in ("weight", "bias")
+    )
+    x = torch.rand(2, 1, 24, 30) * 50
+    with torch.no_grad():
+        torch.testing.assert_close(extended(x), small(x))
+    assert cfg.n_parameters() == _n_params(extended)
+    # ... and the block is trainable: the zero conv gets a gradient.
+    extended.train()
+    extended(x).square().mean().backward()
+    assert extended.refine[-1].weight.grad.abs().sum() > 0
+
+
+def test_cgrdn_config_without_full_res_key_has_no_block():
+    cfg = CGRDNConfig.from_dict({"features": 8, "growth": 8, "n_grdb": 1, "n_rdb": 1, "n_conv": 1})
+    assert cfg.full_res_convs == 0 and CGRDN(cfg).refine is None
+
+
 def test_cgrdn_config_dict_round_trip():
     cfg = CGRDN_CONFIGS["small"]
     assert CGRDNConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg

@@ -86,6 +86,15 @@ class CGRDNConfig:
         How the half-resolution features return to full resolution (see the
         module docstring). A configuration dict without this key (models
         saved before it existed) means ``"transposed"``.
+    full_res_convs : int
+        3×3 conv layers (ReLU between them) of a residual refinement block at
+        full resolution, between the upsampling and the tail; 0 (default, the
+        published design) has none. Without it everything above the
+        half-resolution band reaches the output through one fixed linear path
+        (head conv → tail conv), which cannot tell a lattice from noise: the
+        small bundled models erased every lattice with a period of 6 pixels or
+        less. The block's last conv starts at zero, so a model extended with it
+        starts as the model it was copied from.
     """
 
     in_channels: int = 1
@@ -95,6 +104,7 @@ class CGRDNConfig:
     n_rdb: int = 4
     n_conv: int = 8
     upsampling: str = "bilinear"
+    full_res_convs: int = 0
 
     def __post_init__(self) -> None:
         if self.upsampling not in UPSAMPLING_MODES:
@@ -105,8 +115,12 @@ class CGRDNConfig:
             if f.name == "upsampling":
                 continue
             value = getattr(self, f.name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"CGRDNConfig.{f.name} must be a positive int, got {value!r}")
+            low = 0 if f.name == "full_res_convs" else 1
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                kind = "an int ≥ 0" if low == 0 else "a positive int"
+                raise ValueError(f"CGRDNConfig.{f.name} must be {kind}, got {value!r}")
+        if self.full_res_convs == 1:
+            raise ValueError("CGRDNConfig.full_res_convs must be 0 or ≥ 2 (conv, ReLU, conv)")
 
     def to_dict(self) -> dict[str, Any]:
         """Return the configuration as a plain JSON-serialisable dict."""
@@ -137,6 +151,7 @@ class CGRDNConfig:
             + self.n_grdb * grdb
             + conv(self.n_grdb * f, f, 1)  # global feature fusion
             + (conv(f, f, 4) if self.upsampling == "transposed" else conv(f, f, 3))
+            + self.full_res_convs * conv(f, f, 3)  # full-resolution refinement
             + conv(f, c, 3)  # tail
         )
 
@@ -249,6 +264,7 @@ class CGRDN(nn.Module):
             self.up = nn.ConvTranspose2d(f, f, kernel_size=4, stride=2, padding=1)
         else:
             self.up = nn.Conv2d(f, f, kernel_size=3, padding=1)
+        self.refine = _full_res_block(f, cfg.full_res_convs)
         self.tail = nn.Conv2d(f, c, kernel_size=3, padding=1)
 
     def extra_repr(self) -> str:  # noqa: D102
@@ -285,11 +301,29 @@ class CGRDN(nn.Module):
         else:
             up = F.interpolate(self.up(h), scale_factor=2.0, mode="bilinear", align_corners=False)
             up = up + full_res  # full-resolution skip
+        if self.refine is not None:
+            up = up + self.refine(up)
         out = self.tail(up) + x  # global residual
         out = out[..., :height, :width]
         if self.normalize:
             out = denormalize(out, mean, scale)
         return out
+
+
+def _full_res_block(features: int, n_convs: int) -> nn.Sequential | None:
+    """``n_convs`` 3×3 convs with ReLUs between them; the last starts at zero (identity block)."""
+    if n_convs == 0:
+        return None
+    layers: list[nn.Module] = []
+    for i in range(n_convs):
+        layers.append(nn.Conv2d(features, features, kernel_size=3, padding=1))
+        if i < n_convs - 1:
+            layers.append(nn.ReLU())
+    last = layers[-1]
+    assert isinstance(last, nn.Conv2d)
+    nn.init.zeros_(last.weight)
+    nn.init.zeros_(last.bias)
+    return nn.Sequential(*layers)
 
 
 def _pad_to_even(x: torch.Tensor) -> torch.Tensor:
