@@ -89,11 +89,12 @@ class CGRDNConfig:
     full_res_convs : int
         3×3 conv layers (ReLU between them) of a residual refinement block at
         full resolution, between the upsampling and the tail; 0 (default, the
-        published design) has none. Without it everything above the
-        half-resolution band reaches the output through one fixed linear path
-        (head conv → tail conv), which cannot tell a lattice from noise: the
-        small bundled models erased every lattice with a period of 6 pixels or
-        less. The block's last conv starts at zero, so a model extended with it
+        published design) has none. Without it, with bilinear upsampling, the
+        network acts on frequencies above the half-resolution band (periods
+        below 4 pixels along an axis) only through one fixed linear path (head
+        conv → tail conv) and the interpolated images of the half-resolution
+        band, so it cannot treat a fine lattice differently from noise there.
+        The block's last conv starts at zero, so a model extended with it
         starts as the model it was copied from.
     """
 
