@@ -11,8 +11,10 @@ Au [001] at 0.3 Å/pixel repeats every 6.8 pixels, MoS₂ at 0.25 Å/pixel every
 11 pixels with harmonics at 6.3 and 5.5.
 
 Rows: BM3D after the generalized Anscombe transform (true noise), each
-bundled model, each model with the safeguard, and any ``--weights`` files
-(e.g. a training run's ``.safetensors``). Results in
+bundled model, each model with the safeguard, any ``--weights`` files (e.g. a
+training run's ``.safetensors``) and, when ``tk_r_em`` and TensorFlow are
+installed (see ``restore_quality.py``), the authors' released ``sfr_hrstem`` and
+``sfr_hrtem`` (outputs compared only). Results in
 ``benchmarks/results/lattice_transfer.json``; about 2 minutes on one core.
 """
 
@@ -38,7 +40,7 @@ ANGLES = (0.0, 30.0)
 SEED = 12
 
 
-def methods(models: list[str], weights: list[Path], have_bm3d: bool) -> dict:
+def methods(models: list[str], weights: list[Path], have_bm3d: bool, reference: bool) -> dict:
     from napari_emdenoise.engine import restore
 
     out = {}
@@ -51,6 +53,11 @@ def methods(models: list[str], weights: list[Path], have_bm3d: bool) -> dict:
         )
     for path in weights:
         out[path.as_posix()] = lambda x, p=path: restore(x, model=p, device="cpu")
+    if reference:
+        from restore_quality import run_reference
+
+        for name in ("sfr_hrstem", "sfr_hrtem"):
+            out[f"authors' {name}"] = lambda x, n=name: run_reference(n, x)
     return out
 
 
@@ -59,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--models", nargs="*", default=["hrstem", "hrtem"])
     ap.add_argument("--weights", nargs="*", type=Path, default=[], help="extra .safetensors")
     ap.add_argument("--no-bm3d", action="store_true")
+    ap.add_argument("--no-reference", action="store_true", help="skip the authors' models")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "lattice_transfer.json")
     args = ap.parse_args(argv)
     have_bm3d = not args.no_bm3d
@@ -68,9 +76,17 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             print("bm3d not installed: BM3D row skipped")
             have_bm3d = False
+    reference = False
+    if not args.no_reference:
+        from restore_quality import reference_available
+
+        why_not = reference_available()
+        reference = why_not is None
+        if why_not:
+            print(f"authors' models skipped: {why_not}")
     t0 = time.perf_counter()
     results: dict[str, dict[str, dict[str, float]]] = {}
-    for label, fn in methods(args.models, args.weights, have_bm3d).items():
+    for label, fn in methods(args.models, args.weights, have_bm3d, reference).items():
         results[label] = {}
         for j, dose in enumerate(DOSES):
             gains = {}
