@@ -189,8 +189,9 @@ def test_card_text_counts_every_training_stage_of_a_bundled_model():
     from napari_emdenoise.models import list_models
 
     cards = list_models()
-    assert "12500 steps in 3 stages" in _card_text(cards["hrstem"])  # 0.2 model + 2 fine-tunings
-    assert sum(cards["hrstem"].training["stage_steps"]) == 12500
+    # 0.2 model + 3 fine-tunings
+    assert "19500 steps in 4 stages" in _card_text(cards["hrstem"])
+    assert sum(cards["hrstem"].training["stage_steps"]) == 19500
     assert cards["hrstem"].training["stage_steps"][-1] == cards["hrstem"].training["steps"]
 
 

@@ -46,6 +46,16 @@ def _number(x: float) -> str:
     return text
 
 
+def _config(card: dict) -> str:
+    """``--config`` of ``card``'s network: a named size, or its settings as quoted JSON."""
+    from napari_emdenoise.models.registry import named_configs
+
+    for label, cfg in named_configs(card["arch"]).items():
+        if {**cfg, **card["config"]} == cfg and set(card["config"]) <= set(cfg):
+            return label
+    return "'" + json.dumps(card["config"], separators=(", ", ": ")) + "'"
+
+
 def _reproduce(name: str, card: dict, init: str | None = None, out: str | None = None) -> str:
     """The ``emdenoise train`` command of ``card``'s run (by default from the 0.2 weights).
 
@@ -74,7 +84,7 @@ def _reproduce(name: str, card: dict, init: str | None = None, out: str | None =
     ]
     return " ".join(
         [
-            f"emdenoise train --model {name} --arch {card['arch']} --config small",
+            f"emdenoise train --model {name} --arch {card['arch']} --config {_config(card)}",
             f"--steps {t['steps']} --batch {t['batch_size']} --patch {t['patch_size']}",
             f"--lr {_number(t['lr'])} --adversarial {_number(weights['adversarial'])}",
             f"--clean-pool {t['clean_pool']}",
