@@ -4,7 +4,7 @@ Usage::
 
     python tools/install_bundled.py --runs runs            # stage 1: runs/<name>/
     python tools/install_bundled.py --runs runs --stage2   # a later stage: runs/<name>_plain/
-    python tools/install_bundled.py --runs runs/s8 --stage2 --suffix _C   # runs/s8/<name>_C/
+    python tools/install_bundled.py --runs runs/s8 --stage2 --suffix _E   # runs/s8/<name>_E/
 
 For every ``runs/<name>/<name>.safetensors`` (written by ``emdenoise train``, with
 the commands of ``weights/MODEL_CARD.md``) the weights and card are copied to
@@ -51,7 +51,7 @@ def _config(card: dict) -> str:
     from napari_emdenoise.models.registry import named_configs
 
     for label, cfg in named_configs(card["arch"]).items():
-        if {**cfg, **card["config"]} == cfg and set(card["config"]) <= set(cfg):
+        if {**cfg, **card["config"]} == cfg:  # older cards lack keys added since
             return label
     return "'" + json.dumps(card["config"], separators=(", ", ": ")) + "'"
 
