@@ -21,6 +21,7 @@ from napari_emdenoise.drift.correlation import (
     NEAR_EQUAL,
     NCCMap,
     bandpass,
+    clip_outliers,
     ncc_map,
     parabolic_peak,
 )
@@ -153,6 +154,34 @@ def test_ncc_map_peak_is_where_the_frames_overlap_best():
     assert parabolic_peak(ncc, (5, -9)) == pytest.approx((5, -9), abs=0.1)
 
 
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_zingers_do_not_decide_the_shift(seed):
+    # Three 3×3 zingers at 20× the frame maximum, at random places in each frame: the
+    # correlation of the frames as they are peaks where one zinger lands on another.
+    pair = make_pair("particles", (6.0, -9.0), 5.0, seed, modality="stem")
+    rng = np.random.default_rng(100 + seed)
+    frames = []
+    for frame in (pair.reference, pair.moving):
+        frame = frame.astype(np.float64)
+        for y, x in rng.integers(2, SIZE[0] - 2, size=(3, 2)):
+            frame[y - 1 : y + 2, x - 1 : x + 2] = 20 * frame.max()
+        frames.append(frame)
+    unclipped = ncc_map(bandpass(frames[0], 1.5), bandpass(frames[1], 1.5)).peak()
+    assert err(unclipped, pair.shift) > 10  # the failure the clipping prevents
+    assert err(estimate_shift(*frames, method="ncc", denoise=False), pair.shift) < 0.5
+
+
+def test_clip_outliers_changes_only_the_brightest_pixels():
+    image = np.arange(1000, dtype=np.float64).reshape(25, 40)
+    clipped = clip_outliers(image, 0.99)
+    changed = clipped != image
+    assert changed.sum() == 10  # 990…999, above the 99th percentile (989.01)
+    assert clipped.max() == pytest.approx(np.quantile(image, 0.99))
+    assert np.array_equal(clip_outliers(image, 1.0), image)
+    with pytest.raises(ValueError, match="quantile"):
+        clip_outliers(image, 0.0)
+
+
 def _two_peak_map(near_rho: float, far_rho: float) -> NCCMap:
     """An NCC map of two 128² frames with a peak at (2, 1) and one at (20, -15)."""
     k = 48
@@ -253,6 +282,32 @@ def test_chain_shifts_uses_the_path_that_avoids_a_failed_pair():
     assert (sig[0] == 0).all() and (sig[1:] > 0).all()
     # frame 3 was reached through the skip 1 → 3: σ² = σ1² + σ_skip² (chained, accumulates)
     np.testing.assert_allclose(sig[3] ** 2, sig[1] ** 2 + 0.05**2)
+
+
+def test_chain_shifts_avoids_a_frame_that_correlates_with_nothing():
+    # Frame 3 is blank noise: its estimates against frames 2, 4 (pairs) and 1, 5 (skips)
+    # are spurious, and those through it still close the loop 2 → 3 → 4 against 2 → 4
+    # within the 1-px tolerance (both carry the same spurious offset, give or take
+    # 0.4 px). Their weak peaks keep them out of the chain.
+    steps = np.array([[0, 0], [1.0, 0.5], [1.0, 0.5], [1.0, 0.5], [1.0, 0.5], [1.0, 0.5]])
+    truth = np.cumsum(steps, axis=0)
+    pairwise, skip = steps.copy(), np.full_like(steps, np.nan)
+    skip[2:] = truth[2:] - truth[:-2]
+    junk = np.array([7.0, -11.0])
+    pairwise[3], pairwise[4] = junk, skip[4] - junk + [0.3, -0.3]  # p3 + p4 ≈ q4
+    skip[3], skip[5] = [-13.0, 4.0], [6.0, 9.0]
+    pair_peak, skip_peak = np.full(6, 0.8), np.full(6, 0.8)
+    pair_peak[[3, 4]] = skip_peak[[3, 5]] = 0.1
+    sigma = np.full_like(steps, 0.05)
+    shifts, _sig, outlier, _closure = chain_shifts(
+        pairwise, sigma, skip, sigma, pair_peak, skip_peak
+    )
+    good = [0, 1, 2, 4, 5]
+    np.testing.assert_allclose(shifts[good], truth[good], atol=1e-9)
+    assert outlier[3]  # both of its own paths are spurious and disagree
+    # without the peaks (all equal) the spurious path is averaged into frames 4 and 5
+    averaged, *_ = chain_shifts(pairwise, sigma, skip, sigma)
+    assert np.hypot(*(averaged[4] - truth[4])) > 0.1
 
 
 def test_align_stack_is_lazy_for_dask(movie):

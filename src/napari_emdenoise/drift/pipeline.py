@@ -45,6 +45,7 @@ from .correlation import (
     NEAR_EQUAL,
     NCCMap,
     bandpass,
+    clip_outliers,
     crlb_sigma,
     ncc_map,
     parabolic_peak,
@@ -254,8 +255,8 @@ def _correlate(
     from .regressor import CROP_RADIUS
 
     raw_sigma = _SIGMA_RAW if sigma is None else sigma
-    ref_raw = bandpass(reference.raw, raw_sigma)
-    mov_raw = bandpass(moving.raw, raw_sigma)
+    ref_raw = bandpass(clip_outliers(reference.raw), raw_sigma)
+    mov_raw = bandpass(clip_outliers(moving.raw), raw_sigma)
     raw = ncc_map(ref_raw, mov_raw, max_shift=max_shift, extra=CROP_RADIUS)
     if reference.den is None or moving.den is None:
         return raw, raw, raw, (ref_raw, mov_raw)
@@ -482,6 +483,7 @@ def chain_shifts(
     pair_peak: np.ndarray | None = None,
     skip_peak: np.ndarray | None = None,
     outlier_px: float = 1.0,
+    weak_peak: float = 0.5,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Chain frame-to-frame shifts to the first frame and check them for transitivity.
 
@@ -491,6 +493,13 @@ def chain_shifts(
     ``max(outlier_px, 3σ)`` the frame is flagged and the path whose own pair
     correlation peak is higher is kept (a failed estimate usually has the
     lower peak).
+
+    A path whose pair correlates much worse than the stack's pairs do (peak
+    below ``weak_peak`` × the median peak) is not used when the other path is
+    sound, even if the two agree: a frame that correlates with nothing (a
+    blanked or corrupted frame) gives spurious shifts against both of its
+    neighbours whose sum still closes the loop, so the loop alone cannot
+    catch it.
 
     Parameters
     ----------
@@ -506,6 +515,8 @@ def chain_shifts(
         ``(n,)`` correlation peaks used to pick a path after a failed check.
     outlier_px : float
         Smallest closure error that flags a frame, pixels.
+    weak_peak : float
+        Fraction of the median correlation peak below which a pair is weak.
 
     Returns
     -------
@@ -527,6 +538,9 @@ def chain_shifts(
     var = np.zeros((n, 2))
     outlier = np.zeros(n, bool)
     closure = np.full(n, np.nan)
+    peaks = np.concatenate([pp[1:], qp[2:]])
+    peaks = peaks[np.isfinite(peaks)]
+    threshold = weak_peak * float(np.median(peaks)) if peaks.size else -np.inf
     if n > 1:
         shifts[1] = p[1]
         var[1] = ps[1] ** 2
@@ -539,16 +553,19 @@ def chain_shifts(
         tol = max(
             outlier_px, 3.0 * float(np.sqrt(np.sum(ps[i - 1] ** 2 + ps[i] ** 2 + qs[i] ** 2)))
         )
-        if err <= tol:
+        weak_a, weak_b = bool(pp[i] < threshold), bool(qp[i] < threshold)
+        if err > tol:
+            outlier[i] = True
+        if err <= tol and weak_a == weak_b:
             w = (1.0 / va) / (1.0 / va + 1.0 / vb)
             shifts[i] = w * a + (1.0 - w) * b
             var[i] = 1.0 / (1.0 / va + 1.0 / vb)
+        elif weak_a != weak_b:
+            shifts[i], var[i] = (a, va) if weak_b else (b, vb)
+        elif qp[i] > pp[i]:
+            shifts[i], var[i] = b, vb
         else:
-            outlier[i] = True
-            if qp[i] > pp[i]:
-                shifts[i], var[i] = b, vb
-            else:
-                shifts[i], var[i] = a, va
+            shifts[i], var[i] = a, va
     return shifts, np.sqrt(var), outlier, closure
 
 
