@@ -343,6 +343,43 @@ def test_detector_noise_variance_is_poisson_plus_pmt(dose, sigma_pmt):
     assert out.var() == pytest.approx(var, rel=0.04)
 
 
+@pytest.mark.parametrize("spread", [0.5, 1.0])
+def test_unequal_pulses_add_their_spread_to_the_variance_and_fill_the_counting_gaps(spread):
+    level, dose = 0.5, 3.0
+    img = np.full((256, 256), level, np.float32)
+    params = DetectorNoiseParams(dose=dose, sigma_pmt=0.0, pulse_spread=spread)
+    out = detector_noise(img, params, np.random.default_rng(3))
+    alpha = dose / level
+    assert out.mean() == pytest.approx(level, rel=0.01)
+    assert out.var() == pytest.approx((1 + spread**2) * level / alpha, rel=0.04)
+    counts = out * alpha
+    assert np.mean(counts == 0) == pytest.approx(math.exp(-dose), rel=0.1)  # no electron: 0
+    off_level = np.abs(counts - np.round(counts)) > 0.05
+    assert off_level[counts > 0].mean() > 0.8  # not counting levels any more
+
+
+def test_pulse_heights_are_exact_in_distribution_and_refuse_a_bad_spread():
+    from napari_emdenoise.noise.stem import pulse_heights
+
+    n = np.full(200_000, 4.0, np.float32)
+    h = pulse_heights(n, 1.0, np.random.default_rng(0))  # sum of 4 exponentials: Gamma(4, 1)
+    assert h.mean() == pytest.approx(4.0, rel=0.01) and h.var() == pytest.approx(4.0, rel=0.03)
+    assert np.mean(h < 1.0) == pytest.approx(1 - math.exp(-1) * (1 + 1 + 1 / 2 + 1 / 6), rel=0.03)
+    assert (pulse_heights(np.zeros(5), 0.7, np.random.default_rng(0)) == 0).all()
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="pulse spread"):
+            pulse_heights(n, bad, np.random.default_rng(0))
+
+
+def test_zero_pulse_spread_is_the_papers_model_draw_for_draw():
+    img = _textured((64, 64))
+    a = detector_noise(img, DetectorNoiseParams(dose=5.0), np.random.default_rng(7))
+    b = detector_noise(
+        img, DetectorNoiseParams(dose=5.0, pulse_spread=0.0), np.random.default_rng(7)
+    )
+    np.testing.assert_array_equal(a, b)
+
+
 def test_detector_noise_scales_with_the_image_mean_and_counts_are_integers():
     # alpha = dose / mean(x): a brighter region gets more counts, variance = x / alpha.
     img = np.full((128, 256), 0.2, np.float32)

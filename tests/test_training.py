@@ -7,7 +7,12 @@ import pytest
 
 from napari_emdenoise.noise.pipeline import NoiseParams
 from napari_emdenoise.training.checkpoints import load_checkpoint, save_checkpoint
-from napari_emdenoise.training.datasets import PairConfig, SyntheticPairs, make_training_pair
+from napari_emdenoise.training.datasets import (
+    VARIANT_FRACTIONS,
+    PairConfig,
+    SyntheticPairs,
+    make_training_pair,
+)
 from napari_emdenoise.training.trainer import (
     CheckpointEvent,
     DoneEvent,
@@ -362,14 +367,14 @@ def test_high_dose_pairs_are_drawn_in_the_high_dose_range(modality):
     assert len(set(doses)) == len(doses)  # redrawn per pair
 
 
-@pytest.mark.parametrize("name", ["plain_fraction", "high_dose_fraction", "fine_lattice_fraction"])
+@pytest.mark.parametrize("name", VARIANT_FRACTIONS)
 @pytest.mark.parametrize("value", [1.5, -0.1, float("nan"), float("inf")])
 def test_fractions_outside_zero_one_are_rejected(name, value):
     with pytest.raises(ValueError, match=name):
         PairConfig(patch_size=32, **{name: value})
 
 
-@pytest.mark.parametrize("name", ["plain_fraction", "high_dose_fraction", "fine_lattice_fraction"])
+@pytest.mark.parametrize("name", VARIANT_FRACTIONS)
 def test_fractions_do_not_apply_to_diffraction(name):
     with pytest.raises(ValueError, match="diffraction"):
         PairConfig(modality="diffraction", patch_size=32, **{name: 0.5})
@@ -402,6 +407,40 @@ def test_a_pair_not_drawn_as_fine_lattice_is_unchanged_by_the_fraction():
     _check_other_pairs_unchanged("fine_lattice_fraction", 9, redrawn, check)
 
 
+def test_pulse_spread_pairs_have_unequal_pulses_and_keep_the_paper_draw_otherwise():
+    from napari_emdenoise.training.datasets import PULSE_SPREAD_RANGE
+
+    paper = PairConfig(modality="stem", patch_size=32, seed=10)
+    spread = PairConfig(modality="stem", patch_size=32, seed=10, pulse_spread_fraction=1.0)
+    values = []
+    for i in range(6):
+        x0, y0, p0 = make_training_pair(paper, i, return_params=True)
+        x1, y1, p1 = make_training_pair(spread, i, return_params=True)
+        s = p1["detector_noise"].pulse_spread
+        assert PULSE_SPREAD_RANGE[0] <= s <= PULSE_SPREAD_RANGE[1]
+        values.append(s)
+        assert p1.replace_layer("detector_noise", p0["detector_noise"]).to_dict() == p0.to_dict()
+        np.testing.assert_array_equal(y1, y0)  # same target: only the noise differs
+        assert not np.array_equal(x1, x0)
+    assert len(set(values)) == len(values)  # drawn per pair
+
+
+def test_a_pair_not_drawn_with_pulse_spread_is_unchanged_by_the_fraction():
+    def redrawn(a, b):
+        return a[1].to_dict() != b[1].to_dict()
+
+    def check(params, _info):
+        assert params["detector_noise"].pulse_spread > 0
+
+    _check_other_pairs_unchanged("pulse_spread_fraction", 11, redrawn, check)
+
+
+def test_pulse_spread_needs_a_scintillator_detector():
+    with pytest.raises(ValueError, match="pulse_spread_fraction"):
+        PairConfig(modality="tem", patch_size=32, pulse_spread_fraction=0.5)
+    PairConfig(modality="sem", patch_size=32, pulse_spread_fraction=0.5)
+
+
 def test_fine_lattices_need_atomic_resolution_images():
     from napari_emdenoise.synth import generate_clean
 
@@ -415,14 +454,19 @@ def test_fractions_round_trip_through_the_config_dict():
     import json
 
     cfg = PairConfig(
-        patch_size=32, seed=7, plain_fraction=0.3, high_dose_fraction=0.2, fine_lattice_fraction=0.5
+        patch_size=32,
+        seed=7,
+        plain_fraction=0.3,
+        high_dose_fraction=0.2,
+        fine_lattice_fraction=0.5,
+        pulse_spread_fraction=0.6,
     )
     data = json.loads(json.dumps(cfg.to_dict()))
     assert data["plain_fraction"] == 0.3 and data["high_dose_fraction"] == 0.2
-    assert data["fine_lattice_fraction"] == 0.5
+    assert data["fine_lattice_fraction"] == 0.5 and data["pulse_spread_fraction"] == 0.6
     again = PairConfig.from_dict(data)
     assert again.plain_fraction == 0.3 and again.high_dose_fraction == 0.2
-    assert again.fine_lattice_fraction == 0.5
+    assert again.fine_lattice_fraction == 0.5 and again.pulse_spread_fraction == 0.6
     assert again.to_dict() == cfg.to_dict()
     for i in range(3):
         a, b = make_training_pair(cfg, i), make_training_pair(again, i)

@@ -552,6 +552,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             plain_fraction=args.plain_fraction,
             high_dose_fraction=args.high_dose_fraction,
             fine_lattice_fraction=args.fine_lattice_fraction,
+            pulse_spread_fraction=args.pulse_spread_fraction,
             diffraction=diffraction,
         ),
         steps=args.steps,
@@ -1176,6 +1177,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="share of atomic-resolution training pairs (0–1) showing a zone-axis crystal "
         "at 0.25–0.9 Å/pixel, whose columns repeat every few pixels: teaches the network "
         "to keep fine lattices",
+    )
+    tr.add_argument(
+        "--pulse-spread-fraction",
+        type=_probability,
+        default=0.0,
+        help="share of S(T)EM/SEM training pairs (0–1) whose electrons give unequal "
+        "detector pulses (relative spread 0.2–1.2), as real scintillator/PMT images do",
     )
     tr.add_argument("--val-size", type=_positive_int, default=16, help="validation pairs")
     tr.add_argument("--val-every", type=_positive_int, default=100, help="validate every N steps")

@@ -20,12 +20,16 @@ spectra
     The Nyquist-spike measure of a 2-px checkerboard.
 transfer
     The gain of a restoration on a fine lattice, per period (does it erase it?).
+bragg
+    The same question on a real micrograph, without a ground truth: the share
+    of each lattice peak of its spectrum that a restoration keeps.
 metrics
     PSNR and SSIM with the clean image's data range, and the oracle Gaussian filter.
 """
 
 from __future__ import annotations
 
+from .bragg import BraggPeaks, bragg_peaks, bragg_transfer
 from .columns import (
     ColumnFit,
     ColumnReference,
@@ -54,10 +58,13 @@ from .vst import (
 )
 
 __all__ = [
+    "BraggPeaks",
     "ColumnFit",
     "ColumnReference",
     "LatticeProbe",
     "best_gaussian",
+    "bragg_peaks",
+    "bragg_transfer",
     "bm3d_gat",
     "column_errors",
     "column_reference",

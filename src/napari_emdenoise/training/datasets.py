@@ -33,6 +33,15 @@ _POOL_STREAM = 3
 #: place by symmetry, while a visible tail is still removed.
 FAST_SCAN_FLIP_PROBABILITY = 0.5
 
+#: ``PairConfig`` probabilities that redraw a share of the paper's pairs; each is
+#: stored in configs and model cards only when used.
+VARIANT_FRACTIONS = (
+    "plain_fraction",
+    "high_dose_fraction",
+    "fine_lattice_fraction",
+    "pulse_spread_fraction",
+)
+
 #: Layers a "plain" pair keeps (see ``PairConfig.plain_fraction``): counting
 #: noise, read noise, dark counts and the TEM camera MTF (which the target
 #: carries too). Layers applied to both images (``Layer.applies_to_target``)
@@ -56,6 +65,13 @@ FINE_LATTICE_PIXEL_RANGE = (0.25, 0.9)
 
 #: Stream of the fine-lattice draw (separate, for the same reason).
 _FINE_LATTICE_STREAM = 5
+
+#: Relative pulse-height spreads (uniform) of the S(T)EM/SEM pairs drawn for
+#: ``PairConfig.pulse_spread_fraction`` (see ``DetectorNoiseParams.pulse_spread``).
+PULSE_SPREAD_RANGE = (0.2, 1.2)
+
+#: Stream of the pulse-spread draw (separate, for the same reason).
+_PULSE_SPREAD_STREAM = 6
 
 
 @dataclass
@@ -109,6 +125,14 @@ class PairConfig:
         10 % of S(T)EM targets have most of their contrast at periods below
         8 px, and networks trained on it smooth such lattices away (multislice
         Au [001] at 0.3 Å/pixel); 0 (default) is the paper's scheme.
+    pulse_spread_fraction : float
+        Probability, in [0, 1], that an S(T)EM or SEM pair's detected electrons
+        give unequal pulses (``DetectorNoiseParams.pulse_spread`` drawn
+        uniformly in ``PULSE_SPREAD_RANGE``). The paper's Gaussian PMT noise
+        keeps the counting levels of a low-dose image; real scintillator/PMT
+        images at a few electrons per pixel show a continuous tail of pulse
+        heights instead, which a network trained without it has never seen.
+        0 (default) is the paper's scheme.
     """
 
     modality: str = "stem"
@@ -122,6 +146,7 @@ class PairConfig:
     plain_fraction: float = 0.0
     high_dose_fraction: float = 0.0
     fine_lattice_fraction: float = 0.0
+    pulse_spread_fraction: float = 0.0
     _pool: dict[int, tuple[np.ndarray, dict]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -129,7 +154,7 @@ class PairConfig:
             raise ValueError(f"patch_size must be at least 16 pixels, got {self.patch_size}")
         if self.clean_pool < 0:
             raise ValueError("clean_pool must be ≥ 0")
-        for name in ("plain_fraction", "high_dose_fraction", "fine_lattice_fraction"):
+        for name in VARIANT_FRACTIONS:
             value = getattr(self, name)
             if not (np.isfinite(value) and 0.0 <= value <= 1.0):
                 raise ValueError(f"{name} must be a probability in [0, 1], got {value!r}")
@@ -137,6 +162,10 @@ class PairConfig:
                 raise ValueError(f"{name} does not apply to diffraction patterns")
         if self.fine_lattice_fraction and self.kind != "hr":
             raise ValueError("fine_lattice_fraction applies to high-resolution ('hr') images only")
+        if self.pulse_spread_fraction and self.modality not in ("stem", "sem"):
+            raise ValueError(
+                "pulse_spread_fraction applies to scintillator/PMT detectors: S(T)EM and SEM only"
+            )
         if self.clean_pool and self.pool_image_size < self.patch_size:
             raise ValueError("pool_image_size must be at least patch_size")
         if self.modality == "diffraction":
@@ -168,6 +197,8 @@ class PairConfig:
             out["high_dose_fraction"] = self.high_dose_fraction
         if self.fine_lattice_fraction:
             out["fine_lattice_fraction"] = self.fine_lattice_fraction
+        if self.pulse_spread_fraction:
+            out["pulse_spread_fraction"] = self.pulse_spread_fraction
         if self.modality == "diffraction":
             out["diffraction"] = dict(self.diffraction or {})
         return out
@@ -228,6 +259,8 @@ def make_training_pair(
     if cfg.plain_fraction or cfg.high_dose_fraction:
         variant = np.random.default_rng([cfg.seed, SPLITS[split], int(index), _VARIANT_STREAM])
         params = _pair_variant(params, cfg, variant)
+    if cfg.pulse_spread_fraction:
+        params = _pulse_spread(params, cfg, split, index)
     target, distorted = make_pair(clean, cfg.modality, params, rng_noise)
     if rng_crop.random() < FAST_SCAN_FLIP_PROBABILITY:
         # Mirror the finished pair along x: the fast-scan tail then points
@@ -255,6 +288,17 @@ def _fine_lattice(cfg: PairConfig, split: str, index: int) -> dict[str, Any] | N
         "orientation": "zone_axis",
         "pixel_size": float(log_uniform(rng, *FINE_LATTICE_PIXEL_RANGE)),
     }
+
+
+def _pulse_spread(params: NoiseParams, cfg: PairConfig, split: str, index: int) -> NoiseParams:
+    """``params`` with unequal electron pulses, with probability ``pulse_spread_fraction``."""
+    rng = np.random.default_rng([cfg.seed, SPLITS[split], int(index), _PULSE_SPREAD_STREAM])
+    if rng.random() >= cfg.pulse_spread_fraction or "detector_noise" not in params.layers:
+        return params
+    spread = float(rng.uniform(*PULSE_SPREAD_RANGE))
+    return params.replace_layer(
+        "detector_noise", params["detector_noise"].replace(pulse_spread=spread)
+    )
 
 
 def _pair_variant(params: NoiseParams, cfg: PairConfig, rng: np.random.Generator) -> NoiseParams:

@@ -23,7 +23,7 @@ import numpy as np
 
 from ..metrics import psnr, ssim
 from .checkpoints import CHECKPOINT_NAME, check_resumable, load_checkpoint, save_checkpoint
-from .datasets import PairConfig, SyntheticPairs
+from .datasets import VARIANT_FRACTIONS, PairConfig, SyntheticPairs
 
 #: Longest side (pixels) of the user-image preview restored at every validation.
 PREVIEW_MAX_SIDE = 256
@@ -520,11 +520,7 @@ class Trainer:
                 "noise": _noise_description(cfg.pairs),
                 "clean_pool": cfg.pairs.clean_pool,
                 # Present only when used, as in PairConfig.to_dict (older cards unchanged).
-                **{
-                    k: v
-                    for k, v in cfg.pairs.to_dict().items()
-                    if k in ("plain_fraction", "high_dose_fraction", "fine_lattice_fraction")
-                },
+                **{k: v for k, v in cfg.pairs.to_dict().items() if k in VARIANT_FRACTIONS},
                 "init_from": cfg.init_from,
                 **({"init_partial": True} if cfg.init_from and cfg.init_partial else {}),
                 "device": str(self.device),
