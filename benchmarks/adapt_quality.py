@@ -236,11 +236,16 @@ def main(argv: list[str] | None = None) -> int:
         n2v = N2VRun(args.careamics_python, case["noisy"], seconds) if have_n2v else None
         outputs: dict[str, np.ndarray] = {}
         info: dict[str, dict] = {}
-        outputs["bundled"] = restore(case["noisy"], model=case["model"], backend="torch")
+        # the networks alone: adaptation changes the network, not the refinement
+        outputs["bundled"] = restore(
+            case["noisy"], model=case["model"], backend="torch", refine=False
+        )
         result = adapt(
             case["model"], case["noisy"], minutes=args.minutes, config=AdaptConfig(threads=1)
         )
-        outputs["adapted"] = restore(case["noisy"], model=result.model, backend="torch")
+        outputs["adapted"] = restore(
+            case["noisy"], model=result.model, backend="torch", refine=False
+        )
         info["adapted"] = {
             "steps": result.steps,
             "best_step": result.best_step,

@@ -110,8 +110,9 @@ def methods(bm3d: bool) -> dict[str, Callable[[np.ndarray, tuple[float, float]],
     from scipy import ndimage
 
     table: dict[str, Callable[[np.ndarray, tuple[float, float]], np.ndarray]] = {
-        "hrstem": lambda x, _n: rq.run_model("hrstem", x),
-        "hrstem + safeguard": lambda x, _n: rq.run_model("hrstem", x, safeguard=True),
+        "hrstem (network alone)": lambda x, _n: rq.run_model("hrstem", x, refine=False),
+        "hrstem + Wiener (default)": lambda x, _n: rq.run_model("hrstem", x),
+        "hrstem + Wiener + safeguard": lambda x, _n: rq.run_model("hrstem", x, safeguard=True),
         "Gaussian 1 px": lambda x, _n: ndimage.gaussian_filter(x, 1.0).astype(np.float32),
     }
     if bm3d and importlib.util.find_spec("bm3d") is not None:

@@ -32,14 +32,18 @@ Methods
 * On the synthetic set, whose distortions (scan noise, jitter, post-processing
   of normalised images) are not Poisson–Gaussian, no VST is used: NLM and
   BM3D run on the image with h and σ chosen per image by PSNR (oracles).
-* ``model:<name>``: each bundled model, on the cases of its modality.
-* ``safeguard:<name>``: the same with ``restore(..., safeguard=True)``: the
-  network's change kept per frequency band by its SURE-optimal weight
+* ``model:<name>``: each bundled model alone (``restore(..., refine=False)``),
+  on the cases of its modality.
+* ``refined:<name>``: what ``restore`` gives by default: the network's output
+  as the pilot of an empirical Wiener filter of the raw image
+  (:mod:`napari_emdenoise.engine.wiener`).
+* ``safeguard:<name>``: ``restore(..., safeguard=True)``: the refined
+  restoration's change kept per frequency band by its SURE-optimal weight
   (:mod:`napari_emdenoise.engine.safeguard`).
 * ``ensemble:<name>`` / ``ensemble+safeguard:<name>`` (with ``--ensemble``):
   ``restore(..., ensemble=8)``, the mean of the restorations of the 8 flips
   and 90° rotations of the image (:mod:`napari_emdenoise.engine.self_ensemble`),
-  without and with the safeguard.
+  refined, without and with the safeguard.
 * ``ref:<name>``: the released models of Lobato, Friedrich & Van Aert, "Deep
   convolutional neural networks to restore single-shot electron microscopy
   images" (npj Computational Materials, 2024; ``tk_r_em`` on PyPI), when
@@ -189,11 +193,18 @@ def run_reference(name: str, noisy: np.ndarray) -> np.ndarray:
 
 
 def run_model(
-    name: str, noisy: np.ndarray, *, safeguard: bool = False, ensemble: int = 1
+    name: str,
+    noisy: np.ndarray,
+    *,
+    safeguard: bool = False,
+    ensemble: int = 1,
+    refine: bool = True,
 ) -> np.ndarray:
     from napari_emdenoise.engine import restore
 
-    out = restore(noisy, model=name, device="cpu", safeguard=safeguard, ensemble=ensemble)
+    out = restore(
+        noisy, model=name, device="cpu", safeguard=safeguard, ensemble=ensemble, refine=refine
+    )
     return np.asarray(out, dtype=np.float32)
 
 
@@ -320,7 +331,12 @@ def methods_for(
     names = ["raw", "gaussian", "nlm"]
     if have_bm3d:
         names.append("bm3d-gat")
-    names += [f"model:{m}" for m, mod in models.items() if case.modality in ("any", mod)]
+    names += [
+        f"{prefix}:{m}"
+        for prefix in ("model", "refined")
+        for m, mod in models.items()
+        if case.modality in ("any", mod)
+    ]
     names += [f"safeguard:{m}" for m, mod in models.items() if case.modality in ("any", mod)]
     if ensemble:
         names += [
@@ -356,6 +372,8 @@ def restore_with(method: str, case: Case) -> np.ndarray:
     if method == "bm3d-gat":
         return bm3d_gat(x, gain, sigma)
     if method.startswith("model:"):
+        return run_model(method.split(":", 1)[1], x, refine=False)
+    if method.startswith("refined:"):
         return run_model(method.split(":", 1)[1], x)
     if method.startswith("safeguard:"):
         return run_model(method.split(":", 1)[1], x, safeguard=True)
@@ -457,7 +475,13 @@ def _order(methods) -> list[str]:
         base = ["raw", "gaussian", "nlm", "bm3d-gat"]
         if m in base:
             return (base.index(m), m)
-        prefixes = {"model": 10, "safeguard": 15, "ensemble": 16, "ensemble+safeguard": 17}
+        prefixes = {
+            "model": 10,
+            "refined": 12,
+            "safeguard": 15,
+            "ensemble": 16,
+            "ensemble+safeguard": 17,
+        }
         return (prefixes.get(m.split(":", 1)[0], 20), m)
 
     return sorted(set(methods), key=rank)
@@ -475,12 +499,16 @@ CRLB_LABEL = "Cramér–Rao bound (unbiased estimate, exact column shape known)"
 
 
 def label(m: str) -> str:
+    if m.startswith("model:"):
+        return f"{m.split(':', 1)[1]} (network alone)"
+    if m.startswith("refined:"):
+        return f"{m.split(':', 1)[1]} + Wiener (default)"
     if m.startswith("safeguard:"):
-        return f"{m.split(':', 1)[1]} + safeguard"
+        return f"{m.split(':', 1)[1]} + Wiener + safeguard"
     if m.startswith("ensemble:"):
-        return f"{m.split(':', 1)[1]} × {ENSEMBLE} flips/rotations"
+        return f"{m.split(':', 1)[1]} × {ENSEMBLE} flips/rotations + Wiener"
     if m.startswith("ensemble+safeguard:"):
-        return f"{m.split(':', 1)[1]} × {ENSEMBLE} + safeguard"
+        return f"{m.split(':', 1)[1]} × {ENSEMBLE} + Wiener + safeguard"
     return LABEL.get(m, m)
 
 
@@ -625,7 +653,7 @@ def targets(rows) -> list[str]:
         low = tuple(d for d in (2.0, 5.0, 20.0) if any(r["dose"] == d for r in sel))
         high = tuple(d for d in (100.0, 200.0) if any(r["dose"] == d for r in sel))
         for m in _order(r["method"] for r in sel):
-            if not m.startswith(("model:", "safeguard:", "ensemble", "ref:")):
+            if not m.startswith(("model:", "refined:", "safeguard:", "ensemble", "ref:")):
                 continue
             parts = [f"{tech} {m}:"]
             if low and any(r["method"] == "bm3d-gat" for r in sel):

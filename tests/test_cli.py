@@ -119,6 +119,25 @@ def test_restore_reads_writes_and_keeps_the_pixel_size(tmp_path, tiny_user_model
     np.testing.assert_array_equal(read_em(src)[0][0], data)  # input untouched
 
 
+def test_restore_no_refine_writes_the_network_output_alone(tmp_path, tiny_user_model):
+    from napari_emdenoise.engine.predictor import restore
+    from napari_emdenoise.io.readers import read_em
+
+    data = (np.random.default_rng(3).poisson(30.0, (80, 72))).astype(np.float32)
+    src = tmp_path / "in.npy"
+    np.save(src, data)
+    outs = {}
+    for flag in ([], ["--no-refine"]):
+        dst = tmp_path / f"out{len(flag)}.tif"
+        assert main(["restore", str(src), "-o", str(dst), "--model", tiny_user_model, *flag]) == 0
+        outs[bool(flag)] = read_em(dst)[0]
+    (plain, _), (refined, _) = outs[True], outs[False]
+    ref_plain = restore(data, model=tiny_user_model, refine=False)
+    np.testing.assert_allclose(plain, ref_plain, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(refined, restore(data, model=tiny_user_model), rtol=1e-5, atol=1e-3)
+    assert not np.allclose(plain, refined, atol=1e-3)
+
+
 def test_restore_refuses_to_overwrite(tmp_path, tiny_user_model, capsys):
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, np.ones((16, 16), np.float32))

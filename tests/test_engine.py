@@ -263,7 +263,7 @@ def test_whole_image_normalisation_not_per_tile() -> None:
     rng = np.random.default_rng(4)
     img = (50 + 3 * xx + rng.poisson(20, (80, 120))).astype(np.float32)  # strong ramp
     ref = _reference(model, img)  # normalize=True on the whole image
-    out = restore(img, model=model, tile_size=40, overlap=16)
+    out = restore(img, refine=False, model=model, tile_size=40, overlap=16)
     assert _rel_err(out, ref) < 1e-4
     assert model.normalize is True and model.training is True  # state as before the call
     # per-tile normalisation (what happens without the engine's care) is visibly off
@@ -301,6 +301,7 @@ def test_stack_progress_is_monotone_and_complete() -> None:
     model = small_conv()
     out = restore(
         stack,
+        refine=False,
         model=model,
         tile_size=32,
         overlap=16,
@@ -320,7 +321,7 @@ def test_stack_progress_is_monotone_and_complete() -> None:
 def test_int16_input_and_input_not_modified() -> None:
     img = np.random.default_rng(6).integers(-300, 300, size=(40, 50)).astype(np.int16)
     before = img.copy()
-    out = restore(img, model=Pointwise())
+    out = restore(img, refine=False, model=Pointwise())
     np.testing.assert_array_equal(img, before)
     np.testing.assert_allclose(out, _reference(Pointwise(), img), rtol=1e-5, atol=1e-5)
 
@@ -424,7 +425,7 @@ def test_self_normalising_model_is_safe_under_threaded_dask() -> None:
     model = SelfNormalizing()
     rng = np.random.default_rng(9)
     stack = (100 + 10 * rng.standard_normal((6, 48, 48))).astype(np.float32)
-    lazy = restore_dask(da.from_array(stack), model=model, tile_size=24, overlap=12)
+    lazy = restore_dask(da.from_array(stack), refine=False, model=model, tile_size=24, overlap=12)
     out = lazy.compute(scheduler="threads", num_workers=3)
     for i in range(6):
         assert _rel_err(out[i], _reference(model, stack[i])) < 1e-4
@@ -441,9 +442,9 @@ def test_cgrdn_tiled_matches_whole_image() -> None:
     rng = np.random.default_rng(10)
     img = rng.poisson(30, size=(101, 75)).astype(np.uint16)
     ref = _reference(net.eval(), img)
-    whole = restore(img, model=net)
+    whole = restore(img, refine=False, model=net)
     assert _rel_err(whole, ref) < 1e-4
-    tiled = restore(img, model=net, tile_size=64, overlap=48)
+    tiled = restore(img, refine=False, model=net, tile_size=64, overlap=48)
     assert tiled.shape == img.shape
     assert np.abs(tiled - ref).max() < 0.05 * np.abs(ref - img).max()
     assert net.normalize is True
@@ -457,7 +458,7 @@ def test_restore_loads_a_saved_model_by_path(tmp_path: Path) -> None:
     card = registry.ModelCard(name="t", arch="cgrdn", config=config, modality="stem", kind="hr")
     path = registry.save_model(net, card, tmp_path)
     img = np.random.default_rng(11).poisson(20, size=(48, 40)).astype(np.float32)
-    by_path = restore(img, model=str(path), device="cpu")
+    by_path = restore(img, refine=False, model=str(path), device="cpu")
     assert _rel_err(by_path, _reference(net.eval(), img)) < 1e-4
 
 
@@ -468,7 +469,7 @@ def test_dncnn_tiled_equals_whole_image() -> None:
     net = registry.build_model("dncnn", "tiny").eval()
     img = (100 + 10 * np.random.default_rng(12).standard_normal((90, 110))).astype(np.float32)
     ref = _reference(net, img)
-    tiled = restore(img, model=net, tile_size=48, overlap=16)
+    tiled = restore(img, refine=False, model=net, tile_size=48, overlap=16)
     assert _rel_err(tiled, ref) < 1e-4 and net.normalize is True
 
 
@@ -524,7 +525,7 @@ def test_cpu_fast_path_leaves_the_callers_module_unchanged():
     model = build_model("cgrdn", "tiny").eval()
     strides = {k: v.stride() for k, v in model.state_dict().items()}
     image = np.random.default_rng(0).random((96, 80)).astype(np.float32)
-    out = restore(image, model=model, device="cpu", backend="torch")
+    out = restore(image, refine=False, model=model, device="cpu", backend="torch")
     assert {k: v.stride() for k, v in model.state_dict().items()} == strides
     assert model.normalize and not model.training
     with torch.inference_mode():

@@ -23,6 +23,28 @@ def test_variance_line_recovers_poisson_gaussian_parameters(kernel):
     assert intercept == pytest.approx(sigma**2 - gain * offset, rel=0.1)
 
 
+@pytest.mark.parametrize("kernel", ["laplacian", "corner"])
+def test_variance_line_with_a_pilot_ignores_sharp_structure_and_zingers(kernel):
+    """A sharp lattice (period = fit block) and zingers fool the line of the image alone; the
+    residual against a good pilot gives the Poisson–Gaussian parameters back."""
+    rng = np.random.default_rng(3)
+    probe = lattice_probe(rng, size=192, spacing=8.0, width=1.2, dose=50.0)
+    gain, sigma, offset = 2.0, 3.0, 1000.0
+    clean = gain * probe.clean + offset
+    noisy = gain * probe.noisy + rng.normal(0.0, sigma, clean.shape) + offset
+    noisy.flat[rng.choice(noisy.size, 40, replace=False)] += 5000.0
+    alone = noise_variance_line(noisy, kernel=kernel)
+    assert abs(alone[0] - gain) > 0.5 * gain  # the failure this option exists for
+    slope, intercept = noise_variance_line(noisy, kernel=kernel, pilot=clean)
+    assert slope == pytest.approx(gain, rel=0.15)
+    # at the image's mean level, the variance is right within 15 %
+    level = float(clean.mean())
+    truth = gain * (level - offset) + sigma**2
+    assert slope * level + intercept == pytest.approx(truth, rel=0.15)
+    with pytest.raises(ValueError, match="pilot"):
+        noise_variance_line(noisy, pilot=clean[:-1])
+
+
 def _oversmooth(x: np.ndarray) -> np.ndarray:
     return gaussian_filter(x, 3.0)  # removes signal along with the noise
 

@@ -39,10 +39,10 @@ def test_transforms_are_inverted_and_distinct(size):
 @pytest.mark.parametrize("size", [2, 8])
 def test_restore_averages_the_back_transformed_restorations(net, frame, size):
     single = [
-        inverse(restore(forward(frame), model=net, backend="torch"))
+        inverse(restore(forward(frame), refine=False, model=net, backend="torch"))
         for forward, inverse in ensemble_transforms(size)
     ]
-    out = restore(frame, model=net, backend="torch", ensemble=size)
+    out = restore(frame, refine=False, model=net, backend="torch", ensemble=size)
     np.testing.assert_allclose(out, np.mean(single, axis=0), rtol=1e-5, atol=1e-4)
     assert not np.allclose(out, single[0], atol=1e-3)  # the ensemble did change the output
 
@@ -51,15 +51,21 @@ def test_ensemble_is_equivariant_to_its_transforms(net, frame):
     def gap(a, b):
         return float(np.abs(a - b).max() / np.ptp(a))
 
-    out8 = restore(frame, model=net, backend="torch", ensemble=8)
-    rotated = restore(np.rot90(frame).copy(), model=net, backend="torch", ensemble=8)
+    out8 = restore(frame, refine=False, model=net, backend="torch", ensemble=8)
+    rotated = restore(np.rot90(frame).copy(), refine=False, model=net, backend="torch", ensemble=8)
     assert gap(np.rot90(out8), rotated) < 1e-5
-    out2 = restore(frame, model=net, backend="torch", ensemble=2)
-    flipped = restore(frame[::-1].copy(), model=net, backend="torch", ensemble=2)
+    out2 = restore(frame, refine=False, model=net, backend="torch", ensemble=2)
+    flipped = restore(frame[::-1].copy(), refine=False, model=net, backend="torch", ensemble=2)
     assert gap(out2[::-1], flipped) < 1e-5
     # the network alone is not: the check above can fail
-    out1 = restore(frame, model=net, backend="torch")
-    assert gap(np.rot90(out1), restore(np.rot90(frame).copy(), model=net, backend="torch")) > 1e-3
+    out1 = restore(frame, refine=False, model=net, backend="torch")
+    assert (
+        gap(
+            np.rot90(out1),
+            restore(np.rot90(frame).copy(), refine=False, model=net, backend="torch"),
+        )
+        > 1e-3
+    )
 
 
 def test_ensemble_keeps_unit_invariance_and_stacks(net, frame):
@@ -129,9 +135,9 @@ def test_restore_dask_passes_the_safeguard(net):
 
     probes = [lattice_probe(np.random.default_rng(i), size=96, dose=20.0) for i in range(2)]
     stack = np.stack([p.noisy for p in probes])
-    lazy = restore_dask(stack, model=net, backend="torch", safeguard=True).compute()
-    expected = restore(stack, model=net, backend="torch", safeguard=True)
+    lazy = restore_dask(stack, refine=False, model=net, backend="torch", safeguard=True).compute()
+    expected = restore(stack, refine=False, model=net, backend="torch", safeguard=True)
     np.testing.assert_allclose(lazy, expected, rtol=1e-5, atol=1e-4)
     # The safeguard changed something, so the equality above is not the plain output's.
-    plain = restore(stack, model=net, backend="torch")
+    plain = restore(stack, refine=False, model=net, backend="torch")
     assert np.abs(expected - plain).max() > 1e-3 * np.ptp(plain)

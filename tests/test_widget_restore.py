@@ -58,22 +58,49 @@ def test_safeguard_checkbox_reaches_the_engine(restore_widget, qtbot):
     viewer.add_image(data, name="flat")
     widget.layer.value = "flat"
     widget.safeguard.value = True
+    widget.refine.value = False  # the network alone, so the blend has work to do
     widget.start()
     _wait(widget, qtbot)
     assert widget.last_error == ""
     out = viewer.layers["flat restored"].data
-    expected = restore(data, model=widget.model.value, safeguard=True)
+    expected = restore(data, model=widget.model.value, safeguard=True, refine=False)
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
-    assert not np.allclose(expected, restore(data, model=widget.model.value), atol=1e-3)
+    plain = restore(data, model=widget.model.value, refine=False)
+    assert not np.allclose(expected, plain, atol=1e-3)
     # what the safeguard kept is shown and recorded with the result
     reports = []
     restore(
-        data, model=widget.model.value, safeguard=True,
+        data, model=widget.model.value, safeguard=True, refine=False,
         safeguard_report=lambda i, r: reports.append(list(r.band_weights)),
     )  # fmt: skip
     layer = viewer.layers["flat restored"]
     assert layer.metadata["emdenoise_safeguard_band_weights"] == reports
     assert "safeguard kept" in widget.status.value
+
+
+def test_wiener_refinement_checkbox_reaches_the_engine(restore_widget, qtbot):
+    """On by default; unticked, the layer is the network's output alone. Both are recorded."""
+    from napari_emdenoise.engine.predictor import restore
+
+    viewer, widget, data = restore_widget
+    widget.layer.value = "micrograph"
+    assert widget.refine.value is True
+    widget.start()
+    _wait(widget, qtbot)
+    refined = viewer.layers["micrograph restored"]
+    expected = restore(data, model=widget.model.value)
+    np.testing.assert_allclose(refined.data, expected, rtol=1e-5, atol=1e-3)
+    assert refined.metadata["emdenoise_wiener_refinement"] is True
+    viewer.layers.remove(refined)
+    widget.refine.value = False
+    widget.start()
+    _wait(widget, qtbot)
+    plain = viewer.layers["micrograph restored"]
+    np.testing.assert_allclose(
+        plain.data, restore(data, model=widget.model.value, refine=False), rtol=1e-5, atol=1e-3
+    )
+    assert plain.metadata["emdenoise_wiener_refinement"] is False
+    assert not np.allclose(plain.data, refined.data, atol=1e-3)
 
 
 def test_self_ensemble_choice_reaches_the_engine(restore_widget, qtbot):

@@ -326,6 +326,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
     from .engine.device import resolve_device
     from .engine.predictor import _check_tiling_args, restore
+    from .engine.wiener import WORKING_BYTES_PER_PIXEL
     from .io.writers import write_tif
     from .models.registry import load_model
 
@@ -352,9 +353,11 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             "(Y, X) or a stack of frames (T, Y, X)"
         )
     frames = 1 if data.ndim == 2 else data.shape[0]
-    _check_image_memory(
-        (frames * data.shape[-2], data.shape[-1]), _RESTORE_BYTES_PER_PIXEL, "restoring data"
+    # the frames and their results, plus one frame's Wiener refinement at a time
+    per_pixel = _RESTORE_BYTES_PER_PIXEL + (
+        0 if args.no_refine else WORKING_BYTES_PER_PIXEL / frames
     )
+    _check_image_memory((frames * data.shape[-2], data.shape[-1]), per_pixel, "restoring data")
     progress = _progress_printer("tiles")
     band_weights: list[tuple[float, ...]] = []
     out = restore(
@@ -366,8 +369,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         safeguard=args.safeguard,
         safeguard_report=lambda _i, r: band_weights.append(r.band_weights),
         ensemble=args.ensemble,
+        refine=not args.no_refine,
     )
-    meta = {**meta, "emdenoise_model": args.model, "source": str(src)}
+    meta = {
+        **meta,
+        "emdenoise_model": args.model,
+        "emdenoise_wiener_refinement": not args.no_refine,
+        "source": str(src),
+    }
     if args.ensemble > 1:
         meta["emdenoise_ensemble"] = args.ensemble
     residual = None if res_path is None else data.astype(np.float32) - out
@@ -1000,6 +1009,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="average the restorations of this many flips/rotations of the image (time × N): 2 "
         "adds the upside-down image (any model); 8 all flips and 90° rotations (TEM/SEM, or "
         "S(T)EM limited by counting noise: it turns scan distortions off the fast-scan axis)",
+    )
+    rs.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="the network's output alone, without the Wiener refinement that gives back the "
+        "details of the raw image the network attenuated more than its noise requires",
     )
     rs.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs (never the input)"

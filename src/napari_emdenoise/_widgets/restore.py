@@ -153,6 +153,14 @@ class RestoreWidget(StatefulRun, mw.Container):
             "counting-noise-limited images; it assumes pixel-independent (Poisson–Gaussian) noise "
             "and gives back corrections of scan distortions (blur, jitter, row lines).",
         )
+        self.refine = mw.CheckBox(
+            text="Wiener refinement: give back detail the network over-smoothed",
+            value=True,
+            tooltip="Use the network's output as the pilot of an empirical Wiener filter of the "
+            "raw image (64-pixel windows): lattice fringes and column peaks that the network "
+            "attenuated more than the image's noise requires come back. Off: the network's "
+            "output alone.",
+        )
         self.ensemble = mw.ComboBox(
             label="self-ensemble",
             choices=list(ENSEMBLE_CHOICES.items()),
@@ -174,6 +182,7 @@ class RestoreWidget(StatefulRun, mw.Container):
                 self.tile_size,
                 self.residual,
                 self.safeguard,
+                self.refine,
                 self.ensemble,
                 self.run_button,
                 self.cancel_button,
@@ -310,6 +319,7 @@ class RestoreWidget(StatefulRun, mw.Container):
         safeguard = bool(self.safeguard.value)
         ensemble = int(self.ensemble.value)
         request["ensemble"] = ensemble
+        request["refine"] = refine = bool(self.refine.value)
         band_weights: list[tuple[float, ...]] = []  # filled by the worker, read when it is done
         self._launch(
             lambda restored: self._on_result(request, data, restored, band_weights),
@@ -325,6 +335,7 @@ class RestoreWidget(StatefulRun, mw.Container):
             if safeguard
             else None,
             ensemble=ensemble,
+            refine=refine,
         )
 
     def _on_result(
@@ -336,7 +347,11 @@ class RestoreWidget(StatefulRun, mw.Container):
     ) -> None:
         """Add the result layers, recorded with the model that was asked for at Start."""
         name, model = request["name"], request["model"]
-        metadata = {**request["metadata"], "emdenoise_model": model}
+        metadata = {
+            **request["metadata"],
+            "emdenoise_model": model,
+            "emdenoise_wiener_refinement": request.get("refine", True),
+        }
         ensemble = request.get("ensemble", 1)
         if ensemble > 1:
             metadata["emdenoise_ensemble"] = ensemble

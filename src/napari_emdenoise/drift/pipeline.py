@@ -225,7 +225,8 @@ def _resolve_regressor(method: str, model: object, device: str | None) -> Any:
 def _denoise(frame: np.ndarray, module: Any, cancel: CancelCallback | None = None) -> np.ndarray:
     from ..engine.predictor import restore
 
-    return restore(frame, model=module, cancel=cancel)
+    # The network alone: the shift regressor was trained and measured on it.
+    return restore(frame, model=module, cancel=cancel, refine=False)
 
 
 # --------------------------------------------------------------------------- one pair

@@ -125,7 +125,9 @@ def generate_dataset(
                 models[name] = load_model(name)[0]
                 digests[name] = _weights_digest(name)
             with torch.inference_mode():
-                den = restore(np.stack([pair.reference, pair.moving]), model=models[name])
+                den = restore(
+                    np.stack([pair.reference, pair.moving]), model=models[name], refine=False
+                )
             rows["raw"].append(np.stack([pair.reference, pair.moving]).astype(np.float16))
             rows["den"].append(den.astype(np.float16))
             rows["shift"].append(pair.shift)

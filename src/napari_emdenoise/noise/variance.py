@@ -25,9 +25,20 @@ _LAPLACIAN = np.array([[0.0, -0.25, 0.0], [-0.25, 1.0, -0.25], [0.0, -0.25, 0.0]
 _CORNER = np.outer([1.0, -2.0, 1.0], [1.0, -2.0, 1.0]) / 6.0
 KERNELS = {"laplacian": _LAPLACIAN, "corner": _CORNER}
 
+#: Most pixels entering the per-pixel fit (with ``pilot``); larger frames use
+#: a regular subset.
+_MAX_FIT_PIXELS = 1 << 20
+
+#: Median of a χ² variable with one degree of freedom (its mean is 1).
+_CHI2_1_MEDIAN = 0.454936
+
 
 def noise_variance_line(
-    image: np.ndarray, n_bins: int = 16, block: int = 8, kernel: str = "laplacian"
+    image: np.ndarray,
+    n_bins: int = 16,
+    block: int = 8,
+    kernel: str = "laplacian",
+    pilot: np.ndarray | None = None,
 ) -> tuple[float, float]:
     """Fit ``Var(noise) = a·mean + c`` on one image (Poisson–Gaussian model).
 
@@ -51,6 +62,14 @@ def noise_variance_line(
         the product of second differences along both axes, which sees only the
         corner of the spectrum (less signal, but white noise is assumed up to
         Nyquist in both directions).
+    pilot : numpy.ndarray, optional
+        An estimate of the noise-free image (a restoration), same shape. The
+        high-pass is then taken of ``image − pilot``, pixel by pixel, against
+        the pilot weighted by the kernel's squared weights (no blocks), and
+        each intensity bin's variance is the median squared high-pass over
+        0.4549 (the median of χ²₁):
+        structure the pilot explains (sharp columns, fringes) is not counted
+        as noise, and impulses do not move the fit.
 
     Returns
     -------
@@ -60,12 +79,25 @@ def noise_variance_line(
     x = np.asarray(image, dtype=np.float64)
     if kernel not in KERNELS:
         raise ValueError(f"kernel must be one of {sorted(KERNELS)}, got {kernel!r}")
-    hp = ndimage.convolve(x, KERNELS[kernel], mode="reflect")
-    smooth = ndimage.uniform_filter(x, 3, mode="reflect")
-    h, w = (s - s % block for s in x.shape)
-    var = hp[:h, :w].reshape(h // block, block, w // block, block).var(axis=(1, 3), ddof=1)
-    mean = smooth[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
-    var, mean = var.ravel(), mean.ravel()
+    if pilot is not None:
+        level = np.asarray(pilot, dtype=np.float64)
+        if level.shape != x.shape:
+            raise ValueError(f"pilot has shape {level.shape}, the image {x.shape}")
+        # Per pixel: the residual's high-pass is noise whose variance is the
+        # kernel's squared weights (summing to 1) applied to the pixel variances.
+        hp = ndimage.convolve(x - level, KERNELS[kernel], mode="reflect")
+        mean = ndimage.convolve(level, KERNELS[kernel] ** 2, mode="reflect").ravel()
+        # median of a χ²₁ variable is 0.4549 × its mean: robust to impulses
+        var = hp.ravel() ** 2 / _CHI2_1_MEDIAN
+        stride = -(-mean.size // _MAX_FIT_PIXELS)  # a regular subset on large frames
+        mean, var = mean[::stride], var[::stride]
+    else:
+        hp = ndimage.convolve(x, KERNELS[kernel], mode="reflect")
+        smooth = ndimage.uniform_filter(x, 3, mode="reflect")
+        h, w = (s - s % block for s in x.shape)
+        var = hp[:h, :w].reshape(h // block, block, w // block, block).var(axis=(1, 3), ddof=1)
+        mean = smooth[:h, :w].reshape(h // block, block, w // block, block).mean(axis=(1, 3))
+        var, mean = var.ravel(), mean.ravel()
     edges = np.unique(np.quantile(mean, np.linspace(0.0, 1.0, n_bins + 1)))
     xs, ys = [], []
     for lo, hi in zip(edges[:-1], edges[1:]):

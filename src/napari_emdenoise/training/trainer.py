@@ -474,7 +474,10 @@ class Trainer:
             elif image is not None:
                 from ..engine.predictor import restore
 
-                user_preview = (image, restore(image, self.model, device=self.device))
+                user_preview = (
+                    image,
+                    restore(image, self.model, device=self.device, refine=False),
+                )
         self.model.train()
         restored = np.concatenate(outs)
         val_y, val_x = self.val_y, self.val_x
