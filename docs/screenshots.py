@@ -8,8 +8,9 @@ buttons are the widgets' own. Run from the repository root::
     python docs/screenshots.py                 # on a desktop
     xvfb-run -a -s "-screen 0 1280x1024x24" python docs/screenshots.py   # on a server
 
-It writes ``docs/playground.png``, ``docs/restore.png``, ``docs/stem4d.png`` and ``docs/training.png``
-(1280 × 800 windows). Training uses a throw-away model folder, never the user's.
+It writes ``docs/playground.png``, ``docs/restore.png``, ``docs/stem4d.png`` and
+``docs/training.png`` (1280 × 800 windows). Training uses a throw-away model
+folder, never the user's.
 """
 
 from __future__ import annotations
