@@ -91,6 +91,7 @@ def test_wiener_refinement_checkbox_reaches_the_engine(restore_widget, qtbot):
     expected = restore(data, model=widget.model.value)
     np.testing.assert_allclose(refined.data, expected, rtol=1e-5, atol=1e-3)
     assert refined.metadata["emdenoise_wiener_refinement"] is True
+    assert widget.status.value.endswith("+ Wiener refinement")
     viewer.layers.remove(refined)
     widget.refine.value = False
     widget.start()
@@ -100,6 +101,7 @@ def test_wiener_refinement_checkbox_reaches_the_engine(restore_widget, qtbot):
         plain.data, restore(data, model=widget.model.value, refine=False), rtol=1e-5, atol=1e-3
     )
     assert plain.metadata["emdenoise_wiener_refinement"] is False
+    assert "Wiener" not in widget.status.value
     assert not np.allclose(plain.data, refined.data, atol=1e-3)
 
 
@@ -130,7 +132,7 @@ def test_a_model_change_during_the_run_is_not_recorded(restore_widget, qtbot):
     _wait(widget, qtbot)
     out = viewer.layers["micrograph restored"]
     assert out.metadata["emdenoise_model"] == used
-    assert widget.status.value == f"micrograph restored with {used}"
+    assert widget.status.value == f"micrograph restored with {used} + Wiener refinement"
 
 
 def test_default_input_is_the_selected_or_visible_layer(make_napari_viewer, open_dock):

@@ -372,6 +372,8 @@ class RestoreWidget(StatefulRun, mw.Container):
             )
         self._produced.update(layer.unique_id for layer in self.outputs)
         self.status.value = f"{name} restored with {model}"
+        if request.get("refine", True):
+            self.status.value += " + Wiener refinement"
         if ensemble > 1:
             self.status.value += f" (mean of {ensemble} flips/rotations)"
         if band_weights:
