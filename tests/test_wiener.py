@@ -187,3 +187,23 @@ def test_no_window_seams():
         ratios[beta] = float(np.mean(seams))
     assert ratios[WienerSettings().kaiser_beta] < 1.06, ratios
     assert ratios[0.0] > ratios[WienerSettings().kaiser_beta] + 0.1, ratios  # the check can fail
+
+
+def test_restore_refines_by_default_and_refuses_a_non_boolean_flag():
+    """`restore` = network + refinement; `refine=False` is the network alone."""
+    import torch
+
+    from napari_emdenoise.engine import restore, restore_dask
+
+    net = torch.nn.Conv2d(1, 1, 5, padding=2, bias=False)
+    torch.nn.init.constant_(net.weight, 1 / 25)  # a 5×5 box filter: over-smooths the lattice
+    p = _lattice(np.random.default_rng(12), dose=50.0, size=128)
+    alone = restore(p.noisy, model=net, refine=False)
+    refined = restore(p.noisy, model=net)
+    np.testing.assert_allclose(refined, wiener_refine(p.noisy, alone), rtol=1e-5, atol=1e-4)
+    assert psnr(refined, p.clean) > psnr(alone, p.clean) + 3.0
+    for bad in ("yes", 1, None):
+        with pytest.raises(ValueError, match="refine"):
+            restore(p.noisy, model=net, refine=bad)
+        with pytest.raises(ValueError, match="refine"):
+            restore_dask(p.noisy, model=net, refine=bad)
