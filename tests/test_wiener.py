@@ -207,3 +207,20 @@ def test_restore_refines_by_default_and_refuses_a_non_boolean_flag():
             restore(p.noisy, model=net, refine=bad)
         with pytest.raises(ValueError, match="refine"):
             restore_dask(p.noisy, model=net, refine=bad)
+
+
+def test_a_refinement_that_does_not_fit_in_memory_falls_back_to_the_network(monkeypatch):
+    import torch
+
+    from napari_emdenoise.engine import predictor, restore
+
+    def no_memory(*_args, **_kwargs):
+        raise MemoryError
+
+    net = torch.nn.Conv2d(1, 1, 3, padding=1)
+    x = np.random.default_rng(13).poisson(20.0, (64, 64)).astype(np.float32)
+    alone = restore(x, model=net, refine=False)
+    monkeypatch.setattr(predictor, "wiener_refine", no_memory)
+    with pytest.warns(RuntimeWarning, match="did not fit in memory"):
+        out = restore(x, model=net)
+    np.testing.assert_array_equal(out, alone)

@@ -781,7 +781,18 @@ def restore(
 
     def pipeline(img: np.ndarray, hook: ProgressCallback | None = None) -> np.ndarray:
         restored = forward(img, hook)
-        return wiener_refine(img, restored) if refine else restored
+        if not refine:
+            return restored
+        try:
+            return wiener_refine(img, restored)
+        except MemoryError:
+            warnings.warn(
+                f"the Wiener refinement of a {img.shape[0]}×{img.shape[1]} frame did not fit in "
+                "memory; this frame is the network's output alone (refine=False)",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            return restored
 
     counter = _StackProgress(progress, n_frames, tiles_of(frame_shape))
     counter.start()
