@@ -127,8 +127,43 @@ WORKING_BYTES_PER_PIXEL = 48
 _STRIP_WINDOWS = 1024
 
 
-def _geometry(shape: tuple[int, int], settings: WienerSettings) -> tuple[int, int]:
-    """Window side and step for a frame of ``shape`` (smaller on small frames)."""
+@dataclass(frozen=True)
+class _Grid:
+    """Where the windows of one frame lie: ``block``² windows every ``step`` pixels."""
+
+    block: int
+    step: int
+    widths: tuple[tuple[int, int], tuple[int, int]]  # reflect padding of the frame
+    n_rows: int
+    n_cols: int
+
+    @property
+    def pad(self) -> int:
+        return self.block - self.step
+
+    @property
+    def cells(self) -> int:
+        return self.block // self.step
+
+    def strips(self) -> list[slice]:
+        """Rows of windows filtered together (bounds memory on large frames)."""
+        per = max(1, _STRIP_WINDOWS // self.n_cols)
+        return [slice(r, min(r + per, self.n_rows)) for r in range(0, self.n_rows, per)]
+
+    def windows(self, padded: np.ndarray, rows: slice) -> np.ndarray:
+        """The windows whose top-left corners are on rows ``rows`` of the step grid."""
+        from numpy.lib.stride_tricks import sliding_window_view
+
+        view = sliding_window_view(padded, (self.block, self.block))[:: self.step, :: self.step]
+        return view[rows]
+
+
+def _grid(shape: tuple[int, int], settings: WienerSettings) -> _Grid:
+    """The window grid of a frame of ``shape`` (smaller windows on small frames).
+
+    Every pixel lies in ``(block / step)²`` windows: the frame is padded by
+    ``block − step`` on each side, and at the end up to a whole step.
+    """
     block, step = settings.block, settings.step
     side = min(shape)
     if side < block:
@@ -136,15 +171,154 @@ def _geometry(shape: tuple[int, int], settings: WienerSettings) -> tuple[int, in
         step = max(1, block * settings.step // settings.block)
         while block % step:
             step -= 1
-    return block, step
+    pad = block - step
+    extra = [(-(n + 2 * pad - block)) % step for n in shape]
+    widths = ((pad, pad + extra[0]), (pad, pad + extra[1]))
+    n_rows, n_cols = ((n + sum(w) - block) // step + 1 for n, w in zip(shape, widths))
+    return _Grid(block, step, widths, n_rows, n_cols)
 
 
-def _windows(a: np.ndarray, block: int, step: int, rows: slice) -> np.ndarray:
-    """The ``block``² windows whose top-left corners are on rows ``rows`` of the step grid."""
-    from numpy.lib.stride_tricks import sliding_window_view
+def _dct(windows: np.ndarray) -> np.ndarray:
+    from scipy import fft
 
-    view = sliding_window_view(a, (block, block))[::step, ::step]
-    return view[rows]
+    return fft.dctn(windows, axes=(-2, -1), norm="ortho", workers=-1)
+
+
+def _idct(coefficients: np.ndarray) -> np.ndarray:
+    from scipy import fft
+
+    return fft.idctn(coefficients, axes=(-2, -1), norm="ortho", workers=-1)
+
+
+def _window_variance(variance: np.ndarray, grid: _Grid, floor: float) -> np.ndarray:
+    """Mean noise variance of every window, ``(n_rows, n_cols)`` float32."""
+    from scipy import ndimage
+
+    vp = np.pad(variance, grid.widths, mode="reflect")
+    mean = ndimage.uniform_filter(vp, grid.block, mode="nearest")
+    c, s = grid.block // 2, grid.step
+    v = mean[c : c + s * grid.n_rows : s, c : c + s * grid.n_cols : s]
+    return np.maximum(v[: grid.n_rows, : grid.n_cols], floor).astype(np.float32)
+
+
+def _noise_model(
+    xp: np.ndarray, pp: np.ndarray, v_grid: np.ndarray, grid: _Grid
+) -> tuple[np.ndarray, np.ndarray]:
+    """Pass 1: the noise spectrum ``S_k`` and the signal-proportional ``m_k``.
+
+    ``S_k`` comes from the coefficients where the pilot sees no signal (its
+    power under the noise variance): there, what the network removed is noise,
+    white or not. Signal the network attenuated keeps a pilot above the noise
+    and stays out of that estimate. Where the pilot sees signal, the removed
+    part ``R = X − P`` is the network's attenuation (in step with ``P``:
+    ``R ≈ β P``) plus noise plus errors that are not in step with ``P`` (scan
+    jitter moves lattice fringes); the power of the last, relative to the
+    pilot's, is ``m_k``.
+    """
+    shape = (grid.block, grid.block)
+    quiet_sum, quiet_count = np.zeros(shape), np.zeros(shape)
+    s_rp, s_pp, s_rr, s_v = (np.zeros(shape) for _ in range(4))
+    for rows in grid.strips():
+        xw = _dct(grid.windows(xp, rows))
+        pw = _dct(grid.windows(pp, rows))
+        v = v_grid[rows, :, None, None]
+        power = pw * pw
+        quiet = power < v
+        strong = ~quiet
+        removed = xw - pw
+        r2 = removed * removed
+        quiet_sum += np.sum(r2 / v * quiet, axis=(0, 1), dtype=np.float64)
+        quiet_count += np.sum(quiet, axis=(0, 1))
+        s_rp += np.sum(removed * pw * strong, axis=(0, 1), dtype=np.float64)
+        s_pp += np.sum(power * strong, axis=(0, 1), dtype=np.float64)
+        s_rr += np.sum(r2 * strong, axis=(0, 1), dtype=np.float64)
+        s_v += np.sum(v * strong, axis=(0, 1), dtype=np.float64)
+    enough = quiet_count >= max(MIN_QUIET_WINDOWS, 0.05 * grid.n_rows * grid.n_cols)
+    enough[0, 0] = False  # the window mean is signal (its absolute level, see pass 2)
+    spectrum = np.ones(shape)
+    spectrum[enough] = np.maximum(quiet_sum[enough] / quiet_count[enough], 1.0)
+    spp = np.maximum(s_pp, 1e-300)
+    unexplained = s_rr - s_rp * s_rp / spp - s_v * spectrum
+    mult = np.where(s_pp > 0, np.maximum(unexplained, 0.0) / spp, 0.0)
+    mult[0, 0] = 0.0  # the window mean: an offset of the image would change its m
+    return spectrum, mult
+
+
+def _without_impulses(
+    x: np.ndarray, p: np.ndarray, variance: np.ndarray, spectrum: np.ndarray
+) -> np.ndarray | None:
+    """``x`` with its impulses replaced by the pilot, or None if there are none to replace.
+
+    Impulses (zingers, dead or hot pixels) are not Poisson–Gaussian noise: where
+    the raw frame is further than :data:`OUTLIER_SIGMAS` noise deviations from
+    the pilot (the pixel variance of noise with spectrum ``S`` is ``V·mean(S)``,
+    which counts the correlated noise of a camera), the pilot stands in for it,
+    so the filter cannot give them back. Impulses are rare: when more than
+    :data:`MAX_OUTLIER_FRACTION` of the pixels are that far off, the noise
+    model does not describe the frame and nothing is replaced.
+    """
+    deviation = np.sqrt(variance * float(spectrum.mean()))
+    outliers = np.abs(x - p) > OUTLIER_SIGMAS * deviation
+    if 0 < np.mean(outliers) <= MAX_OUTLIER_FRACTION:
+        return np.where(outliers, p, x)
+    return None
+
+
+def _filter_windows(
+    xp: np.ndarray,
+    pp: np.ndarray,
+    v_grid: np.ndarray,
+    spectrum: np.ndarray,
+    mult: np.ndarray,
+    level: float,
+    grid: _Grid,
+    kaiser_beta: float,
+) -> np.ndarray:
+    """Pass 2: Wiener-filter every window and put the windows back (padded frame)."""
+    spectrum32, mult32 = spectrum.astype(np.float32), mult.astype(np.float32)
+    taper = np.kaiser(grid.block, kaiser_beta)
+    taper = np.outer(taper, taper)
+    num = np.zeros_like(xp)
+    den = np.zeros_like(xp)
+    dc_level = level * grid.block  # DCT coefficient 0 of a window of constant `level`
+    for rows in grid.strips():
+        xw = _dct(grid.windows(xp, rows))
+        pw = _dct(grid.windows(pp, rows))
+        power = pw * pw
+        noise = v_grid[rows, :, None, None] * spectrum32 + mult32 * power
+        gain = power / (power + noise)
+        # the window mean with the absolute level (offset) back, in float64
+        dc_pilot = pw[:, :, 0, 0].astype(np.float64) + dc_level
+        dc_noise = noise[:, :, 0, 0].astype(np.float64)
+        dc_gain = dc_pilot**2 / (dc_pilot**2 + dc_noise)
+        gain[:, :, 0, 0] = dc_gain
+        filtered = gain * xw
+        filtered[:, :, 0, 0] = dc_gain * xw[:, :, 0, 0] - (1.0 - dc_gain) * dc_level
+        weight = 1.0 / np.maximum(
+            np.sum(noise * gain * gain, axis=(-2, -1), dtype=np.float64), 1e-300
+        )
+        weights = weight[:, :, None, None] * taper
+        _put_back(num, _idct(filtered) * weights, rows, grid)
+        _put_back(den, weights, rows, grid)
+    return num / den
+
+
+def _put_back(target: np.ndarray, windows: np.ndarray, rows: slice, grid: _Grid) -> None:
+    """Add ``windows`` (of the strip ``rows``) into the padded frame ``target``.
+
+    Window ``(r, c)`` covers the step² cells ``(r + i, c + j)``, ``i, j <
+    block / step``: one cell offset ``(i, j)`` of every window is added at a time.
+    """
+    step, cells = grid.step, grid.cells
+    n_r, n_c = rows.stop - rows.start, grid.n_cols
+    r0 = rows.start * step
+    blocks = windows.reshape(n_r, n_c, cells, step, cells, step)
+    for i in range(cells):
+        rs = slice(r0 + i * step, r0 + (i + n_r) * step)
+        for j in range(cells):
+            cs = slice(j * step, (j + n_c) * step)
+            cell = blocks[:, :, i, :, j, :].transpose(0, 2, 1, 3)
+            target[rs, cs] += cell.reshape(n_r * step, n_c * step)
 
 
 def wiener_refine(
@@ -179,8 +353,6 @@ def wiener_refine(
     ValueError
         If the arrays are not 2-D or differ in shape.
     """
-    from scipy import fft
-
     settings = settings or WienerSettings()
     x64 = np.asarray(image, dtype=np.float64)
     p64 = np.asarray(pilot, dtype=np.float64)
@@ -194,7 +366,7 @@ def wiener_refine(
         # Measured on what the network removed: structure it explains is not noise.
         noise_line = noise_variance_line(x64, pilot=p64)
     a, c = noise_line
-    block, step = _geometry(x64.shape, settings)
+    grid = _grid(x64.shape, settings)
     # float32 from here (about 40 bytes of working memory per pixel), around the
     # pilot's mean so that a large detector offset costs no precision; the window
     # means (DCT coefficient 0) are filtered with the absolute level, in float64.
@@ -203,118 +375,18 @@ def wiener_refine(
     x = (x64 - level).astype(np.float32)
     p = (p64 - level).astype(np.float32)
     del x64, p64
-
     # Smallest variance: a millionth of the frame's contrast power (offset-free, so
     # the result is affine-equivariant), so a noise-free frame keeps the raw frame
     # (G = 1) without dividing by zero.
     floor = 1e-6 * float(np.mean(np.square(x, dtype=np.float64))) + 1e-12 * level**2 + 1e-30
     np.maximum(variance, np.float32(floor), out=variance)
-    pad = block - step
-    extra = [(-(n + 2 * pad - block)) % step for n in x.shape]
-    widths = ((pad, pad + extra[0]), (pad, pad + extra[1]))
-    xp, pp, vp = (np.pad(arr, widths, mode="reflect") for arr in (x, p, variance))
-    n_rows = (xp.shape[0] - block) // step + 1
-    n_cols = (xp.shape[1] - block) // step + 1
-    rows_per_strip = max(1, _STRIP_WINDOWS // n_cols)
-    strips = [slice(r, min(r + rows_per_strip, n_rows)) for r in range(0, n_rows, rows_per_strip)]
-    # Window means of the variance, on the step grid.
-    from scipy import ndimage
 
-    vmean = ndimage.uniform_filter(vp, block, mode="nearest")
-    centre = block // 2
-    v_grid = vmean[centre : centre + step * n_rows : step, centre : centre + step * n_cols : step]
-    v_grid = np.maximum(v_grid[:n_rows, :n_cols], floor).astype(np.float32)
-    del vp, vmean
-
-    def dct(win: np.ndarray) -> np.ndarray:  # float32 transforms: half the time
-        return fft.dctn(win, axes=(-2, -1), norm="ortho", workers=-1)
-
-    # Pass 1: spectral shape of the noise, from the coefficients where the pilot
-    # sees no signal (its power under the noise variance): there, what the
-    # network removed is noise, white or not. Signal the network attenuated
-    # keeps a pilot above the noise and stays out of this estimate.
-    shape_sum = np.zeros((block, block))
-    shape_count = np.zeros((block, block))
-    s_rp, s_pp, s_rr, s_v = (np.zeros((block, block)) for _ in range(4))
-    for rows in strips:
-        xw = dct(_windows(xp, block, step, rows))
-        pw = dct(_windows(pp, block, step, rows))
-        v = v_grid[rows, :, None, None]
-        power = pw * pw
-        quiet = power < v
-        strong = ~quiet
-        removed = xw - pw
-        r2 = removed * removed
-        shape_sum += np.sum(r2 / v * quiet, axis=(0, 1), dtype=np.float64)
-        shape_count += np.sum(quiet, axis=(0, 1))
-        s_rp += np.sum(removed * pw * strong, axis=(0, 1), dtype=np.float64)
-        s_pp += np.sum(power * strong, axis=(0, 1), dtype=np.float64)
-        s_rr += np.sum(r2 * strong, axis=(0, 1), dtype=np.float64)
-        s_v += np.sum(v * strong, axis=(0, 1), dtype=np.float64)
-    enough = shape_count >= max(MIN_QUIET_WINDOWS, 0.05 * n_rows * n_cols)
-    enough[0, 0] = False  # the window mean is signal (its absolute level, see pass 2)
-    spectrum = np.ones((block, block))
-    spectrum[enough] = np.maximum(shape_sum[enough] / shape_count[enough], 1.0)
-    # Where the pilot sees signal, the removed part R = X − P is the network's
-    # attenuation (in step with P: R ≈ β P) plus noise plus errors that are not in
-    # step with P (scan jitter moves lattice fringes). The power of the last,
-    # relative to the pilot's, is noise proportional to the signal: m_k P_k².
-    spp = np.maximum(s_pp, 1e-300)
-    unexplained = s_rr - s_rp * s_rp / spp - s_v * spectrum
-    mult = np.where(s_pp > 0, np.maximum(unexplained, 0.0) / spp, 0.0)
-    mult[0, 0] = 0.0  # the window mean: an offset of the image would change its m
-
-    # Impulses (zingers, dead or hot pixels) are not Poisson–Gaussian noise: where
-    # the raw frame is further than OUTLIER_SIGMAS noise deviations from the pilot
-    # (the pixel variance of noise with spectrum S is V·mean(S), which counts the
-    # correlated noise of a camera), the pilot stands in for it, so the filter
-    # cannot give them back. Impulses are rare: when many pixels are that far off,
-    # the noise model does not describe the frame and nothing is replaced.
-    deviation = np.sqrt(variance * float(spectrum.mean()))
-    outliers = np.abs(x - p) > OUTLIER_SIGMAS * deviation
-    if 0 < np.mean(outliers) <= MAX_OUTLIER_FRACTION:
-        xp = np.pad(np.where(outliers, p, x), widths, mode="reflect")
-
-    # Pass 2: filter every window and put it back.
-    spectrum32, mult32 = spectrum.astype(np.float32), mult.astype(np.float32)
-    taper = np.kaiser(block, settings.kaiser_beta)
-    taper = np.outer(taper, taper)
-    num = np.zeros_like(xp)
-    den = np.zeros_like(xp)
-    for rows in strips:
-        xw = dct(_windows(xp, block, step, rows))
-        pw = dct(_windows(pp, block, step, rows))
-        power = pw * pw
-        noise = v_grid[rows, :, None, None] * spectrum32 + mult32 * power
-        gain = power / (power + noise)
-        # the window mean with the absolute level (offset) back, in float64
-        dc_pilot = pw[:, :, 0, 0].astype(np.float64) + level * block
-        dc_noise = noise[:, :, 0, 0].astype(np.float64)
-        dc_gain = dc_pilot**2 / (dc_pilot**2 + dc_noise)
-        gain[:, :, 0, 0] = dc_gain
-        filtered = gain * xw
-        filtered[:, :, 0, 0] = dc_gain * xw[:, :, 0, 0] - (1.0 - dc_gain) * (level * block)
-        est = fft.idctn(filtered, axes=(-2, -1), norm="ortho", workers=-1)
-        weight = 1.0 / np.maximum(
-            np.sum(noise * gain * gain, axis=(-2, -1), dtype=np.float64), 1e-300
-        )
-        # Window (r, c) covers the step² cells (r + i, c + j), i, j < block / step:
-        # put back one cell offset (i, j) of every window at a time.
-        r0 = rows.start * step
-        n_r, cells = rows.stop - rows.start, block // step
-        wts = weight[:, :, None, None] * taper
-        est = (est * wts).reshape(n_r, n_cols, cells, step, cells, step)
-        wts = wts.reshape(n_r, n_cols, cells, step, cells, step)
-        for i in range(cells):
-            rs = slice(r0 + i * step, r0 + (i + n_r) * step)
-            for j in range(cells):
-                cs = slice(j * step, (j + n_cols) * step)
-                num[rs, cs] += (
-                    est[:, :, i, :, j, :].transpose(0, 2, 1, 3).reshape(n_r * step, n_cols * step)
-                )
-                den[rs, cs] += (
-                    wts[:, :, i, :, j, :].transpose(0, 2, 1, 3).reshape(n_r * step, n_cols * step)
-                )
-    out = num[pad : pad + x.shape[0], pad : pad + x.shape[1]]
-    out /= den[pad : pad + x.shape[0], pad : pad + x.shape[1]]
+    xp, pp = (np.pad(arr, grid.widths, mode="reflect") for arr in (x, p))
+    v_grid = _window_variance(variance, grid, floor)
+    spectrum, mult = _noise_model(xp, pp, v_grid, grid)
+    cleaned = _without_impulses(x, p, variance, spectrum)
+    if cleaned is not None:
+        xp = np.pad(cleaned, grid.widths, mode="reflect")
+    out = _filter_windows(xp, pp, v_grid, spectrum, mult, level, grid, settings.kaiser_beta)
+    out = out[grid.pad : grid.pad + x.shape[0], grid.pad : grid.pad + x.shape[1]]
     return (out.astype(np.float64) + level).astype(np.float32)
