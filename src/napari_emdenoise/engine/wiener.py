@@ -282,6 +282,8 @@ def _filter_windows(
     den = np.zeros_like(xp)
     dc_level = level * grid.block  # DCT coefficient 0 of a window of constant `level`
     for rows in grid.strips():
+        # The transforms of pass 1 are recomputed, not kept: keeping every window's
+        # coefficients would cost (block / step)² × 8 bytes per pixel more memory.
         xw = _dct(grid.windows(xp, rows))
         pw = _dct(grid.windows(pp, rows))
         power = pw * pw

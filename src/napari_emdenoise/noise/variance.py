@@ -67,9 +67,9 @@ def noise_variance_line(
         high-pass is then taken of ``image − pilot``, pixel by pixel, against
         the pilot weighted by the kernel's squared weights (no blocks), and
         each intensity bin's variance is the median squared high-pass over
-        0.4549 (the median of χ²₁):
-        structure the pilot explains (sharp columns, fringes) is not counted
-        as noise, and impulses do not move the fit.
+        0.4549 (the median of χ²₁): structure the pilot explains (sharp
+        columns, fringes) is not counted as noise, and impulses do not move
+        the fit.
 
     Returns
     -------
