@@ -11,10 +11,11 @@ Au [001] at 0.3 Å/pixel repeats every 6.8 pixels, MoS₂ at 0.25 Å/pixel every
 11 pixels with harmonics at 6.3 and 5.5.
 
 Rows: BM3D after the generalized Anscombe transform (true noise), each
-bundled model alone, with the Wiener refinement (the default) and with the
-safeguard, any ``--weights`` files (e.g. a training run's ``.safetensors``)
-and, when ``tk_r_em`` and TensorFlow are installed (see ``restore_quality.py``),
-the authors' released ``sfr_hrstem`` and ``sfr_hrtem`` (outputs compared only). Results in
+bundled model alone, with the Wiener refinement, with the Wiener refinement
+and the lattice pass (the default) and with the safeguard, any ``--weights``
+files (e.g. a training run's ``.safetensors``) and, when ``tk_r_em`` and
+TensorFlow are installed (see ``restore_quality.py``), the authors' released
+``sfr_hrstem`` and ``sfr_hrtem`` (outputs compared only). Results in
 ``benchmarks/results/lattice_transfer.json``; about 2 minutes on one core.
 """
 
@@ -50,8 +51,11 @@ def methods(models: list[str], weights: list[Path], have_bm3d: bool, reference: 
         out[f"{name} (network alone)"] = lambda x, n=name: restore(
             x, model=n, device="cpu", refine=False
         )
-        out[f"{name} + Wiener (default)"] = lambda x, n=name: restore(x, model=n, device="cpu")
-        out[f"{name} + Wiener + safeguard"] = lambda x, n=name: restore(
+        out[f"{name} + Wiener"] = lambda x, n=name: restore(x, model=n, device="cpu", lattice=False)
+        out[f"{name} + Wiener + lattice (default)"] = lambda x, n=name: restore(
+            x, model=n, device="cpu"
+        )
+        out[f"{name} + Wiener + lattice + safeguard"] = lambda x, n=name: restore(
             x, model=n, device="cpu", safeguard=True
         )
     for path in weights:

@@ -24,7 +24,8 @@ restore single-shot electron microscopy images", npj Computational Materials,
 2024; arXiv:2303.17025), read where the package is installed and never copied
 into this repository. Without either, it says so and exits.
 
-Methods: the raw image; our ``hrstem`` alone and with the safeguard; a
+Methods: the raw image; our ``hrstem`` alone, with the Wiener refinement,
+with the refinement and the lattice pass (the default) and with the safeguard; a
 Gaussian filter of 1 pixel (a linear reference with a known transfer);
 BM3D after the generalized Anscombe transform with blindly estimated noise
 parameters; and the authors' released ``sfr_hrstem`` when ``tk_r_em`` and
@@ -111,8 +112,11 @@ def methods(bm3d: bool) -> dict[str, Callable[[np.ndarray, tuple[float, float]],
 
     table: dict[str, Callable[[np.ndarray, tuple[float, float]], np.ndarray]] = {
         "hrstem (network alone)": lambda x, _n: rq.run_model("hrstem", x, refine=False),
-        "hrstem + Wiener (default)": lambda x, _n: rq.run_model("hrstem", x),
-        "hrstem + Wiener + safeguard": lambda x, _n: rq.run_model("hrstem", x, safeguard=True),
+        "hrstem + Wiener": lambda x, _n: rq.run_model("hrstem", x, lattice=False),
+        "hrstem + Wiener + lattice (default)": lambda x, _n: rq.run_model("hrstem", x),
+        "hrstem + Wiener + lattice + safeguard": lambda x, _n: rq.run_model(
+            "hrstem", x, safeguard=True
+        ),
         "Gaussian 1 px": lambda x, _n: ndimage.gaussian_filter(x, 1.0).astype(np.float32),
     }
     if bm3d and importlib.util.find_spec("bm3d") is not None:

@@ -34,9 +34,13 @@ Methods
   BM3D run on the image with h and σ chosen per image by PSNR (oracles).
 * ``model:<name>``: each bundled model alone (``restore(..., refine=False)``),
   on the cases of its modality.
-* ``refined:<name>``: what ``restore`` gives by default: the network's output
+* ``wiener:<name>``: ``restore(..., lattice=False)``: the network's output
   as the pilot of an empirical Wiener filter of the raw image
   (:mod:`napari_emdenoise.engine.wiener`).
+* ``refined:<name>``: what ``restore`` gives by default: the Wiener
+  refinement, then the lattice pass (:mod:`napari_emdenoise.engine.lattice`:
+  the Bragg peaks that stand out in the spectrum of what the restoration
+  removed are added back).
 * ``safeguard:<name>``: ``restore(..., safeguard=True)``: the refined
   restoration's change kept per frequency band by its SURE-optimal weight
   (:mod:`napari_emdenoise.engine.safeguard`).
@@ -199,11 +203,18 @@ def run_model(
     safeguard: bool = False,
     ensemble: int = 1,
     refine: bool = True,
+    lattice: bool = True,
 ) -> np.ndarray:
     from napari_emdenoise.engine import restore
 
     out = restore(
-        noisy, model=name, device="cpu", safeguard=safeguard, ensemble=ensemble, refine=refine
+        noisy,
+        model=name,
+        device="cpu",
+        safeguard=safeguard,
+        ensemble=ensemble,
+        refine=refine,
+        lattice=lattice,
     )
     return np.asarray(out, dtype=np.float32)
 
@@ -333,7 +344,7 @@ def methods_for(
         names.append("bm3d-gat")
     names += [
         f"{prefix}:{m}"
-        for prefix in ("model", "refined")
+        for prefix in ("model", "wiener", "refined")
         for m, mod in models.items()
         if case.modality in ("any", mod)
     ]
@@ -373,6 +384,8 @@ def restore_with(method: str, case: Case) -> np.ndarray:
         return bm3d_gat(x, gain, sigma)
     if method.startswith("model:"):
         return run_model(method.split(":", 1)[1], x, refine=False)
+    if method.startswith("wiener:"):
+        return run_model(method.split(":", 1)[1], x, lattice=False)
     if method.startswith("refined:"):
         return run_model(method.split(":", 1)[1], x)
     if method.startswith("safeguard:"):
@@ -477,6 +490,7 @@ def _order(methods) -> list[str]:
             return (base.index(m), m)
         prefixes = {
             "model": 10,
+            "wiener": 11,
             "refined": 12,
             "safeguard": 15,
             "ensemble": 16,
@@ -501,14 +515,16 @@ CRLB_LABEL = "Cramér–Rao bound (unbiased estimate, exact column shape known)"
 def label(m: str) -> str:
     if m.startswith("model:"):
         return f"{m.split(':', 1)[1]} (network alone)"
+    if m.startswith("wiener:"):
+        return f"{m.split(':', 1)[1]} + Wiener"
     if m.startswith("refined:"):
-        return f"{m.split(':', 1)[1]} + Wiener (default)"
+        return f"{m.split(':', 1)[1]} + Wiener + lattice (default)"
     if m.startswith("safeguard:"):
-        return f"{m.split(':', 1)[1]} + Wiener + safeguard"
+        return f"{m.split(':', 1)[1]} + Wiener + lattice + safeguard"
     if m.startswith("ensemble:"):
-        return f"{m.split(':', 1)[1]} × {ENSEMBLE} flips/rotations + Wiener"
+        return f"{m.split(':', 1)[1]} × {ENSEMBLE} flips/rotations + Wiener + lattice"
     if m.startswith("ensemble+safeguard:"):
-        return f"{m.split(':', 1)[1]} × {ENSEMBLE} + Wiener + safeguard"
+        return f"{m.split(':', 1)[1]} × {ENSEMBLE} + Wiener + lattice + safeguard"
     return LABEL.get(m, m)
 
 

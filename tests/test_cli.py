@@ -138,6 +138,27 @@ def test_restore_no_refine_writes_the_network_output_alone(tmp_path, tiny_user_m
     assert not np.allclose(plain, refined, atol=1e-3)
 
 
+def test_restore_no_lattice_skips_the_lattice_pass(tmp_path, tiny_user_model, monkeypatch):
+    """--no-lattice gives the Wiener refinement alone; the default runs the lattice pass
+    (replaced here by a marker, so that the test does not depend on what the tiny model
+    erases)."""
+    from napari_emdenoise.engine import predictor
+    from napari_emdenoise.io.readers import read_em
+
+    data = np.random.default_rng(4).poisson(20.0, (96, 128)).astype(np.float32)
+    src = tmp_path / "in.npy"
+    np.save(src, data)
+    wiener_only = predictor.restore(data, model=tiny_user_model, lattice=False)
+    monkeypatch.setattr(predictor, "restore_lattice", lambda image, restored: restored + 1000.0)
+    outs = {}
+    for flag in ([], ["--no-lattice"]):
+        dst = tmp_path / f"out{len(flag)}.tif"
+        assert main(["restore", str(src), "-o", str(dst), "--model", tiny_user_model, *flag]) == 0
+        outs[bool(flag)] = read_em(dst)[0][0]
+    np.testing.assert_allclose(outs[True], wiener_only, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(outs[False], wiener_only + 1000.0, rtol=1e-5, atol=1e-2)
+
+
 def test_restore_refuses_to_overwrite(tmp_path, tiny_user_model, capsys):
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, np.ones((16, 16), np.float32))

@@ -91,7 +91,8 @@ def test_wiener_refinement_checkbox_reaches_the_engine(restore_widget, qtbot):
     expected = restore(data, model=widget.model.value)
     np.testing.assert_allclose(refined.data, expected, rtol=1e-5, atol=1e-3)
     assert refined.metadata["emdenoise_wiener_refinement"] is True
-    assert widget.status.value.endswith("+ Wiener refinement")
+    assert refined.metadata["emdenoise_lattice_pass"] is True
+    assert widget.status.value.endswith("+ Wiener refinement + lattice pass")
     viewer.layers.remove(refined)
     widget.refine.value = False
     widget.start()
@@ -101,8 +102,37 @@ def test_wiener_refinement_checkbox_reaches_the_engine(restore_widget, qtbot):
         plain.data, restore(data, model=widget.model.value, refine=False), rtol=1e-5, atol=1e-3
     )
     assert plain.metadata["emdenoise_wiener_refinement"] is False
-    assert "Wiener" not in widget.status.value
+    assert plain.metadata["emdenoise_lattice_pass"] is False  # needs the refinement
+    assert not widget.lattice.enabled
+    assert "Wiener" not in widget.status.value and "lattice" not in widget.status.value
     assert not np.allclose(plain.data, refined.data, atol=1e-3)
+
+
+def test_lattice_pass_checkbox_reaches_the_engine(restore_widget, qtbot, monkeypatch):
+    """Ticked (default) the lattice pass runs, unticked the Wiener refinement alone; the
+    layer's metadata say which. The pass is replaced by a marker, so the test does not
+    depend on what the model erases."""
+    from napari_emdenoise.engine import predictor
+
+    viewer, widget, data = restore_widget
+    widget.layer.value = "micrograph"
+    wiener_only = predictor.restore(data, model=widget.model.value, lattice=False)
+    monkeypatch.setattr(predictor, "restore_lattice", lambda image, restored: restored + 1000.0)
+    assert widget.lattice.value is True and widget.lattice.enabled
+    widget.start()
+    _wait(widget, qtbot)
+    layer = viewer.layers["micrograph restored"]
+    np.testing.assert_allclose(layer.data, wiener_only + 1000.0, rtol=1e-5, atol=1e-2)
+    assert layer.metadata["emdenoise_lattice_pass"] is True
+    viewer.layers.remove(layer)
+    widget.lattice.value = False
+    widget.start()
+    _wait(widget, qtbot)
+    layer = viewer.layers["micrograph restored"]
+    np.testing.assert_allclose(layer.data, wiener_only, rtol=1e-5, atol=1e-3)
+    assert layer.metadata["emdenoise_wiener_refinement"] is True
+    assert layer.metadata["emdenoise_lattice_pass"] is False
+    assert widget.status.value.endswith("+ Wiener refinement")
 
 
 def test_self_ensemble_choice_reaches_the_engine(restore_widget, qtbot):
@@ -132,7 +162,9 @@ def test_a_model_change_during_the_run_is_not_recorded(restore_widget, qtbot):
     _wait(widget, qtbot)
     out = viewer.layers["micrograph restored"]
     assert out.metadata["emdenoise_model"] == used
-    assert widget.status.value == f"micrograph restored with {used} + Wiener refinement"
+    assert widget.status.value == (
+        f"micrograph restored with {used} + Wiener refinement + lattice pass"
+    )
 
 
 def test_default_input_is_the_selected_or_visible_layer(make_napari_viewer, open_dock):

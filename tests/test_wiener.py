@@ -190,7 +190,8 @@ def test_no_window_seams():
 
 
 def test_restore_refines_by_default_and_refuses_a_non_boolean_flag():
-    """`restore` = network + refinement; `refine=False` is the network alone."""
+    """`restore` = network + refinement (+ the lattice pass, tests/test_lattice.py);
+    `refine=False` is the network alone."""
     import torch
 
     from napari_emdenoise.engine import restore, restore_dask
@@ -198,9 +199,13 @@ def test_restore_refines_by_default_and_refuses_a_non_boolean_flag():
     net = torch.nn.Conv2d(1, 1, 5, padding=2, bias=False)
     torch.nn.init.constant_(net.weight, 1 / 25)  # a 5×5 box filter: over-smooths the lattice
     p = _lattice(np.random.default_rng(12), dose=50.0, size=128)
+    from napari_emdenoise.engine.lattice import restore_lattice
+
     alone = restore(p.noisy, model=net, refine=False)
-    refined = restore(p.noisy, model=net)
+    refined = restore(p.noisy, model=net, lattice=False)
     np.testing.assert_allclose(refined, wiener_refine(p.noisy, alone), rtol=1e-5, atol=1e-4)
+    default = restore(p.noisy, model=net)
+    np.testing.assert_allclose(default, restore_lattice(p.noisy, refined), rtol=1e-5, atol=1e-4)
     assert psnr(refined, p.clean) > psnr(alone, p.clean) + 3.0
     for bad in ("yes", 1, None):
         with pytest.raises(ValueError, match="refine"):
@@ -222,5 +227,5 @@ def test_a_refinement_that_does_not_fit_in_memory_falls_back_to_the_network(monk
     alone = restore(x, model=net, refine=False)
     monkeypatch.setattr(predictor, "wiener_refine", no_memory)
     with pytest.warns(RuntimeWarning, match="did not fit in memory"):
-        out = restore(x, model=net)
+        out = restore(x, model=net, lattice=False)
     np.testing.assert_array_equal(out, alone)

@@ -325,8 +325,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     import numpy as np
 
     from .engine.device import resolve_device
+    from .engine.lattice import WORKING_BYTES_PER_PIXEL as LATTICE_BYTES
     from .engine.predictor import _check_tiling_args, restore
-    from .engine.wiener import WORKING_BYTES_PER_PIXEL
+    from .engine.wiener import WORKING_BYTES_PER_PIXEL as WIENER_BYTES
     from .io.writers import write_tif
     from .models.registry import load_model
 
@@ -353,10 +354,10 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             "(Y, X) or a stack of frames (T, Y, X)"
         )
     frames = 1 if data.ndim == 2 else data.shape[0]
-    # the frames and their results, plus one frame's Wiener refinement at a time
-    per_pixel = _RESTORE_BYTES_PER_PIXEL + (
-        0 if args.no_refine else WORKING_BYTES_PER_PIXEL / frames
-    )
+    # the frames and their results, plus one frame's refinement at a time (the Wiener
+    # filter, then the lattice pass, which needs more)
+    working = 0 if args.no_refine else (WIENER_BYTES if args.no_lattice else LATTICE_BYTES)
+    per_pixel = _RESTORE_BYTES_PER_PIXEL + working / frames
     _check_image_memory((frames * data.shape[-2], data.shape[-1]), per_pixel, "restoring data")
     progress = _progress_printer("tiles")
     band_weights: list[tuple[float, ...]] = []
@@ -370,11 +371,13 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         safeguard_report=lambda _i, r: band_weights.append(r.band_weights),
         ensemble=args.ensemble,
         refine=not args.no_refine,
+        lattice=not args.no_lattice,
     )
     meta = {
         **meta,
         "emdenoise_model": args.model,
         "emdenoise_wiener_refinement": not args.no_refine,
+        "emdenoise_lattice_pass": not (args.no_refine or args.no_lattice),
         "source": str(src),
     }
     if args.ensemble > 1:
@@ -1014,7 +1017,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-refine",
         action="store_true",
         help="the network's output alone, without the Wiener refinement that gives back the "
-        "details of the raw image the network attenuated more than its noise requires",
+        "details of the raw image the network attenuated more than its noise requires (and "
+        "without the lattice pass)",
+    )
+    rs.add_argument(
+        "--no-lattice",
+        action="store_true",
+        help="skip the lattice pass, which adds back the lattice fringes (Bragg peaks standing "
+        "out of the noise) that the restoration removed from the raw image",
     )
     rs.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs (never the input)"

@@ -161,6 +161,16 @@ class RestoreWidget(StatefulRun, mw.Container):
             "attenuated more than the image's noise requires come back. Off: the network's "
             "output alone.",
         )
+        self.lattice = mw.CheckBox(
+            text="lattice pass: give back lattice fringes the network erased",
+            value=True,
+            tooltip="After the refinement, add back the lattice reflections (Bragg peaks) that "
+            "stand out of the noise in the spectrum of what the restoration removed, with their "
+            "local amplitude and phase: fine fringes (periods of 6 pixels and less) and weak "
+            "ones at low dose come back from the raw image. Periodic noise in the raw image "
+            "(mains interference) comes back with them. Needs the Wiener refinement.",
+        )
+        self.refine.changed.connect(lambda on: setattr(self.lattice, "enabled", bool(on)))
         self.ensemble = mw.ComboBox(
             label="self-ensemble",
             choices=list(ENSEMBLE_CHOICES.items()),
@@ -183,6 +193,7 @@ class RestoreWidget(StatefulRun, mw.Container):
                 self.residual,
                 self.safeguard,
                 self.refine,
+                self.lattice,
                 self.ensemble,
                 self.run_button,
                 self.cancel_button,
@@ -320,6 +331,7 @@ class RestoreWidget(StatefulRun, mw.Container):
         ensemble = int(self.ensemble.value)
         request["ensemble"] = ensemble
         request["refine"] = refine = bool(self.refine.value)
+        request["lattice"] = lattice = refine and bool(self.lattice.value)
         band_weights: list[tuple[float, ...]] = []  # filled by the worker, read when it is done
         self._launch(
             lambda restored: self._on_result(request, data, restored, band_weights),
@@ -336,6 +348,7 @@ class RestoreWidget(StatefulRun, mw.Container):
             else None,
             ensemble=ensemble,
             refine=refine,
+            lattice=lattice,
         )
 
     def _on_result(
@@ -351,6 +364,7 @@ class RestoreWidget(StatefulRun, mw.Container):
             **request["metadata"],
             "emdenoise_model": model,
             "emdenoise_wiener_refinement": request.get("refine", True),
+            "emdenoise_lattice_pass": request.get("lattice", True),
         }
         ensemble = request.get("ensemble", 1)
         if ensemble > 1:
@@ -374,6 +388,8 @@ class RestoreWidget(StatefulRun, mw.Container):
         self.status.value = f"{name} restored with {model}"
         if request.get("refine", True):
             self.status.value += " + Wiener refinement"
+        if request.get("lattice", True):
+            self.status.value += " + lattice pass"
         if ensemble > 1:
             self.status.value += f" (mean of {ensemble} flips/rotations)"
         if band_weights:

@@ -33,6 +33,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..evaluation.spectra import periodic_component
+
 __all__ = [
     "NEAR_EQUAL",
     "NCCMap",
@@ -392,40 +394,6 @@ def crlb_sigma(
         signal_energy = max(rho * fraction * float(np.sum(g * g)), _EPS)
         out.append(math.sqrt(2.0 * noise_var / signal_energy))
     return out[0], out[1]
-
-
-def periodic_component(image: np.ndarray) -> np.ndarray:
-    """Periodic part of Moisan's periodic-plus-smooth decomposition.
-
-    Removes the discontinuities between opposite frame edges that an FFT sees
-    (a bright cross through zero in the correlation) while leaving the image
-    content unweighted: unlike an apodisation window it does not favour zero
-    shift.
-
-    Parameters
-    ----------
-    image : numpy.ndarray
-        2-D image.
-
-    Returns
-    -------
-    numpy.ndarray
-        float64 image of the same shape.
-    """
-    u = np.asarray(image, dtype=np.float64)
-    h, w = u.shape
-    v = np.zeros_like(u)
-    v[0, :] += u[-1, :] - u[0, :]
-    v[-1, :] += u[0, :] - u[-1, :]
-    v[:, 0] += u[:, -1] - u[:, 0]
-    v[:, -1] += u[:, 0] - u[:, -1]
-    qy = np.cos(2.0 * np.pi * np.fft.fftfreq(h))[:, None]
-    qx = np.cos(2.0 * np.pi * np.fft.fftfreq(w))[None, :]
-    denom = 2.0 * qy + 2.0 * qx - 4.0
-    denom[0, 0] = 1.0
-    smooth_hat = np.fft.fft2(v) / denom
-    smooth_hat[0, 0] = 0.0
-    return u - np.fft.ifft2(smooth_hat).real
 
 
 def phase_shift(

@@ -45,6 +45,7 @@ import torch
 from .._validation import as_float_image, tensor_to_numpy
 from ..models._normalization import NORM_REL_FLOOR, normalization_stats
 from .device import autocast_context, is_oom_error, resolve_device
+from .lattice import restore_lattice
 from .safeguard import BlendResult, sure_blend
 from .self_ensemble import check_ensemble, ensemble_transforms, output_shapes
 from .tiling import TileBlender, TileGrid, balanced_tile
@@ -598,6 +599,7 @@ def restore(
     safeguard_report: Callable[[int, BlendResult], None] | None = None,
     ensemble: int = 1,
     refine: bool = True,
+    lattice: bool = True,
 ) -> np.ndarray:
     """Restore an EM image or a stack of frames with a trained network.
 
@@ -675,8 +677,17 @@ def restore(
         multislice HAADF-STEM and HRTEM simulations it adds 0.2–2.3 and
         0.7–1.3 dB to the bundled models; on a 2-core CPU it adds 0.5 s to a 1024² frame
         (the network: 0.8 s) and 0.9 s to a 2048² one (4.3 s).
-        ``False`` gives the network's output alone. With ``safeguard`` the
-        refined restoration is the one that is blended.
+        ``False`` gives the network's output alone (no lattice pass either).
+        With ``safeguard`` the refined restoration is the one that is blended.
+    lattice : bool
+        Lattice pass (:mod:`.lattice`, part of the refinement: on by default,
+        skipped with ``refine=False``, which gives the network's output alone):
+        the Bragg peaks that stand out of the noise in the spectrum of what
+        the restoration removed (``frame − restored``, periods under 48
+        pixels) are added back, so lattice fringes the network erased (periods
+        of 6 pixels and less, weak fringes at low dose) return from the frame
+        itself. Periodic noise in the frame (mains interference) returns with
+        them. It runs last, after the safeguard if any. ``False`` skips it.
 
     Returns
     -------
@@ -705,6 +716,7 @@ def restore(
     _check_backend(backend)
     transforms = ensemble_transforms(check_ensemble(ensemble))
     _check_flag(refine, "refine")
+    _check_flag(lattice, "lattice")
     ndim = _image_ndim(image)
     if ndim == 4:
         raise ValueError(
@@ -779,20 +791,25 @@ def restore(
             offset += predictor.count_tiles(view.shape)
         return (acc / len(transforms)).astype(np.float32)
 
-    def pipeline(img: np.ndarray, hook: ProgressCallback | None = None) -> np.ndarray:
-        restored = forward(img, hook)
-        if not refine:
-            return restored
+    def after(step: Callable[..., np.ndarray], what: str, flag: str, img, restored, level: int):
+        """``step(img, restored)``; on MemoryError a warning (``level``: its stack level
+        from here) and ``restored`` unchanged."""
         try:
-            return wiener_refine(img, restored)
+            return step(img, restored)
         except MemoryError:
             warnings.warn(
-                f"the Wiener refinement of a {img.shape[0]}×{img.shape[1]} frame did not fit in "
-                "memory; this frame is the network's output alone (refine=False)",
+                f"the {what} of a {img.shape[0]}×{img.shape[1]} frame did not fit in "
+                f"memory; this frame was restored without it ({flag}=False)",
                 RuntimeWarning,
-                stacklevel=3,
+                stacklevel=level,
             )
             return restored
+
+    def pipeline(img: np.ndarray, hook: ProgressCallback | None = None) -> np.ndarray:
+        restored = forward(img, hook)
+        if refine:
+            restored = after(wiener_refine, "Wiener refinement", "refine", img, restored, 4)
+        return restored
 
     counter = _StackProgress(progress, n_frames, tiles_of(frame_shape))
     counter.start()
@@ -809,6 +826,10 @@ def restore(
             restored = blend.image
             if safeguard_report is not None:
                 safeguard_report(index, blend)
+        if refine and lattice:
+            # Last, after the safeguard: a thresholded detection has no useful
+            # divergence for the safeguard's risk estimate.
+            restored = after(restore_lattice, "lattice pass", "lattice", frame, restored, 3)
         out[index] = restored
         counter.frame_finished()
     n_bad = int(out.size - np.count_nonzero(np.isfinite(out)))
@@ -893,6 +914,7 @@ def _restore_block(
     ensemble: int = 1,
     safeguard: bool = False,
     refine: bool = True,
+    lattice: bool = True,
 ) -> np.ndarray:
     if isinstance(model, str):
         dev = str(resolve_device(device))
@@ -908,6 +930,7 @@ def _restore_block(
         ensemble=ensemble,
         safeguard=safeguard,
         refine=refine,
+        lattice=lattice,
     )
 
 
@@ -922,6 +945,7 @@ def restore_dask(
     ensemble: int = 1,
     safeguard: bool = False,
     refine: bool = True,
+    lattice: bool = True,
 ) -> Any:
     """Lazy restoration of a stack: one dask task per frame.
 
@@ -931,7 +955,7 @@ def restore_dask(
         ``(frames, height, width)`` or ``(height, width)`` array, dask or
         anything ``dask.array.asarray`` accepts. It is rechunked to whole
         frames (a frame is normalised as a whole and tiled internally).
-    model, device, tile_size, overlap, batch_size, backend, ensemble, safeguard, refine
+    model, device, tile_size, overlap, batch_size, backend, ensemble, safeguard, refine, lattice
         As for :func:`restore`. A model name or path is loaded once per
         worker process, so the graph runs on a ``dask.distributed`` cluster;
         a module is shipped with the graph.
@@ -954,6 +978,7 @@ def restore_dask(
     _check_backend(backend)
     check_ensemble(ensemble)
     _check_flag(refine, "refine")
+    _check_flag(lattice, "lattice")
     arr = tensor_to_numpy(arr)
     darr = arr if isinstance(arr, da.Array) else da.asarray(arr)
     if darr.ndim not in (2, 3):
@@ -986,5 +1011,6 @@ def restore_dask(
         ensemble=ensemble,
         safeguard=bool(safeguard),
         refine=bool(refine),
+        lattice=bool(lattice),
     )
     return result[0] if squeeze else result

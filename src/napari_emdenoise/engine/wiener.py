@@ -66,6 +66,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..noise.variance import noise_variance_line
+from ._frame_pair import frame_pair
 
 __all__ = ["WienerSettings", "wiener_refine"]
 
@@ -356,13 +357,8 @@ def wiener_refine(
         If the arrays are not 2-D or differ in shape.
     """
     settings = settings or WienerSettings()
-    x64 = np.asarray(image, dtype=np.float64)
-    p64 = np.asarray(pilot, dtype=np.float64)
-    if x64.ndim != 2 or x64.shape != p64.shape:
-        raise ValueError(
-            f"image and pilot must be 2-D arrays of one shape, got {x64.shape} and {p64.shape}"
-        )
-    if min(x64.shape) < MIN_SIDE or not np.all(np.isfinite(p64)) or not np.all(np.isfinite(x64)):
+    x64, p64, usable = frame_pair(image, pilot, "pilot", MIN_SIDE)
+    if not usable:
         return p64.astype(np.float32)
     if noise_line is None:
         # Measured on what the network removed: structure it explains is not noise.

@@ -29,11 +29,18 @@ __all__ = [
     "nyquist_ratio",
     "nyquist_spikes",
     "periodic_component",
+    "periodic_spectrum",
 ]
 
 
-def periodic_component(image: np.ndarray) -> np.ndarray:
-    """Periodic component of ``image`` (Moisan 2011): no border discontinuity."""
+def periodic_spectrum(image: np.ndarray) -> np.ndarray:
+    """2-D DFT of the periodic component of ``image`` (Moisan 2011), complex128.
+
+    ``DFT(u) − DFT(v) / (2 cos(2πq/M) + 2 cos(2πr/N) − 4)``, with ``v`` the
+    jumps between opposite borders; the mean is kept.
+    """
+    from scipy import fft
+
     u = np.asarray(image, dtype=np.float64)
     if u.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {u.shape}")
@@ -47,9 +54,19 @@ def periodic_component(image: np.ndarray) -> np.ndarray:
     r = np.arange(n)[None, :]
     denom = 2 * np.cos(2 * np.pi * q / m) + 2 * np.cos(2 * np.pi * r / n) - 4
     denom[0, 0] = 1.0
-    s_hat = np.fft.fft2(v) / denom
+    s_hat = fft.fft2(v, workers=-1)
+    s_hat /= denom
     s_hat[0, 0] = 0.0
-    return u - np.real(np.fft.ifft2(s_hat))
+    spectrum = fft.fft2(u, workers=-1)
+    spectrum -= s_hat
+    return spectrum
+
+
+def periodic_component(image: np.ndarray) -> np.ndarray:
+    """Periodic component of ``image`` (Moisan 2011): no border discontinuity."""
+    from scipy import fft
+
+    return np.real(fft.ifft2(periodic_spectrum(image), workers=-1))
 
 
 def _nyquist_neighbourhoods(
