@@ -128,9 +128,10 @@ FLOOR_BLOCK = 16
 #: Run of coefficients along one axis over which the line floor is a median.
 FLOOR_LINE = 32
 
-#: Coefficients on either side of the axes through the origin that get the line floor
-#: (a scan streak tens of pixels long is a few coefficients wide).
-FLOOR_AXIS_BAND = 2
+#: Half-width (cycles/pixel) of the bands around the axes through the origin that get
+#: the line floor: structure that varies along the scan lines more slowly than every
+#: 64 pixels (a scan streak tens of pixels long is that wide in frequency).
+FLOOR_AXIS_BAND = 1.0 / 64.0
 
 #: Working memory of :func:`restore_lattice` per frame pixel, bytes (float64 copies of
 #: the frame, its restoration and the residual, the tile's spectrum, periodogram and
@@ -154,9 +155,9 @@ def _noise_floor(power: np.ndarray) -> np.ndarray:
 
     A running median over 16 × 16 blocks, divided by ln 2 (the median of an
     exponential distribution over its mean); reflections are sparse and do not
-    move it. Within :data:`FLOOR_AXIS_BAND` coefficients of the two axes
-    through the centre, where offsets between scan lines or columns and the
-    streaks of scan jitter put their power, the median along the axis (32
+    move it. Within :data:`FLOOR_AXIS_BAND` of the two axes through the
+    centre, where offsets between scan lines or columns and the streaks of
+    scan noise put their power, the median along the axis (32
     coefficients) is taken when larger, so that such lines count as floor,
     not as reflections. Elsewhere a line is signal: jitter smears a lattice
     reflection into a streak, which is still the frame's lattice.
@@ -164,9 +165,9 @@ def _noise_floor(power: np.ndarray) -> np.ndarray:
     h, w = power.shape
     floor = _block_median(power, (FLOOR_BLOCK, FLOOR_BLOCK))
     cy, cx = h // 2, w // 2
-    b = FLOOR_AXIS_BAND
-    columns = slice(max(cx - b, 0), cx + b + 1)
-    rows = slice(max(cy - b, 0), cy + b + 1)
+    by, bx = (max(1, math.ceil(n * FLOOR_AXIS_BAND)) for n in (h, w))
+    columns = slice(max(cx - bx, 0), cx + bx + 1)
+    rows = slice(max(cy - by, 0), cy + by + 1)
     np.maximum(floor[:, columns], _block_median(power[:, columns], (FLOOR_LINE, 1)),
                out=floor[:, columns])  # fmt: skip
     np.maximum(floor[rows, :], _block_median(power[rows, :], (1, FLOOR_LINE)), out=floor[rows, :])
