@@ -47,7 +47,7 @@ pass is the Bragg filtering microscopists apply by hand to lattice images,
 applied to what the restoration removed rather than to the image.
 
 Frames larger than :attr:`LatticeSettings.tile` are processed in overlapping
-tiles blended with linear ramps.
+tiles, cross-faded with the engine's :class:`~.tiling.TileBlender`.
 
 Measured: ``benchmarks/lattice_transfer.py`` (lattices of 4–6 px erased by
 the networks come back at 0.9 and more of their amplitude), the physics set of
@@ -64,6 +64,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._frame_pair import frame_pair
+from .tiling import TileBlender, TileGrid
 
 __all__ = ["LatticeSettings", "restore_lattice"]
 
@@ -215,7 +216,7 @@ def _find_peaks(residual: np.ndarray, settings: LatticeSettings) -> list[_Peak]:
     # a lattice that is not periodic over the frame): its neighbours above the
     # lower threshold belong to it.
     grown = seeds | (ndimage.binary_dilation(seeds) & (ratio > settings.grow_threshold))
-    labels, count = ndimage.label(grown, structure=np.ones((3, 3), dtype=bool))
+    labels, _ = ndimage.label(grown, structure=np.ones((3, 3), dtype=bool))
     peaks = []
     for index, region in enumerate(ndimage.find_objects(labels), start=1):
         mask = labels[region] == index
@@ -340,37 +341,17 @@ def _demodulate(residual: np.ndarray, peak: _Peak, sigma: float) -> np.ndarray:
     return np.asarray(out, dtype=np.float32)
 
 
-def _lattice_of(residual: np.ndarray, settings: LatticeSettings) -> tuple[np.ndarray, int]:
-    """The significant lattice fringes of one tile's residual, and how many reflections."""
-    peaks = _find_peaks(residual, settings)
+def _lattice_of(residual: np.ndarray, settings: LatticeSettings) -> np.ndarray:
+    """The significant lattice fringes of one tile's residual (float32)."""
     lattice = np.zeros(residual.shape, dtype=np.float32)
     remaining = residual.astype(np.float32)
-    for peak in peaks:
+    for peak in _find_peaks(residual, settings):
         # Strongest first, each from what the previous ones left: two reflections closer
         # than the demodulation's bandwidth (one peak split in two) are not counted twice.
         part = _demodulate(remaining, peak, settings.smoothing)
         lattice += part
         remaining -= part
-    return lattice, len(peaks)
-
-
-def _starts(n: int, tile: int) -> list[int]:
-    """Tile origins covering ``n`` pixels with tiles of ``tile`` overlapping by ≥ a quarter."""
-    if n <= tile:
-        return [0]
-    step = tile - tile // 4
-    k = math.ceil((n - tile) / step) + 1
-    return [round(i * (n - tile) / (k - 1)) for i in range(k)]
-
-
-def _ramp(n: int, overlap: int) -> np.ndarray:
-    """Weights along one tile axis: linear ramps of ``overlap`` pixels at both ends."""
-    r = np.ones(n)
-    if overlap > 0:
-        edge = (np.arange(overlap) + 0.5) / overlap
-        r[:overlap] = edge
-        r[-overlap:] = edge[::-1]
-    return r
+    return lattice
 
 
 def restore_lattice(
@@ -405,21 +386,12 @@ def restore_lattice(
     if not usable:
         return y.astype(np.float32)
     residual = x - y
-    h, w = x.shape
-    tile = settings.tile
-    if max(h, w) <= tile:
-        lattice, _ = _lattice_of(residual, settings)
-        return (y + lattice).astype(np.float32)
-    acc = np.zeros_like(residual)
-    weights = np.zeros_like(residual)
-    ty, tx = min(tile, h), min(tile, w)
-    for y0 in _starts(h, ty):
-        for x0 in _starts(w, tx):
-            window = (slice(y0, y0 + ty), slice(x0, x0 + tx))
-            part, _ = _lattice_of(residual[window], settings)
-            wy = _ramp(ty, 0 if ty == h else tile // 4)
-            wx = _ramp(tx, 0 if tx == w else tile // 4)
-            weight = np.outer(wy, wx)
-            acc[y0 : y0 + ty, x0 : x0 + tx] += weight * part
-            weights[y0 : y0 + ty, x0 : x0 + tx] += weight
-    return (y + acc / weights).astype(np.float32)
+    # One tile for frames up to ``tile``; larger ones in tiles overlapping by a quarter,
+    # cross-faded (no margin: the pass has no edge error to discard).
+    grid = TileGrid(x.shape, settings.tile, overlap=settings.tile // 4, margin=0)
+    if len(grid) == 1:  # no accumulators for the usual case
+        return (y + _lattice_of(residual, settings)).astype(np.float32)
+    blender = TileBlender(grid)
+    for tile in grid:
+        blender.add(tile, _lattice_of(residual[tile.slices], settings))
+    return (y + blender.result()).astype(np.float32)

@@ -33,17 +33,21 @@ __all__ = [
 ]
 
 
-def periodic_spectrum(image: np.ndarray) -> np.ndarray:
-    """2-D DFT of the periodic component of ``image`` (Moisan 2011), complex128.
-
-    ``DFT(u) − DFT(v) / (2 cos(2πq/M) + 2 cos(2πr/N) − 4)``, with ``v`` the
-    jumps between opposite borders; the mean is kept.
-    """
-    from scipy import fft
-
+def _as_image(image: np.ndarray) -> np.ndarray:
     u = np.asarray(image, dtype=np.float64)
     if u.ndim != 2:
         raise ValueError(f"image must be 2-D, got shape {u.shape}")
+    return u
+
+
+def _smooth_spectrum(u: np.ndarray) -> np.ndarray:
+    """DFT of the smooth component of ``u`` (Moisan 2011), complex128.
+
+    ``DFT(v) / (2 cos(2πq/M) + 2 cos(2πr/N) − 4)``, with ``v`` the jumps between
+    opposite borders; its mean is 0.
+    """
+    from scipy import fft
+
     m, n = u.shape
     v = np.zeros_like(u)
     v[0, :] += u[-1, :] - u[0, :]
@@ -57,8 +61,16 @@ def periodic_spectrum(image: np.ndarray) -> np.ndarray:
     s_hat = fft.fft2(v, workers=-1)
     s_hat /= denom
     s_hat[0, 0] = 0.0
+    return s_hat
+
+
+def periodic_spectrum(image: np.ndarray) -> np.ndarray:
+    """2-D DFT of the periodic component of ``image`` (Moisan 2011), complex128."""
+    from scipy import fft
+
+    u = _as_image(image)
     spectrum = fft.fft2(u, workers=-1)
-    spectrum -= s_hat
+    spectrum -= _smooth_spectrum(u)
     return spectrum
 
 
@@ -66,7 +78,8 @@ def periodic_component(image: np.ndarray) -> np.ndarray:
     """Periodic component of ``image`` (Moisan 2011): no border discontinuity."""
     from scipy import fft
 
-    return np.real(fft.ifft2(periodic_spectrum(image), workers=-1))
+    u = _as_image(image)
+    return u - np.real(fft.ifft2(_smooth_spectrum(u), workers=-1))
 
 
 def _nyquist_neighbourhoods(
