@@ -18,6 +18,8 @@ from napari_emdenoise.evaluation import (
     best_gaussian,
     bm3d_gat,
     column_errors,
+    defect_contrast,
+    defect_probe,
     estimate_poisson_gaussian,
     gat_forward,
     gat_inverse,
@@ -351,3 +353,59 @@ def test_physics_set_noise_is_seeded_and_scaled():
     assert expect.mean() == pytest.approx(20.0)
     assert a.mean() == pytest.approx(20.0, rel=0.01)
     assert a.var() == pytest.approx(21.0, rel=0.05)
+
+
+# --------------------------------------------------------------------------- defect probe
+
+
+def test_defect_probe_sites_and_counts():
+    p = defect_probe(np.random.default_rng(0), spacing=6.0, dose=5.0)
+    n = len(p.positions)
+    assert n == len(np.arange(3.0, 256, 6.0)) ** 2
+    assert (p.weights == 0).sum() == round(0.03 * n) == (p.weights == 1.5).sum()
+    assert abs(p.clean.mean() - 5.0) < 1e-9
+    assert p.noisy.dtype == np.float32 and p.noisy.shape == (256, 256)
+    # the clean image is empty at a vacancy and brighter at a substitution
+    iv = np.rint(p.positions[p.weights == 0][0]).astype(int)
+    isub = np.rint(p.positions[p.weights == 1.5][0]).astype(int)
+    inormal = np.rint(p.positions[p.weights == 1][0]).astype(int)
+    assert p.clean[tuple(iv)] < 0.5 * p.clean[tuple(inormal)] < p.clean[tuple(isub)]
+
+
+def test_defect_contrast_is_one_for_the_truth_and_falls_with_blur():
+    p = defect_probe(np.random.default_rng(1), spacing=6.0, dose=20.0)
+    truth = defect_contrast(p.clean, p)
+    assert truth.vacancy == pytest.approx(1.0) and truth.substitution == pytest.approx(1.0)
+    assert truth.intensity_rms == pytest.approx(0.0, abs=1e-12)
+    kept = [defect_contrast(ndimage.gaussian_filter(p.clean, s), p) for s in (0.5, 1.0, 2.0)]
+    assert kept[0].vacancy > kept[1].vacancy > kept[2].vacancy
+    assert kept[0].substitution > kept[1].substitution > kept[2].substitution
+    assert kept[2].vacancy < 0.8 and kept[2].intensity_rms > 0.03
+    # the raw Poisson image is unbiased: its contrast is kept within the noise
+    raw = defect_contrast(p.noisy, p)
+    assert abs(raw.vacancy - 1) < 0.1 and abs(raw.substitution - 1) < 0.2
+
+
+def test_defect_contrast_sees_a_unit_cell_average():
+    # Averaging over unit cells (a perfect-lattice estimate) erases both defects.
+    p = defect_probe(np.random.default_rng(2), spacing=8.0, dose=20.0)
+    cells = p.clean.reshape(32, 8, 32, 8).mean(axis=(0, 2))
+    average = np.tile(cells, (32, 32))
+    c = defect_contrast(average, p)
+    assert abs(c.vacancy) < 0.05 and abs(c.substitution) < 0.05
+
+
+def test_defect_probe_and_contrast_reject_bad_input():
+    rng = np.random.default_rng(3)
+    with pytest.raises(TypeError, match="Generator"):
+        defect_probe(np.random.RandomState(0))
+    with pytest.raises(ValueError, match="shares"):
+        defect_probe(rng, vacancies=0.7)
+    with pytest.raises(ValueError, match="positive"):
+        defect_probe(rng, dose=0)
+    p = defect_probe(rng, size=64)
+    with pytest.raises(ValueError, match="shape"):
+        defect_contrast(np.zeros((32, 32)), p)
+    q = defect_probe(rng, size=64, vacancies=0.0)
+    with pytest.raises(ValueError, match="vacant"):
+        defect_contrast(q.clean, q)

@@ -15,7 +15,9 @@ crlb
     The Cramér–Rao lower bound of a column position measured on Poisson counts:
     the floor no restoration can take an unbiased measurement below.
 probes
-    The lattice probe: Gaussian columns on a lag-free lattice with Poisson noise.
+    The lattice probe (Gaussian columns on a lag-free lattice with Poisson
+    noise) and the defect probe (the same with vacancies and substitutions),
+    with the share of the defect contrast a restoration keeps.
 spectra
     The Nyquist-spike measure of a 2-px checkerboard.
 transfer
@@ -40,7 +42,14 @@ from .columns import (
 )
 from .crlb import position_crlb, shift_gradient
 from .metrics import best_gaussian, psnr, ssim
-from .probes import LatticeProbe, lattice_probe
+from .probes import (
+    DefectContrast,
+    DefectProbe,
+    LatticeProbe,
+    defect_contrast,
+    defect_probe,
+    lattice_probe,
+)
 from .spectra import (
     nyquist_amplitude,
     nyquist_excess,
@@ -61,6 +70,8 @@ __all__ = [
     "BraggPeaks",
     "ColumnFit",
     "ColumnReference",
+    "DefectContrast",
+    "DefectProbe",
     "LatticeProbe",
     "best_gaussian",
     "bragg_peaks",
@@ -68,6 +79,8 @@ __all__ = [
     "bm3d_gat",
     "column_errors",
     "column_reference",
+    "defect_contrast",
+    "defect_probe",
     "estimate_poisson_gaussian",
     "gat_forward",
     "gat_inverse",
