@@ -215,3 +215,36 @@ def test_safeguard_keeps_a_fine_lattice_the_model_alone_erases(name, spacing, wi
     p = lattice_probe(np.random.default_rng(0), size=256, spacing=spacing, width=width, dose=dose)
     out = restore(p.noisy, model=name, device="cpu", safeguard=True)
     assert psnr(out, p.clean) >= psnr(p.noisy, p.clean) - margin
+
+
+#: The defect probe (``evaluation.defect_probe``): 3 % vacancies and 3 % 1.5×
+#: substitutions in an 8-px lattice of σ 1-px columns at 5 counts/px, an incoherent
+#: (HAADF-like) image. Measured on three draws: the HR S(T)EM network alone keeps
+#: 0.97–0.98 of the vacancy and 0.98–1.09 of the substitution contrast, the default
+#: (Wiener refinement + lattice pass) 0.83–0.84 and 0.78–0.87. A restoration that
+#: averages unit cells (e.g. estimating the lattice first) keeps 0.1–0.4
+#: (docs/restoration_fidelity.md, section 13).
+@pytest.mark.parametrize("name", ["hrstem", "hrsem"])
+def test_the_stem_models_keep_vacancies_and_substitutions(name):
+    from napari_emdenoise.engine.predictor import restore
+    from napari_emdenoise.evaluation import defect_contrast, defect_probe
+
+    p = defect_probe(np.random.default_rng([0, 0]), spacing=8.0, dose=5.0)
+    alone = defect_contrast(restore(p.noisy, model=name, refine=False), p)
+    default = defect_contrast(restore(p.noisy, model=name), p)
+    assert alone.vacancy >= 0.9 and alone.substitution >= 0.9, (name, alone)
+    assert default.vacancy >= 0.75 and default.substitution >= 0.75, (name, default)
+
+
+#: The LR models (low magnification) average an atomic lattice: on the same probe
+#: they keep 0.27–0.37 of the vacancy contrast alone and 0.05–0.13 by default. They
+#: are not meant for atomic resolution; strict, so a change shows up.
+@pytest.mark.xfail(strict=True, reason="LR models erase defects on atomic lattices")
+@pytest.mark.parametrize("name", ["lrstem", "lrtem"])
+def test_the_lr_models_keep_defects_on_atomic_lattices(name):
+    from napari_emdenoise.engine.predictor import restore
+    from napari_emdenoise.evaluation import defect_contrast, defect_probe
+
+    p = defect_probe(np.random.default_rng([0, 0]), spacing=8.0, dose=5.0)
+    alone = defect_contrast(restore(p.noisy, model=name, refine=False), p)
+    assert alone.vacancy >= 0.9, (name, alone)
