@@ -159,6 +159,25 @@ def test_restore_no_lattice_skips_the_lattice_pass(tmp_path, tiny_user_model, mo
     np.testing.assert_allclose(outs[False], wiener_only + 1000.0, rtol=1e-5, atol=1e-2)
 
 
+def test_restore_keep_defects_runs_the_pass_last(tmp_path, tiny_user_model, monkeypatch):
+    """--keep-defects adds the keep-defects pass (a marker here) after the default steps."""
+    from napari_emdenoise.engine import predictor
+    from napari_emdenoise.io.readers import read_em
+
+    data = np.random.default_rng(5).poisson(20.0, (96, 128)).astype(np.float32)
+    src = tmp_path / "in.npy"
+    np.save(src, data)
+    default = predictor.restore(data, model=tiny_user_model)
+    monkeypatch.setattr(predictor, "restore_deviations", lambda image, restored: restored - 7.0)
+    outs = {}
+    for flag in ([], ["--keep-defects"]):
+        dst = tmp_path / f"out{len(flag)}.tif"
+        assert main(["restore", str(src), "-o", str(dst), "--model", tiny_user_model, *flag]) == 0
+        outs[bool(flag)] = read_em(dst)[0][0]
+    np.testing.assert_allclose(outs[False], default, rtol=1e-5, atol=1e-3)
+    np.testing.assert_allclose(outs[True], default - 7.0, rtol=1e-5, atol=1e-3)
+
+
 def test_restore_refuses_to_overwrite(tmp_path, tiny_user_model, capsys):
     src = tmp_path / "in.tif"
     tifffile.imwrite(src, np.ones((16, 16), np.float32))

@@ -135,6 +135,31 @@ def test_lattice_pass_checkbox_reaches_the_engine(restore_widget, qtbot, monkeyp
     assert widget.status.value.endswith("+ Wiener refinement")
 
 
+def test_keep_defects_checkbox_reaches_the_engine(restore_widget, qtbot, monkeypatch):
+    """Off by default; ticked, the keep-defects pass runs last (replaced here by a marker,
+    so the test does not depend on what the image holds) and the layer records it."""
+    from napari_emdenoise.engine import predictor
+
+    viewer, widget, data = restore_widget
+    widget.layer.value = "micrograph"
+    default = predictor.restore(data, model=widget.model.value)
+    monkeypatch.setattr(predictor, "restore_deviations", lambda image, restored: restored - 500.0)
+    assert widget.keep_defects.value is False
+    widget.start()
+    _wait(widget, qtbot)
+    layer = viewer.layers["micrograph restored"]
+    np.testing.assert_allclose(layer.data, default, rtol=1e-5, atol=1e-3)
+    assert layer.metadata["emdenoise_keep_defects"] is False
+    viewer.layers.remove(layer)
+    widget.keep_defects.value = True
+    widget.start()
+    _wait(widget, qtbot)
+    layer = viewer.layers["micrograph restored"]
+    np.testing.assert_allclose(layer.data, default - 500.0, rtol=1e-5, atol=1e-2)
+    assert layer.metadata["emdenoise_keep_defects"] is True
+    assert widget.status.value.endswith("+ lattice pass + keep defects")
+
+
 def test_self_ensemble_choice_reaches_the_engine(restore_widget, qtbot):
     from napari_emdenoise.engine.predictor import restore
 

@@ -324,6 +324,7 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 def _cmd_restore(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from .engine.deviations import WORKING_BYTES_PER_PIXEL as DEVIATION_BYTES
     from .engine.device import resolve_device
     from .engine.lattice import WORKING_BYTES_PER_PIXEL as LATTICE_BYTES
     from .engine.predictor import _check_tiling_args, restore
@@ -357,6 +358,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     # the frames and their results, plus one frame's refinement at a time (the Wiener
     # filter, then the lattice pass, which needs more)
     working = 0 if args.no_refine else (WIENER_BYTES if args.no_lattice else LATTICE_BYTES)
+    if args.keep_defects:
+        working = max(working, DEVIATION_BYTES)
     per_pixel = _RESTORE_BYTES_PER_PIXEL + working / frames
     _check_image_memory((frames * data.shape[-2], data.shape[-1]), per_pixel, "restoring data")
     progress = _progress_printer("tiles")
@@ -372,12 +375,14 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         ensemble=args.ensemble,
         refine=not args.no_refine,
         lattice=not args.no_lattice,
+        keep_defects=args.keep_defects,
     )
     meta = {
         **meta,
         "emdenoise_model": args.model,
         "emdenoise_wiener_refinement": not args.no_refine,
         "emdenoise_lattice_pass": not (args.no_refine or args.no_lattice),
+        "emdenoise_keep_defects": bool(args.keep_defects),
         "source": str(src),
     }
     if args.ensemble > 1:
@@ -1025,6 +1030,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="skip the lattice pass, which adds back the lattice fringes (Bragg peaks standing "
         "out of the noise) that the restoration removed from the raw image",
+    )
+    rs.add_argument(
+        "--keep-defects",
+        action="store_true",
+        help="last, put the raw image back wherever the restoration differs from it by more "
+        "than 3 noise deviations at the scale of an atom column (vacancies, dopant columns "
+        "averaged away); it also puts back scan distortions the network corrected",
     )
     rs.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs (never the input)"

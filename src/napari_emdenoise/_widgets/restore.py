@@ -172,6 +172,15 @@ class RestoreWidget(StatefulRun, mw.Container):
             "ones at low dose come back from the raw image. Periodic noise in the raw image "
             "(mains interference) comes back with them. Needs the Wiener refinement.",
         )
+        self.keep_defects = mw.CheckBox(
+            text="keep defects: put the raw image back where it differs significantly",
+            value=False,
+            tooltip="Last step: wherever the output differs from the raw image by more than 3 "
+            "noise deviations at the scale of an atom column (a vacancy or dopant column that "
+            "the restoration averaged away), the raw image is put back. For counting-noise "
+            "limited atomic-resolution images where single columns matter; it also puts back "
+            "scan distortions the network corrected (row offsets, jitter).",
+        )
         self.refine.changed.connect(lambda on: setattr(self.lattice, "enabled", bool(on)))
         self.ensemble = mw.ComboBox(
             label="self-ensemble",
@@ -196,6 +205,7 @@ class RestoreWidget(StatefulRun, mw.Container):
                 self.safeguard,
                 self.refine,
                 self.lattice,
+                self.keep_defects,
                 self.ensemble,
                 self.run_button,
                 self.cancel_button,
@@ -334,6 +344,7 @@ class RestoreWidget(StatefulRun, mw.Container):
         request["ensemble"] = ensemble
         request["refine"] = refine = bool(self.refine.value)
         request["lattice"] = lattice = refine and bool(self.lattice.value)
+        request["keep_defects"] = keep_defects = bool(self.keep_defects.value)
         band_weights: list[tuple[float, ...]] = []  # filled by the worker, read when it is done
         self._launch(
             lambda restored: self._on_result(request, data, restored, band_weights),
@@ -351,6 +362,7 @@ class RestoreWidget(StatefulRun, mw.Container):
             ensemble=ensemble,
             refine=refine,
             lattice=lattice,
+            keep_defects=keep_defects,
         )
 
     def _on_result(
@@ -367,6 +379,7 @@ class RestoreWidget(StatefulRun, mw.Container):
             "emdenoise_model": model,
             "emdenoise_wiener_refinement": request.get("refine", True),
             "emdenoise_lattice_pass": request.get("lattice", True),
+            "emdenoise_keep_defects": request.get("keep_defects", False),
         }
         ensemble = request.get("ensemble", 1)
         if ensemble > 1:
@@ -392,6 +405,8 @@ class RestoreWidget(StatefulRun, mw.Container):
             self.status.value += " + Wiener refinement"
         if request.get("lattice", True):
             self.status.value += " + lattice pass"
+        if request.get("keep_defects", False):
+            self.status.value += " + keep defects"
         if ensemble > 1:
             self.status.value += f" (mean of {ensemble} flips/rotations)"
         if band_weights:

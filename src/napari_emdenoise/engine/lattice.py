@@ -66,7 +66,7 @@ import numpy as np
 from ._frame_pair import frame_pair
 from .tiling import TileBlender, TileGrid
 
-__all__ = ["LatticeSettings", "restore_lattice"]
+__all__ = ["LATTICE_SHARE_WARNING", "LatticeSettings", "lattice_share", "restore_lattice"]
 
 
 @dataclass(frozen=True)
@@ -395,3 +395,39 @@ def restore_lattice(
     for tile in grid:
         blender.add(tile, _lattice_of(residual[tile.slices], settings))
     return (y + blender.result()).astype(np.float32)
+
+
+#: :func:`lattice_share` above which ``restore`` warns that the lattice pass rebuilt
+#: most of a frame's fine detail (vacancies and dopants averaged away).
+LATTICE_SHARE_WARNING = 0.5
+#: Gaussian σ, pixels, separating a frame's fine detail from its slow variations in
+#: :func:`lattice_share`.
+DETAIL_SIGMA = 8.0
+
+
+def lattice_share(before: np.ndarray, after: np.ndarray) -> float:
+    """Share of a frame's fine detail that the lattice pass gave back.
+
+    ``‖after − before‖² / ‖after − G₈ * after‖²``: the power the pass added
+    over the power of the output's detail (what a Gaussian of 8 pixels
+    removes). Near 0 when the network kept the lattice; near 1 when it erased
+    it and the pass rebuilt it from its 32-px average (then vacancies and
+    dopant columns are averaged away; :mod:`.deviations` puts them back).
+
+    Parameters
+    ----------
+    before, after : numpy.ndarray
+        The restoration before and after :func:`restore_lattice`, same 2-D shape.
+
+    Returns
+    -------
+    float
+        The share, ≥ 0 (0 for a frame without detail).
+    """
+    from scipy import ndimage
+
+    a = np.asarray(after, dtype=np.float32)
+    added = a - np.asarray(before, dtype=np.float32)
+    detail = a - ndimage.gaussian_filter(a, DETAIL_SIGMA, mode="reflect")
+    power = float(np.sum(detail.astype(np.float64) ** 2))
+    return float(np.sum(added.astype(np.float64) ** 2)) / power if power > 0 else 0.0

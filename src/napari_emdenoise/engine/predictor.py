@@ -44,8 +44,9 @@ import torch
 
 from .._validation import as_float_image, tensor_to_numpy
 from ..models._normalization import NORM_REL_FLOOR, normalization_stats
+from .deviations import restore_deviations
 from .device import autocast_context, is_oom_error, resolve_device
-from .lattice import restore_lattice
+from .lattice import LATTICE_SHARE_WARNING, lattice_share, restore_lattice
 from .safeguard import BlendResult, sure_blend
 from .self_ensemble import check_ensemble, ensemble_transforms, output_shapes
 from .tiling import TileBlender, TileGrid, balanced_tile
@@ -600,6 +601,7 @@ def restore(
     ensemble: int = 1,
     refine: bool = True,
     lattice: bool = True,
+    keep_defects: bool = False,
 ) -> np.ndarray:
     """Restore an EM image or a stack of frames with a trained network.
 
@@ -687,7 +689,19 @@ def restore(
         pixels) are added back, so lattice fringes the network erased (periods
         of 6 pixels and less, weak fringes at low dose) return from the frame
         itself. Periodic noise in the frame (mains interference) returns with
-        them. It runs last, after the safeguard if any. ``False`` skips it.
+        them. It runs after the safeguard if any. ``False`` skips it. When it
+        gives back most of a frame's fine detail (the network erased a lattice
+        finer than it resolves, e.g. sharp columns every 4–5 pixels), a
+        ``RuntimeWarning`` says so: the lattice is then rebuilt from a 32-px
+        average, which averages vacancies and dopant columns away.
+    keep_defects : bool
+        Last step (:mod:`.deviations`, off by default): where the output
+        differs from the frame by more than three noise deviations at the
+        scale of an atom column (a vacancy or a dopant the restoration
+        averaged away), the raw frame is put back. On the defect probe of
+        ``benchmarks/defect_contrast.py`` it keeps the vacancies that the
+        default fills on 4–5-px lattices; it also puts back scan distortions
+        the network corrected (row offsets, jitter), hence off by default.
 
     Returns
     -------
@@ -717,6 +731,7 @@ def restore(
     transforms = ensemble_transforms(check_ensemble(ensemble))
     _check_flag(refine, "refine")
     _check_flag(lattice, "lattice")
+    _check_flag(keep_defects, "keep_defects")
     ndim = _image_ndim(image)
     if ndim == 4:
         raise ValueError(
@@ -813,6 +828,7 @@ def restore(
 
     counter = _StackProgress(progress, n_frames, tiles_of(frame_shape))
     counter.start()
+    rebuilt: list[int] = []  # frames whose fine detail came mostly from the lattice pass
     out = np.empty((n_frames, *frame_shape), dtype=np.float32)
     for index in range(n_frames):
         frame = frames[index]  # type: ignore[index]
@@ -827,11 +843,29 @@ def restore(
             if safeguard_report is not None:
                 safeguard_report(index, blend)
         if refine and lattice:
-            # Last, after the safeguard: a thresholded detection has no useful
+            # After the safeguard: a thresholded detection has no useful
             # divergence for the safeguard's risk estimate.
+            before = restored
             restored = after(restore_lattice, "lattice pass", "lattice", frame, restored, 3)
+            if restored is not before and lattice_share(before, restored) > LATTICE_SHARE_WARNING:
+                rebuilt.append(index)
+        if keep_defects:
+            restored = after(
+                restore_deviations, "keep-defects pass", "keep_defects", frame, restored, 3
+            )
         out[index] = restored
         counter.frame_finished()
+    if rebuilt and not keep_defects:
+        which = "the image" if ndim == 2 else f"{len(rebuilt)} of {n_frames} frames"
+        warnings.warn(
+            f"in {which} most of the fine detail was given back by the lattice pass: the "
+            "network erased a lattice finer than it resolves, and the lattice was rebuilt "
+            "from a 32-pixel average, which averages vacancies and dopant columns away. To "
+            "study single columns, restore with keep_defects=True (CLI --keep-defects, "
+            "the Restore dock's 'keep defects') or use the raw image.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     n_bad = int(out.size - np.count_nonzero(np.isfinite(out)))
     if n_bad:
         warnings.warn(
@@ -915,6 +949,7 @@ def _restore_block(
     safeguard: bool = False,
     refine: bool = True,
     lattice: bool = True,
+    keep_defects: bool = False,
 ) -> np.ndarray:
     if isinstance(model, str):
         dev = str(resolve_device(device))
@@ -931,6 +966,7 @@ def _restore_block(
         safeguard=safeguard,
         refine=refine,
         lattice=lattice,
+        keep_defects=keep_defects,
     )
 
 
@@ -946,6 +982,7 @@ def restore_dask(
     safeguard: bool = False,
     refine: bool = True,
     lattice: bool = True,
+    keep_defects: bool = False,
 ) -> Any:
     """Lazy restoration of a stack: one dask task per frame.
 
@@ -955,10 +992,12 @@ def restore_dask(
         ``(frames, height, width)`` or ``(height, width)`` array, dask or
         anything ``dask.array.asarray`` accepts. It is rechunked to whole
         frames (a frame is normalised as a whole and tiled internally).
-    model, device, tile_size, overlap, batch_size, backend, ensemble, safeguard, refine, lattice
+    model, device, tile_size, overlap, batch_size, backend
         As for :func:`restore`. A model name or path is loaded once per
         worker process, so the graph runs on a ``dask.distributed`` cluster;
         a module is shipped with the graph.
+    ensemble, safeguard, refine, lattice, keep_defects
+        As for :func:`restore`.
 
     Returns
     -------
@@ -979,6 +1018,7 @@ def restore_dask(
     check_ensemble(ensemble)
     _check_flag(refine, "refine")
     _check_flag(lattice, "lattice")
+    _check_flag(keep_defects, "keep_defects")
     arr = tensor_to_numpy(arr)
     darr = arr if isinstance(arr, da.Array) else da.asarray(arr)
     if darr.ndim not in (2, 3):
@@ -1012,5 +1052,6 @@ def restore_dask(
         safeguard=bool(safeguard),
         refine=bool(refine),
         lattice=bool(lattice),
+        keep_defects=bool(keep_defects),
     )
     return result[0] if squeeze else result
