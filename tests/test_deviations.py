@@ -52,6 +52,20 @@ def test_a_restoration_that_removed_only_noise_is_left_alone():
     assert noise_back(x, np.full_like(x, 10.0)) < 0.02
 
 
+def test_impulses_the_restoration_removed_stay_removed():
+    # Zingers and dead pixels on a defect lattice: the restoration (here the clean image
+    # with its defects) removed them; the pass must not put them back.
+    p = defect_probe(np.random.default_rng(11), spacing=8.0, dose=20.0)
+    raw = p.noisy.copy()
+    rng = np.random.default_rng(12)
+    rows, cols = rng.integers(4, 252, 40), rng.integers(4, 252, 40)
+    raw[rows[:20], cols[:20]] += 2000.0  # zingers
+    raw[rows[20:], cols[20:]] = 0.0  # dead pixels on bright and dark spots
+    clean = p.clean.astype(np.float32)
+    out = restore_deviations(raw, clean)
+    assert np.max(np.abs(out[rows[:20], cols[:20]] - clean[rows[:20], cols[:20]])) < 50.0
+
+
 def test_a_stricter_threshold_changes_less():
     p = defect_probe(np.random.default_rng(4), spacing=8.0, dose=5.0)
     averaged = _cell_average(p)
