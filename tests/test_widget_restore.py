@@ -160,6 +160,30 @@ def test_keep_defects_checkbox_reaches_the_engine(restore_widget, qtbot, monkeyp
     assert widget.status.value.endswith("+ lattice pass + keep defects")
 
 
+def test_the_dock_says_when_the_lattice_pass_rebuilt_the_image(restore_widget, qtbot):
+    """Sharp columns every 4 px: the bundled HAADF network erases the lattice and the
+    lattice pass rebuilds it; the status line says so and points to 'keep defects',
+    and the layer records each frame's share."""
+    from napari_emdenoise.evaluation import defect_probe
+
+    viewer, widget, _ = restore_widget
+    p = defect_probe(np.random.default_rng(3), size=128, spacing=4.0, width=0.7, dose=20.0)
+    viewer.add_image(p.noisy, name="sharp lattice")
+    widget.layer.value = "sharp lattice"
+    widget.model.value = "hrstem"
+    widget.start()
+    _wait(widget, qtbot)
+    layer = viewer.layers["sharp lattice restored"]
+    assert layer.metadata["emdenoise_lattice_share"][0] > 0.5
+    assert "Tick 'keep defects'" in widget.status.value
+    viewer.layers.remove(layer)
+    widget.keep_defects.value = True  # asked for: no advice
+    widget.start()
+    _wait(widget, qtbot)
+    assert "Tick 'keep defects'" not in widget.status.value
+    assert widget.status.value.endswith("+ keep defects")
+
+
 def test_self_ensemble_choice_reaches_the_engine(restore_widget, qtbot):
     from napari_emdenoise.engine.predictor import restore
 

@@ -346,8 +346,9 @@ class RestoreWidget(StatefulRun, mw.Container):
         request["lattice"] = lattice = refine and bool(self.lattice.value)
         request["keep_defects"] = keep_defects = bool(self.keep_defects.value)
         band_weights: list[tuple[float, ...]] = []  # filled by the worker, read when it is done
+        shares: list[float] = []  # lattice pass: share of each frame's detail it gave back
         self._launch(
-            lambda restored: self._on_result(request, data, restored, band_weights),
+            lambda restored: self._on_result(request, data, restored, band_weights, shares),
             run_with_progress,
             restore_in_viewer,
             data,
@@ -363,6 +364,7 @@ class RestoreWidget(StatefulRun, mw.Container):
             refine=refine,
             lattice=lattice,
             keep_defects=keep_defects,
+            lattice_report=(lambda _i, share: shares.append(share)) if lattice else None,
         )
 
     def _on_result(
@@ -371,6 +373,7 @@ class RestoreWidget(StatefulRun, mw.Container):
         data: np.ndarray,
         restored: np.ndarray,
         band_weights: list[tuple[float, ...]] | None = None,
+        lattice_shares: list[float] | None = None,
     ) -> None:
         """Add the result layers, recorded with the model that was asked for at Start."""
         name, model = request["name"], request["model"]
@@ -386,6 +389,8 @@ class RestoreWidget(StatefulRun, mw.Container):
             metadata["emdenoise_ensemble"] = ensemble
         if band_weights:
             metadata["emdenoise_safeguard_band_weights"] = [list(w) for w in band_weights]
+        if lattice_shares:
+            metadata["emdenoise_lattice_share"] = [round(float(v), 4) for v in lattice_shares]
         common = {**request["geometry"], "metadata": metadata}
         self.outputs = [self.viewer.add_image(restored, name=f"{name} restored", **common)]
         if self.residual.value:
@@ -413,6 +418,16 @@ class RestoreWidget(StatefulRun, mw.Container):
             from ..engine.safeguard import describe_band_weights
 
             self.status.value += f"; {describe_band_weights(band_weights)}"
+        if lattice_shares and not request.get("keep_defects", False):
+            from ..engine.lattice import LATTICE_SHARE_WARNING
+
+            if max(lattice_shares) > LATTICE_SHARE_WARNING:
+                self.status.value += (
+                    ". Most of the fine detail was given back by the lattice pass (the network "
+                    "erased a lattice finer than it resolves): it is rebuilt from a 32-pixel "
+                    "average, so vacancies and dopant columns are averaged away. Tick 'keep "
+                    "defects' to see them."
+                )
         self._finish()
 
 

@@ -602,6 +602,7 @@ def restore(
     refine: bool = True,
     lattice: bool = True,
     keep_defects: bool = False,
+    lattice_report: Callable[[int, float], None] | None = None,
 ) -> np.ndarray:
     """Restore an EM image or a stack of frames with a trained network.
 
@@ -694,6 +695,11 @@ def restore(
         finer than it resolves, e.g. sharp columns every 4–5 pixels), a
         ``RuntimeWarning`` says so: the lattice is then rebuilt from a 32-px
         average, which averages vacancies and dopant columns away.
+    lattice_report : callable, optional
+        With the lattice pass: called as ``lattice_report(frame_index, share)``
+        after each frame with :func:`~.lattice.lattice_share` (the share of
+        the output's fine detail the pass gave back), so a caller can show
+        when a lattice was rebuilt from its average.
     keep_defects : bool
         Last step (:mod:`.deviations`, off by default): where the output
         differs from the frame by more than three noise deviations at the
@@ -847,8 +853,11 @@ def restore(
             # divergence for the safeguard's risk estimate.
             before = restored
             restored = after(restore_lattice, "lattice pass", "lattice", frame, restored, 3)
-            if restored is not before and lattice_share(before, restored) > LATTICE_SHARE_WARNING:
+            share = lattice_share(before, restored) if restored is not before else 0.0
+            if share > LATTICE_SHARE_WARNING:
                 rebuilt.append(index)
+            if lattice_report is not None:
+                lattice_report(index, share)
         if keep_defects:
             restored = after(
                 restore_deviations, "keep-defects pass", "keep_defects", frame, restored, 3
