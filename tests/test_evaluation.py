@@ -30,6 +30,7 @@ from napari_emdenoise.evaluation import (
     nyquist_spikes,
     psnr,
     refine_columns,
+    site_contrast,
     ssim,
     vst_denoise,
 )
@@ -409,3 +410,21 @@ def test_defect_probe_and_contrast_reject_bad_input():
     q = defect_probe(rng, size=64, vacancies=0.0)
     with pytest.raises(ValueError, match="vacant"):
         defect_contrast(q.clean, q)
+
+
+def test_site_contrast_between_two_kinds_of_columns():
+    # Two column kinds (as Mo and S2 in MoS2): the defect sites of each are compared with
+    # the normal sites of their own kind, whatever the other kind's intensity.
+    p = defect_probe(np.random.default_rng(4), spacing=8.0, dose=20.0)
+    normal = p.positions[p.weights == 1.0]
+    vac = p.positions[p.weights == 0.0]
+    assert site_contrast(p.clean, p.clean, normal, vac, 1.5) == pytest.approx(1.0)
+    half = p.clean.copy()
+    mean = p.clean.mean()
+    blurred = ndimage.gaussian_filter(p.clean, 2.0)
+    assert 0.0 < site_contrast(blurred, p.clean, normal, vac, 1.5) < 0.9
+    assert site_contrast(np.full_like(half, mean), p.clean, normal, vac, 1.5) == 0.0
+    with pytest.raises(ValueError, match="no contrast"):
+        site_contrast(p.clean, np.ones_like(half), normal, vac, 1.5)
+    with pytest.raises(ValueError, match="at least one"):
+        site_contrast(p.clean, p.clean, normal, vac[:0], 1.5)

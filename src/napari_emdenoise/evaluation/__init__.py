@@ -49,6 +49,7 @@ from .probes import (
     defect_contrast,
     defect_probe,
     lattice_probe,
+    site_contrast,
 )
 from .spectra import (
     nyquist_amplitude,
@@ -96,6 +97,7 @@ __all__ = [
     "periodic_component",
     "psnr",
     "refine_columns",
+    "site_contrast",
     "shift_gradient",
     "ssim",
     "vst_denoise",

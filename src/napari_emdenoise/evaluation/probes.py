@@ -248,6 +248,52 @@ def _site_sums(image: np.ndarray, positions: np.ndarray, radius: float) -> np.nd
     return values.sum(axis=1)
 
 
+def site_contrast(
+    image: np.ndarray,
+    reference: np.ndarray,
+    normal: np.ndarray,
+    defect: np.ndarray,
+    radius: float,
+) -> float:
+    """Share of a defect's contrast against normal columns that ``image`` keeps.
+
+    With ``I`` the intensity summed over a disk of ``radius`` pixels at a site
+    and ``c = mean(I_defect) / mean(I_normal) − 1`` the defect's relative
+    contrast, returns ``c(image) / c(reference)``: 1 when the defects stand out
+    as in the reference (the clean image), 0 when they look like normal
+    columns, negative when inverted.
+
+    Parameters
+    ----------
+    image, reference : numpy.ndarray
+        A restoration (or the noisy image) and the clean image, same 2-D shape.
+    normal, defect : numpy.ndarray
+        (N, 2) and (M, 2) ``(row, col)`` pixel positions of normal and defect sites.
+    radius : float
+        Integration radius, pixels.
+
+    Returns
+    -------
+    float
+    """
+    image = np.asarray(image, dtype=np.float64)
+    reference = np.asarray(reference, dtype=np.float64)
+    if image.shape != reference.shape:
+        raise ValueError(
+            f"image shape {image.shape} differs from the reference's {reference.shape}"
+        )
+    if len(normal) == 0 or len(defect) == 0:
+        raise ValueError("site_contrast needs at least one normal and one defect site")
+
+    def relative(a: np.ndarray) -> float:
+        return _site_sums(a, defect, radius).mean() / _site_sums(a, normal, radius).mean() - 1.0
+
+    truth = relative(reference)
+    if truth == 0:
+        raise ValueError("the defect sites have no contrast in the reference image")
+    return float(relative(image) / truth)
+
+
 def defect_contrast(
     image: np.ndarray, probe: DefectProbe, radius: float | None = None
 ) -> DefectContrast:
@@ -287,8 +333,9 @@ def defect_contrast(
         return sums / sums[normal].mean()
 
     got, truth = relative(image), relative(probe.clean)
+    sites = probe.positions
     return DefectContrast(
-        vacancy=float((1 - got[vac].mean()) / (1 - truth[vac].mean())),
-        substitution=float((got[sub].mean() - 1) / (truth[sub].mean() - 1)),
+        vacancy=site_contrast(image, probe.clean, sites[normal], sites[vac], radius),
+        substitution=site_contrast(image, probe.clean, sites[normal], sites[sub], radius),
         intensity_rms=float(np.sqrt(np.mean((got - truth) ** 2))),
     )
