@@ -196,11 +196,55 @@ def structure(crystal: str, zone_axis: str):
             else bulk("GaAs", "zincblende", a=5.653, cubic=True)
         )
         return abtem.orthogonalize_cell(surface(cubic, (1, 1, 0), 1, periodic=True))
+    if crystal == DEFECT_CRYSTAL:
+        return mos2_with_defects()
     if crystal.startswith("MoS2"):
         return abtem.orthogonalize_cell(mx2("MoS2", "2H", a=3.18, thickness=3.19, vacuum=2.0))
     if crystal == "graphene":
         return abtem.orthogonalize_cell(graphene("C2", a=2.46, vacuum=2.0))
     raise ValueError(f"no structure for {crystal} {zone_axis}")
+
+
+#: A monolayer MoS₂ supercell with point defects (``mos2_with_defects``): validation of
+#: what a restoration does to defects, which the perfect crystals above do not have.
+DEFECT_CRYSTAL = "MoS2 (1 layer), 6x4 supercell with defects"
+DEFECT_SEED = 20261201
+
+
+def mos2_with_defects(reps: tuple[int, int] = (6, 4), n_vacancies: int = 4, n_tungsten: int = 4):
+    """Orthogonal 1-layer MoS₂ supercell with S mono-vacancies and W substitutions.
+
+    ``n_vacancies`` S₂ columns lose one S atom (a column of half the S
+    signal, the commonest point defect of MoS₂) and ``n_tungsten`` Mo atoms
+    become W (Z 74 against 42: a much brighter column in HAADF), at sites drawn
+    with a fixed seed, at least two columns apart. Periodic like every cell
+    here: the defects repeat with the supercell (19.1 × 22.0 Å).
+    """
+    import abtem
+    from ase.build import mx2
+
+    cell = abtem.orthogonalize_cell(mx2("MoS2", "2H", a=3.18, thickness=3.19, vacuum=2.0))
+    sup = cell * (reps[0], reps[1], 1)
+    rng = np.random.default_rng(DEFECT_SEED)
+    symbols = np.array(sup.get_chemical_symbols())
+    xy = sup.positions[:, :2]
+
+    def spread(candidates: np.ndarray, n: int, taken: list) -> list[int]:
+        chosen: list[int] = []
+        for i in rng.permutation(candidates):
+            if all(np.hypot(*(xy[i] - xy[j])) > 5.0 for j in taken + chosen):
+                chosen.append(int(i))
+            if len(chosen) == n:
+                break
+        return chosen
+
+    s_top = np.flatnonzero((symbols == "S") & (sup.positions[:, 2] > sup.positions[:, 2].mean()))
+    removed = spread(s_top, n_vacancies, [])
+    tungsten = spread(np.flatnonzero(symbols == "Mo"), n_tungsten, removed)
+    symbols[tungsten] = "W"
+    sup.set_chemical_symbols(list(symbols))
+    del sup[removed]
+    return sup
 
 
 def projected_columns(cell) -> tuple[np.ndarray, list[str]]:
