@@ -279,3 +279,13 @@ def check_cancel_then_close(viewer, widget, qtbot, timeout_ms: int) -> None:
     qtbot.wait(50)  # the worker's late signals arrive
     widget._show_running(False)  # a late end of run does not revive a closed dock
     assert widget.state is RunState.CLOSED
+
+
+def blurring_net():
+    """A network that erases fine lattices (a 4 × 4 box filter: zero response at period 4)."""
+    import torch
+
+    net = torch.nn.Conv2d(1, 1, 4, padding="same", bias=False, padding_mode="reflect")
+    with torch.no_grad():
+        net.weight.fill_(1.0 / 16.0)
+    return net

@@ -12,6 +12,7 @@ import warnings
 
 import numpy as np
 import pytest
+from conftest import blurring_net
 
 from napari_emdenoise.engine.deviations import DeviationSettings, restore_deviations
 from napari_emdenoise.evaluation import defect_contrast, defect_probe
@@ -106,23 +107,13 @@ def test_small_non_finite_and_mismatched_frames():
             DeviationSettings(**bad)
 
 
-def _blurring_net():
-    """A network that erases fine lattices (a 4 × 4 box filter: zero response at period 4)."""
-    import torch
-
-    net = torch.nn.Conv2d(1, 1, 4, padding="same", bias=False, padding_mode="reflect")
-    with torch.no_grad():
-        net.weight.fill_(1.0 / 16.0)
-    return net
-
-
 def test_restore_warns_when_the_lattice_pass_rebuilt_the_image_and_keeps_defects_on_request():
     from napari_emdenoise.engine import restore
 
     # Sharp columns every 4 px: the box filter erases the lattice, the lattice pass
     # rebuilds it from its 32-px average and fills the vacancies.
     p = defect_probe(np.random.default_rng(7), spacing=4.0, width=0.7, dose=20.0)
-    net = _blurring_net()
+    net = blurring_net()
     with pytest.warns(RuntimeWarning, match="keep_defects=True"):
         default = restore(p.noisy, model=net)
     assert defect_contrast(default, p).vacancy < 0.5
@@ -149,7 +140,7 @@ def test_restore_dask_passes_keep_defects_on():
 
     p = defect_probe(np.random.default_rng(9), spacing=4.0, width=0.7, dose=20.0, size=96)
     stack = np.stack([p.noisy, p.noisy[::-1]])
-    net = _blurring_net()
+    net = blurring_net()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         for keep in (True, False):
@@ -168,7 +159,7 @@ def test_a_keep_defects_pass_that_does_not_fit_in_memory_falls_back(monkeypatch)
         raise MemoryError
 
     x = np.random.default_rng(10).poisson(20.0, (64, 64)).astype(np.float32)
-    net = _blurring_net()
+    net = blurring_net()
     default = restore(x, model=net)
     monkeypatch.setattr(predictor, "restore_deviations", no_memory)
     with pytest.warns(RuntimeWarning, match="keep-defects pass .* did not fit in memory"):

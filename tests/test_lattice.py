@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import blurring_net
 
 from napari_emdenoise.engine.lattice import LatticeSettings, restore_lattice
 
@@ -165,23 +166,13 @@ def test_mismatched_arrays_and_bad_settings_are_refused():
             LatticeSettings(**bad)
 
 
-def _blurring_net():
-    """A network that erases fine fringes (a 4 × 4 box filter: zero response at period 4)."""
-    import torch
-
-    net = torch.nn.Conv2d(1, 1, 4, padding="same", bias=False, padding_mode="reflect")
-    with torch.no_grad():
-        net.weight.fill_(1.0 / 16.0)
-    return net
-
-
 def test_restore_runs_the_lattice_pass_by_default_and_only_with_the_refinement():
     from napari_emdenoise.engine import restore
 
     rng = np.random.default_rng(13)
     clean = 10.0 + _fringes((192, 192), 4.0, 1.5)
     noisy = rng.poisson(clean).astype(np.float32)
-    net = _blurring_net()
+    net = blurring_net()
     default = restore(noisy, model=net)
     wiener_only = restore(noisy, model=net, lattice=False)
     alone = restore(noisy, model=net, refine=False)
@@ -202,7 +193,7 @@ def test_a_lattice_pass_that_does_not_fit_in_memory_falls_back(monkeypatch):
 
     rng = np.random.default_rng(14)
     x = rng.poisson(20.0, (64, 64)).astype(np.float32)
-    net = _blurring_net()
+    net = blurring_net()
     wiener_only = restore(x, model=net, lattice=False)
     monkeypatch.setattr(predictor, "restore_lattice", no_memory)
     with pytest.warns(RuntimeWarning, match="lattice pass .* did not fit in memory"):
@@ -215,7 +206,7 @@ def test_restore_dask_passes_the_flag_on():
 
     rng = np.random.default_rng(15)
     stack = rng.poisson(10.0 + _fringes((96, 96), 4.0, 1.5), (2, 96, 96)).astype(np.float32)
-    net = _blurring_net()
+    net = blurring_net()
     for lattice in (True, False):
         lazy = restore_dask(stack, model=net, lattice=lattice).compute()
         np.testing.assert_allclose(

@@ -58,6 +58,19 @@ def _profile(n: int, centres: np.ndarray, width: float) -> np.ndarray:
     return np.exp(-((x - centres[None, :]) ** 2) / (2 * width**2))
 
 
+def _check_rng(rng: object) -> None:
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError("rng must be a numpy.random.Generator (e.g. np.random.default_rng(0))")
+
+
+def _with_dose(
+    image: np.ndarray, dose: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """``image`` scaled to a mean of ``dose`` counts per pixel, and a Poisson draw of it."""
+    clean = image * (dose / image.mean())
+    return clean, rng.poisson(clean).astype(np.float32)
+
+
 def lattice_probe(
     rng: np.random.Generator,
     *,
@@ -98,8 +111,7 @@ def lattice_probe(
     -------
     LatticeProbe
     """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError("rng must be a numpy.random.Generator (e.g. np.random.default_rng(0))")
+    _check_rng(rng)
     if size < 8 or spacing <= 0 or width <= 0 or dose <= 0:
         raise ValueError("size ≥ 8 and positive spacing, width and dose are required")
     start = spacing / 2 if first is None else float(first)
@@ -107,9 +119,7 @@ def lattice_probe(
     rows_c = sites + float(shift[0])
     cols_c = sites + float(shift[1])
     lattice = _profile(size, rows_c, width).sum(1)[:, None] * _profile(size, cols_c, width).sum(1)
-    clean = background + lattice / lattice.max()
-    clean *= dose / clean.mean()
-    noisy = rng.poisson(clean).astype(np.float32)
+    clean, noisy = _with_dose(background + lattice / lattice.max(), dose, rng)
     rr, cc = np.meshgrid(rows_c, cols_c, indexing="ij")
     positions = np.stack([rr.ravel(), cc.ravel()], axis=1)
     return LatticeProbe(noisy, clean, positions, float(dose), float(spacing), float(width))
@@ -186,8 +196,7 @@ def defect_probe(
     -------
     DefectProbe
     """
-    if not isinstance(rng, np.random.Generator):
-        raise TypeError("rng must be a numpy.random.Generator (e.g. np.random.default_rng(0))")
+    _check_rng(rng)
     if size < 8 or spacing <= 0 or width <= 0 or dose <= 0 or substitution_weight <= 0:
         raise ValueError("size ≥ 8 and positive spacing, width, dose and weight are required")
     if not (0 <= vacancies <= 0.5 and 0 <= substitutions <= 0.5):
@@ -203,10 +212,7 @@ def defect_probe(
     weights[order[n_vac : n_vac + n_sub]] = substitution_weight
     rows = _profile(size, positions[:, 0], width)  # (size, N)
     cols = _profile(size, positions[:, 1], width)
-    lattice = (rows * weights[None, :]) @ cols.T
-    clean = background + lattice
-    clean *= dose / clean.mean()
-    noisy = rng.poisson(clean).astype(np.float32)
+    clean, noisy = _with_dose(background + (rows * weights[None, :]) @ cols.T, dose, rng)
     return DefectProbe(noisy, clean, positions, weights, float(dose), float(spacing), float(width))
 
 
