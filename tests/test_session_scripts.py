@@ -1,0 +1,65 @@
+"""The GPU-session script runs end to end (on the CPU, tiny sizes), and the cost table's
+FLOP counter counts what a convolution costs."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+_BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def _load(name: str):
+    sys.path.insert(0, str(_BENCH))
+    try:
+        spec = importlib.util.spec_from_file_location(name, _BENCH / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(_BENCH))
+    return module
+
+
+def test_conv_flops_of_one_convolution():
+    qps = _load("quality_per_second")
+    conv = torch.nn.Conv2d(2, 3, 3, padding=1)
+    # 2 · (3 outputs × 2 inputs × 9 taps) FLOP per pixel = 108 GFLOP per megapixel / 1000
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 2, 1), conv)
+    assert qps.conv_gflop_per_mpix(net) == pytest.approx(2 * 2 * 1e-3 + 108e-3)
+
+
+@pytest.mark.slow
+def test_gpu_session_script_runs_on_cpu(tmp_path, monkeypatch):
+    session = _load("gpu_session")
+    monkeypatch.setenv("TMPDIR", str(tmp_path))
+    out = tmp_path / "out"
+    sys.path.insert(0, str(_BENCH))
+    try:
+        assert session.main(["--out", str(out), "--device", "cpu", "--quick"]) == 0
+    finally:
+        sys.path.remove(str(_BENCH))
+    summary = json.loads((out / "summary.json").read_text())
+    failed = {k: v.get("error") for k, v in summary["parts"].items() if not v["ok"]}
+    assert not failed, failed
+    assert set(summary["parts"]) == {
+        "restore_speed",
+        "oom_fallback",
+        "stem4d_speed",
+        "train_full",
+        "physics_eval",
+    }
+    # the trained model came back in half precision, under the 16 MiB a returned file may have
+    weights = out / "hrstem_full_fp16.safetensors"
+    assert 0 < weights.stat().st_size < 16 * 2**20
+    from safetensors.torch import load_file
+
+    assert all(t.dtype == torch.float16 for t in load_file(str(weights)).values())
+    physics = json.loads((out / "physics_gpu.json").read_text())["mean_psnr_db"]
+    assert {"hrstem, alone", "full CGRDN (this run), default", "bm3d-gat"} <= set(physics)
+    assert summary["parts"]["oom_fallback"]["max_rel_diff_vs_tiled"] < 1e-5
