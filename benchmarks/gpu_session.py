@@ -37,7 +37,6 @@ import argparse
 import json
 import logging
 import os
-import statistics
 import sys
 import time
 import traceback
@@ -50,6 +49,7 @@ import numpy as np
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 os.environ.setdefault("EMDENOISE_MODELS_DIR", "/tmp/emdenoise-models")
+from _common import median_seconds  # noqa: E402
 
 PHYSICS_DOSES = (2.0, 5.0, 20.0)
 
@@ -62,15 +62,13 @@ def _sync(device: str) -> None:
 
 
 def _median_time(fn: Callable[[], Any], device: str, repeats: int) -> float:
-    fn()
-    _sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+    """Median seconds of ``fn()`` with the device synchronised after each call."""
+
+    def synced() -> None:
         fn()
         _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+
+    return median_seconds(synced, repeats=repeats)
 
 
 def restore_speed(device: str, sizes: tuple[int, ...], repeats: int) -> dict[str, Any]:

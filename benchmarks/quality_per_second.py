@@ -38,16 +38,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, write_json  # noqa: E402
+from _common import machine_info, markdown_table, median_seconds, write_json  # noqa: E402
 
 #: (label, architecture, named config or config dict, trained model it stands for)
 ARCHITECTURES: tuple[tuple[str, str, Any, str | None], ...] = (
@@ -124,16 +122,6 @@ def build(arch: str, config: Any) -> Any:
     module = build_model(arch, config)
     module.eval()
     return module
-
-
-def median_seconds(fn: Any, repeats: int) -> float:
-    fn()  # warm-up (and the ONNX export, cached for the timed runs)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def time_architectures(size: int, repeats: int) -> list[dict[str, Any]]:
