@@ -33,7 +33,7 @@ import logging
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -738,6 +738,86 @@ def restore(
     _check_flag(refine, "refine")
     _check_flag(lattice, "lattice")
     _check_flag(keep_defects, "keep_defects")
+    data, ndim, lazy = _checked_image(image)
+    shape = tuple(int(s) for s in data.shape)  # type: ignore[union-attr]
+
+    module, dev = _resolve_model(model, device)
+    from ..models.pix2pix import Pix2PixGenerator
+
+    if isinstance(module, Pix2PixGenerator):
+        raise ValueError(
+            "this model denoises 4D-STEM diffraction patterns, not micrographs: use "
+            "napari_emdenoise.restore_4dstem (or a micrograph model such as 'hrstem')"
+        )
+    frame_shape = shape[-2:]
+    tile_size, overlap, batch_size = _default_tiling(
+        frame_shape, dev, len(transforms), tile_size, overlap, batch_size
+    )
+    predictor = _make_predictor(
+        backend,
+        module,
+        dev,
+        int(np.prod(shape, dtype=np.int64)),
+        tile_size=tile_size,
+        overlap=overlap,
+        batch_size=batch_size,
+    )
+    steps = _FrameRestorer(
+        predictor,
+        transforms,
+        cancel,
+        refine=bool(refine),
+        lattice=bool(lattice),
+        keep_defects=bool(keep_defects),
+        safeguard=bool(safeguard),
+        safeguard_report=safeguard_report,
+        lattice_report=lattice_report,
+    )
+
+    frames = data[None] if ndim == 2 else data  # type: ignore[index]
+    n_frames = int(frames.shape[0])  # type: ignore[union-attr]
+    counter = _StackProgress(progress, n_frames, steps.tiles_of(frame_shape))
+    counter.start()
+    rebuilt: list[int] = []  # frames whose fine detail came mostly from the lattice pass
+    out = np.empty((n_frames, *frame_shape), dtype=np.float32)
+    for index in range(n_frames):
+        frame = frames[index]  # type: ignore[index]
+        if lazy:  # numpy input was validated above; lazy frames are read and checked here
+            if hasattr(frame, "compute"):
+                frame = frame.compute()
+            frame = as_float_image(frame, ndim=2, name=f"frame {index}")
+        out[index], was_rebuilt = steps(index, frame, counter.frame_hook())
+        if was_rebuilt:
+            rebuilt.append(index)
+        counter.frame_finished()
+    if rebuilt and not keep_defects:
+        which = "the image" if ndim == 2 else f"{len(rebuilt)} of {n_frames} frames"
+        warnings.warn(
+            f"in {which} most of the fine detail was given back by the lattice pass: the "
+            "network erased a lattice finer than it resolves, and the lattice was rebuilt "
+            "from a 32-pixel average, which averages vacancies and dopant columns away. To "
+            "study single columns, restore with keep_defects=True (CLI --keep-defects, "
+            "the Restore dock's 'keep defects') or use the raw image.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    n_bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+    if n_bad:
+        warnings.warn(
+            f"the model returned {n_bad} NaN or infinite value(s) in {n_bad / out.size:.1%} "
+            "of the pixels; the model (or its weights) is broken for this input",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return out[0] if ndim == 2 else out
+
+
+def _checked_image(image: object) -> tuple[Any, int, bool]:
+    """``(data, ndim, lazy)`` of a ``restore`` input, or a ValueError that says what is wrong.
+
+    numpy input comes back as a validated float array; a lazy (dask, zarr)
+    stack comes back as it is, its frames are checked when read.
+    """
     ndim = _image_ndim(image)
     if ndim == 4:
         raise ValueError(
@@ -762,16 +842,23 @@ def restore(
         raise ValueError(
             f"image of shape {shape} is too small: height and width need at least 2 pixels"
         )
+    return data, ndim, lazy
 
-    module, dev = _resolve_model(model, device)
-    from ..models.pix2pix import Pix2PixGenerator
 
-    if isinstance(module, Pix2PixGenerator):
-        raise ValueError(
-            "this model denoises 4D-STEM diffraction patterns, not micrographs: use "
-            "napari_emdenoise.restore_4dstem (or a micrograph model such as 'hrstem')"
-        )
-    frame_shape = shape[-2:]
+def _default_tiling(
+    frame_shape: tuple[int, ...],
+    dev: torch.device,
+    n_views: int,
+    tile_size: int | tuple[int, int] | None,
+    overlap: int | None,
+    batch_size: int | None,
+) -> tuple[int | tuple[int, int], int, int]:
+    """``(tile_size, overlap, batch_size)`` with :func:`restore`'s defaults filled in.
+
+    Frames up to the device's whole-image budget run in one pass; larger ones
+    in balanced tiles of at most ``_AUTO_TILE`` pixels. With 8 views (rotated
+    frames swap height and width) tiles are square so every view tiles alike.
+    """
     if tile_size is None:
         budget = _WHOLE_IMAGE_BUDGET.get(dev.type, _WHOLE_IMAGE_BUDGET["cpu"])
         if frame_shape[0] * frame_shape[1] <= budget:
@@ -783,107 +870,125 @@ def restore(
                 balanced_tile(n, max(_AUTO_TILE, 2 * overlap + _MIN_TILE), overlap)
                 for n in frame_shape
             )
-        if len(transforms) == 8:  # rotated views (height and width swapped) tile alike
+        if n_views == 8:
             tile_size = (max(tile_size),) * 2
     if overlap is None:
         overlap = min(_DEFAULT_OVERLAP, max(0, min(_as_pair(tile_size, "tile_size")) // 2 - 1))
     if batch_size is None:
         batch_size = 4 if dev.type == "cuda" else 1
-    n_pixels = int(np.prod(shape, dtype=np.int64))
-    predictor = _make_predictor(
-        backend, module, dev, n_pixels, tile_size=tile_size, overlap=overlap, batch_size=batch_size
-    )
+    return tile_size, overlap, batch_size
 
-    frames = data[None] if ndim == 2 else data  # type: ignore[index]
-    n_frames = int(frames.shape[0])  # type: ignore[union-attr]
 
-    def tiles_of(shape: tuple[int, int]) -> int:
-        return sum(predictor.count_tiles(s) for s in output_shapes(shape, len(transforms)))
+def _optional_step(
+    step: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    what: str,
+    flag: str,
+    frame: np.ndarray,
+    restored: np.ndarray,
+    stacklevel: int = 4,
+) -> np.ndarray:
+    """``step(frame, restored)``; when it runs out of memory, a warning and ``restored``.
 
-    def forward(img: np.ndarray, hook: ProgressCallback | None = None) -> np.ndarray:
-        if len(transforms) == 1:
-            return predictor._predict_frame(img, hook, cancel)
-        total, offset = tiles_of(img.shape), 0
-        acc = np.zeros(img.shape, dtype=np.float64)
-        for to_view, from_view in transforms:
-            view = to_view(img)
-            sub = None if hook is None else (lambda d, _t, o=offset: hook(o + d, total))
-            acc += from_view(predictor._predict_frame(view, sub, cancel))
-            offset += predictor.count_tiles(view.shape)
-        return (acc / len(transforms)).astype(np.float32)
-
-    def after(step: Callable[..., np.ndarray], what: str, flag: str, img, restored, level: int):
-        """``step(img, restored)``; on MemoryError a warning (``level``: its stack level
-        from here) and ``restored`` unchanged."""
-        try:
-            return step(img, restored)
-        except MemoryError:
-            warnings.warn(
-                f"the {what} of a {img.shape[0]}×{img.shape[1]} frame did not fit in "
-                f"memory; this frame was restored without it ({flag}=False)",
-                RuntimeWarning,
-                stacklevel=level,
-            )
-            return restored
-
-    def pipeline(img: np.ndarray, hook: ProgressCallback | None = None) -> np.ndarray:
-        restored = forward(img, hook)
-        if refine:
-            restored = after(wiener_refine, "Wiener refinement", "refine", img, restored, 4)
+    ``stacklevel``: the warning's, counted from here (4: through
+    ``_FrameRestorer.__call__`` and ``restore`` to ``restore``'s caller).
+    """
+    try:
+        return step(frame, restored)
+    except MemoryError:
+        warnings.warn(
+            f"the {what} of a {frame.shape[0]}×{frame.shape[1]} frame did not fit in "
+            f"memory; this frame was restored without it ({flag}=False)",
+            RuntimeWarning,
+            stacklevel=stacklevel,
+        )
         return restored
 
-    counter = _StackProgress(progress, n_frames, tiles_of(frame_shape))
-    counter.start()
-    rebuilt: list[int] = []  # frames whose fine detail came mostly from the lattice pass
-    out = np.empty((n_frames, *frame_shape), dtype=np.float32)
-    for index in range(n_frames):
-        frame = frames[index]  # type: ignore[index]
-        if lazy:  # numpy input was validated above; lazy frames are read and checked here
-            if hasattr(frame, "compute"):
-                frame = frame.compute()
-            frame = as_float_image(frame, ndim=2, name=f"frame {index}")
-        restored = pipeline(frame, counter.frame_hook())
-        if safeguard:
-            blend = sure_blend(frame, restored, pipeline, np.random.default_rng(index))
+
+class _FrameRestorer:
+    """What :func:`restore` does to one frame, in order.
+
+    The network (averaged over the self-ensemble's views), the Wiener
+    refinement, the safeguard, the lattice pass and the keep-defects pass,
+    each as its flag says. Called as ``restorer(index, frame, progress)``, it
+    returns the restored frame and whether the lattice pass gave back most of
+    its fine detail.
+    """
+
+    def __init__(
+        self,
+        predictor: TiledPredictor,
+        transforms: Sequence[tuple[Callable, Callable]],
+        cancel: CancelCallback | None,
+        *,
+        refine: bool,
+        lattice: bool,
+        keep_defects: bool,
+        safeguard: bool,
+        safeguard_report: Callable[[int, BlendResult], None] | None,
+        lattice_report: Callable[[int, float], None] | None,
+    ) -> None:
+        self.predictor = predictor
+        self.transforms = transforms
+        self.cancel = cancel
+        self.refine = refine
+        self.lattice = lattice
+        self.keep_defects = keep_defects
+        self.safeguard = safeguard
+        self.safeguard_report = safeguard_report
+        self.lattice_report = lattice_report
+
+    def tiles_of(self, shape: tuple[int, ...]) -> int:
+        """Network tiles one frame of ``shape`` costs (over all views)."""
+        return sum(
+            self.predictor.count_tiles(s) for s in output_shapes(shape, len(self.transforms))
+        )
+
+    def network(self, frame: np.ndarray, hook: ProgressCallback | None = None) -> np.ndarray:
+        """The network's restoration, averaged over the views of the self-ensemble."""
+        if len(self.transforms) == 1:
+            return self.predictor._predict_frame(frame, hook, self.cancel)
+        total, offset = self.tiles_of(frame.shape), 0
+        acc = np.zeros(frame.shape, dtype=np.float64)
+        for to_view, from_view in self.transforms:
+            view = to_view(frame)
+            sub = None if hook is None else (lambda d, _t, o=offset: hook(o + d, total))
+            acc += from_view(self.predictor._predict_frame(view, sub, self.cancel))
+            offset += self.predictor.count_tiles(view.shape)
+        return (acc / len(self.transforms)).astype(np.float32)
+
+    def refined(self, frame: np.ndarray, hook: ProgressCallback | None = None) -> np.ndarray:
+        """The network's restoration, Wiener-refined when ``refine`` (the safeguard's input)."""
+        restored = self.network(frame, hook)
+        if self.refine:
+            restored = _optional_step(
+                wiener_refine, "Wiener refinement", "refine", frame, restored, stacklevel=5
+            )
+        return restored
+
+    def __call__(
+        self, index: int, frame: np.ndarray, hook: ProgressCallback | None = None
+    ) -> tuple[np.ndarray, bool]:
+        restored = self.refined(frame, hook)
+        if self.safeguard:
+            blend = sure_blend(frame, restored, self.refined, np.random.default_rng(index))
             restored = blend.image
-            if safeguard_report is not None:
-                safeguard_report(index, blend)
-        if refine and lattice:
+            if self.safeguard_report is not None:
+                self.safeguard_report(index, blend)
+        rebuilt = False
+        if self.refine and self.lattice:
             # After the safeguard: a thresholded detection has no useful
             # divergence for the safeguard's risk estimate.
             before = restored
-            restored = after(restore_lattice, "lattice pass", "lattice", frame, restored, 3)
+            restored = _optional_step(restore_lattice, "lattice pass", "lattice", frame, restored)
             share = lattice_share(before, restored) if restored is not before else 0.0
-            if share > LATTICE_SHARE_WARNING:
-                rebuilt.append(index)
-            if lattice_report is not None:
-                lattice_report(index, share)
-        if keep_defects:
-            restored = after(
-                restore_deviations, "keep-defects pass", "keep_defects", frame, restored, 3
+            rebuilt = share > LATTICE_SHARE_WARNING
+            if self.lattice_report is not None:
+                self.lattice_report(index, share)
+        if self.keep_defects:
+            restored = _optional_step(
+                restore_deviations, "keep-defects pass", "keep_defects", frame, restored
             )
-        out[index] = restored
-        counter.frame_finished()
-    if rebuilt and not keep_defects:
-        which = "the image" if ndim == 2 else f"{len(rebuilt)} of {n_frames} frames"
-        warnings.warn(
-            f"in {which} most of the fine detail was given back by the lattice pass: the "
-            "network erased a lattice finer than it resolves, and the lattice was rebuilt "
-            "from a 32-pixel average, which averages vacancies and dopant columns away. To "
-            "study single columns, restore with keep_defects=True (CLI --keep-defects, "
-            "the Restore dock's 'keep defects') or use the raw image.",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    n_bad = int(out.size - np.count_nonzero(np.isfinite(out)))
-    if n_bad:
-        warnings.warn(
-            f"the model returned {n_bad} NaN or infinite value(s) in {n_bad / out.size:.1%} "
-            "of the pixels; the model (or its weights) is broken for this input",
-            RuntimeWarning,
-            stacklevel=2,
-        )
-    return out[0] if ndim == 2 else out
+        return restored, rebuilt
 
 
 BACKENDS = ("auto", "torch", "onnxruntime")
