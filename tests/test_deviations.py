@@ -162,6 +162,7 @@ def test_a_keep_defects_pass_that_does_not_fit_in_memory_falls_back(monkeypatch)
     net = blurring_net()
     default = restore(x, model=net)
     monkeypatch.setattr(predictor, "restore_deviations", no_memory)
-    with pytest.warns(RuntimeWarning, match="keep-defects pass .* did not fit in memory"):
+    with pytest.warns(RuntimeWarning, match="keep-defects pass .* did not fit in memory") as record:
         out = restore(x, model=net, keep_defects=True)
     np.testing.assert_array_equal(out, default)
+    assert record[0].filename == __file__  # the warning points at the caller of restore

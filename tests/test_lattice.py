@@ -196,9 +196,10 @@ def test_a_lattice_pass_that_does_not_fit_in_memory_falls_back(monkeypatch):
     net = blurring_net()
     wiener_only = restore(x, model=net, lattice=False)
     monkeypatch.setattr(predictor, "restore_lattice", no_memory)
-    with pytest.warns(RuntimeWarning, match="lattice pass .* did not fit in memory"):
+    with pytest.warns(RuntimeWarning, match="lattice pass .* did not fit in memory") as record:
         out = restore(x, model=net)
     np.testing.assert_array_equal(out, wiener_only)
+    assert record[0].filename == __file__  # the warning points at the caller of restore
 
 
 def test_restore_dask_passes_the_flag_on():

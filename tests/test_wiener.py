@@ -226,6 +226,7 @@ def test_a_refinement_that_does_not_fit_in_memory_falls_back_to_the_network(monk
     x = np.random.default_rng(13).poisson(20.0, (64, 64)).astype(np.float32)
     alone = restore(x, model=net, refine=False)
     monkeypatch.setattr(predictor, "wiener_refine", no_memory)
-    with pytest.warns(RuntimeWarning, match="did not fit in memory"):
+    with pytest.warns(RuntimeWarning, match="did not fit in memory") as record:
         out = restore(x, model=net, lattice=False)
     np.testing.assert_array_equal(out, alone)
+    assert record[0].filename == __file__  # the warning points at the caller of restore
