@@ -1,0 +1,205 @@
+"""``emdenoise restore`` and ``emdenoise export-onnx``: micrographs and stacks through a model."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from ._common import (
+    add_dataset_arg,
+    add_device_arg,
+    check_image_memory,
+    check_outputs,
+    model_files,
+    positive_int,
+    progress_printer,
+    read_dataset,
+)
+
+#: Working memory of ``restore`` per input pixel: float32 input copy, output,
+#: residual, plus the tiles in flight.
+_RESTORE_BYTES_PER_PIXEL = 16
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from ..engine.deviations import WORKING_BYTES_PER_PIXEL as DEVIATION_BYTES
+    from ..engine.device import resolve_device
+    from ..engine.lattice import WORKING_BYTES_PER_PIXEL as LATTICE_BYTES
+    from ..engine.predictor import _check_tiling_args, restore
+    from ..engine.wiener import WORKING_BYTES_PER_PIXEL as WIENER_BYTES
+    from ..io.writers import write_tif
+    from ..models.registry import load_model
+
+    src, dst = Path(args.input), Path(args.output)
+    if not src.exists():
+        raise FileNotFoundError(f"no such file: {src}")
+    res_path = dst.with_name(dst.stem + "_residual" + dst.suffix) if args.residual else None
+    outputs = [dst] if res_path is None else [dst, res_path]
+    check_outputs(outputs, inputs=[src], overwrite=args.overwrite, suffixes=(".tif", ".tiff"))
+    _check_tiling_args(args.tile_size, None, None)
+    device = resolve_device(args.device)
+    module, _card = load_model(args.model, device=device)
+
+    data, meta = read_dataset(src, args.dataset)
+    if meta.get("rgb"):
+        raise ValueError(
+            f"dataset {args.dataset} of {src} is a colour (RGB) image; restore needs greyscale "
+            "intensities as recorded by the detector"
+        )
+    data = np.asarray(data)
+    if data.ndim not in (2, 3):
+        raise ValueError(
+            f"dataset {args.dataset} of {src} has shape {data.shape}; restore needs an image "
+            "(Y, X) or a stack of frames (T, Y, X)"
+        )
+    frames = 1 if data.ndim == 2 else data.shape[0]
+    # the frames and their results, plus one frame's refinement at a time (the Wiener
+    # filter, then the lattice pass, which needs more)
+    working = 0 if args.no_refine else (WIENER_BYTES if args.no_lattice else LATTICE_BYTES)
+    if args.keep_defects:
+        working = max(working, DEVIATION_BYTES)
+    per_pixel = _RESTORE_BYTES_PER_PIXEL + working / frames
+    check_image_memory((frames * data.shape[-2], data.shape[-1]), per_pixel, "restoring data")
+    progress = progress_printer("tiles")
+    band_weights: list[tuple[float, ...]] = []
+    out = restore(
+        data,
+        model=module,
+        device=device,
+        tile_size=args.tile_size,
+        progress=progress,
+        safeguard=args.safeguard,
+        safeguard_report=lambda _i, r: band_weights.append(r.band_weights),
+        ensemble=args.ensemble,
+        refine=not args.no_refine,
+        lattice=not args.no_lattice,
+        keep_defects=args.keep_defects,
+    )
+    meta = {
+        **meta,
+        "emdenoise_model": args.model,
+        "emdenoise_wiener_refinement": not args.no_refine,
+        "emdenoise_lattice_pass": not (args.no_refine or args.no_lattice),
+        "emdenoise_keep_defects": bool(args.keep_defects),
+        "source": str(src),
+    }
+    if args.ensemble > 1:
+        meta["emdenoise_ensemble"] = args.ensemble
+    residual = None if res_path is None else data.astype(np.float32) - out
+    write_tif(dst, out, meta, overwrite=args.overwrite)
+    print(f"restored {src} ({'x'.join(map(str, data.shape))}) with {args.model} -> {dst}")
+    if band_weights:
+        from ..engine.safeguard import describe_band_weights
+
+        print(describe_band_weights(band_weights))
+    if res_path is not None:
+        write_tif(res_path, residual, meta, overwrite=args.overwrite)
+        print(f"residual (input - restored) -> {res_path}")
+    return 0
+
+
+def _cmd_export_onnx(args: argparse.Namespace) -> int:
+    from ..models.onnx_export import OnnxExportError, export_onnx, onnx_card_path
+
+    out = Path(args.out)
+    if out.suffix.lower() != ".onnx":
+        raise ValueError(f"--out must end in .onnx, got {out.name!r}")
+    if out.parent.is_dir():  # a missing folder is created by export_onnx
+        check_outputs(
+            [out, onnx_card_path(out)], inputs=model_files(args.model), overwrite=args.overwrite
+        )
+    try:
+        path = export_onnx(
+            args.model,
+            args.out,
+            opset=args.opset,
+            check=not args.no_check,
+            overwrite=args.overwrite,
+        )
+    except (ImportError, OnnxExportError) as exc:
+        print(f"emdenoise export-onnx: error: {exc}", file=sys.stderr)
+        return 1
+    card = onnx_card_path(path)
+    info = json.loads(card.read_text(encoding="utf-8"))["onnx"]
+    diff = info["max_abs_diff_vs_torch"]
+    compared = (
+        "not run against torch (onnxruntime missing or --no-check)"
+        if diff is None
+        else f"max |onnx - torch| = {diff:.2g} on inputs {info['check_shapes']}"
+    )
+    print(f"wrote {path} (opset {info['opset']}) and its card {card}; {compared}")
+    print(f"graph: {info['contract']}")
+    return 0
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    """Add this module's sub-commands to ``emdenoise``."""
+    rs = sub.add_parser(
+        "restore",
+        help="restore an EM image or frame stack with a trained model",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    rs.add_argument("input", type=Path, help="dm3/dm4/emd/ser/mrc/tif/npy file")
+    rs.add_argument("-o", "--output", type=Path, required=True, help="output .tif")
+    rs.add_argument("--model", default="hrstem", help="bundled model name or .safetensors path")
+    add_device_arg(rs)
+    rs.add_argument(
+        "--tile-size", type=positive_int, default=None, help="tile size in pixels (>= 64)"
+    )
+    add_dataset_arg(rs)
+    rs.add_argument("--residual", action="store_true", help="also write input - restored")
+    rs.add_argument(
+        "--safeguard",
+        action="store_true",
+        help="keep, per frequency band, the share of the network's change that lowers the "
+        "estimated error (SURE); for counting-noise-limited images: it assumes pixel-independent "
+        "noise and gives back corrections of scan distortions",
+    )
+    rs.add_argument(
+        "--ensemble",
+        type=int,
+        choices=(1, 2, 8),
+        default=1,
+        help="average the restorations of this many flips/rotations of the image (time × N): 2 "
+        "adds the upside-down image (any model); 8 all flips and 90° rotations (TEM/SEM, or "
+        "S(T)EM limited by counting noise: it turns scan distortions off the fast-scan axis)",
+    )
+    rs.add_argument(
+        "--no-refine",
+        action="store_true",
+        help="the network's output alone, without the Wiener refinement that gives back the "
+        "details of the raw image the network attenuated more than its noise requires (and "
+        "without the lattice pass)",
+    )
+    rs.add_argument(
+        "--no-lattice",
+        action="store_true",
+        help="skip the lattice pass, which adds back the lattice fringes (Bragg peaks standing "
+        "out of the noise) that the restoration removed from the raw image",
+    )
+    rs.add_argument(
+        "--keep-defects",
+        action="store_true",
+        help="last, put the raw image back wherever the restoration differs from it by more "
+        "than 3 noise deviations at the scale of an atom column (vacancies, dopant columns "
+        "averaged away); it also puts back scan distortions the network corrected",
+    )
+    rs.add_argument(
+        "--overwrite", action="store_true", help="replace existing outputs (never the input)"
+    )
+    rs.set_defaults(func=_cmd_restore)
+    ox = sub.add_parser(
+        "export-onnx",
+        help="export a model to ONNX (dynamic batch/height/width) plus its card",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    ox.add_argument("model", help="model name (bundled or user) or .safetensors path")
+    ox.add_argument("--out", type=Path, required=True, help="output .onnx file")
+    ox.add_argument("--opset", type=int, default=None, help="ONNX opset, >= 18 (None: torch's)")
+    ox.add_argument("--no-check", action="store_true", help="skip the onnxruntime comparison")
+    ox.add_argument("--overwrite", action="store_true", help="replace existing output files")
+    ox.set_defaults(func=_cmd_export_onnx)
