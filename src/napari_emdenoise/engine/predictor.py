@@ -678,8 +678,8 @@ def restore(
         raw frame, in overlapping 64² windows, so the details the network
         attenuated more than the frame's noise requires come back. On
         multislice HAADF-STEM and HRTEM simulations it adds 0.2–2.3 and
-        0.7–1.3 dB to the bundled models; on a 2-core CPU it adds 0.5 s to a 1024² frame
-        (the network: 0.8 s) and 0.9 s to a 2048² one (4.3 s).
+        0.7–1.3 dB to the bundled models; on a 2-core CPU it adds 0.4 s to a 1024² frame
+        (the network: 0.9 s) and 1.1 s to a 2048² one (4.1 s).
         ``False`` gives the network's output alone (no lattice pass either).
         With ``safeguard`` the refined restoration is the one that is blended.
     lattice : bool
