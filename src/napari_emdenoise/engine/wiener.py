@@ -52,8 +52,8 @@ What it cannot do: give back a detail that the network erased completely
 (scan jitter, drift, blur) where the pilot says there is signal. On such
 images it follows the raw frame at the frequencies of the lattice.
 
-Measured (``python benchmarks/restore_quality.py``; the README and
-``docs/restoration_fidelity.md`` have the tables): on multislice HAADF-STEM
+Measured (``python benchmarks/restore_quality.py``; ``docs/restoration_quality.md``
+and ``docs/restoration_fidelity.md`` have the tables): on multislice HAADF-STEM
 and HRTEM simulations at 2–200 counts/pixel it adds 0.2–2.3 dB (HAADF) and
 0.7–1.3 dB (HRTEM) to the bundled models and takes them past BM3D with a
 variance-stabilising transform at every dose.
