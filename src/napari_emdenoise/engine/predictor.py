@@ -763,9 +763,9 @@ def restore(
         batch_size=batch_size,
     )
     steps = _FrameRestorer(
-        predictor,
-        transforms,
-        cancel,
+        predictor=predictor,
+        transforms=transforms,
+        cancel=cancel,
         refine=bool(refine),
         lattice=bool(lattice),
         keep_defects=bool(keep_defects),
@@ -904,6 +904,7 @@ def _optional_step(
         return restored
 
 
+@dataclass(frozen=True)
 class _FrameRestorer:
     """What :func:`restore` does to one frame, in order.
 
@@ -914,28 +915,15 @@ class _FrameRestorer:
     its fine detail.
     """
 
-    def __init__(
-        self,
-        predictor: TiledPredictor,
-        transforms: Sequence[tuple[Callable, Callable]],
-        cancel: CancelCallback | None,
-        *,
-        refine: bool,
-        lattice: bool,
-        keep_defects: bool,
-        safeguard: bool,
-        safeguard_report: Callable[[int, BlendResult], None] | None,
-        lattice_report: Callable[[int, float], None] | None,
-    ) -> None:
-        self.predictor = predictor
-        self.transforms = transforms
-        self.cancel = cancel
-        self.refine = refine
-        self.lattice = lattice
-        self.keep_defects = keep_defects
-        self.safeguard = safeguard
-        self.safeguard_report = safeguard_report
-        self.lattice_report = lattice_report
+    predictor: TiledPredictor
+    transforms: Sequence[tuple[Callable, Callable]]
+    cancel: CancelCallback | None
+    refine: bool
+    lattice: bool
+    keep_defects: bool
+    safeguard: bool
+    safeguard_report: Callable[[int, BlendResult], None] | None
+    lattice_report: Callable[[int, float], None] | None
 
     def tiles_of(self, shape: tuple[int, ...]) -> int:
         """Network tiles one frame of ``shape`` costs (over all views)."""
@@ -980,10 +968,12 @@ class _FrameRestorer:
             # divergence for the safeguard's risk estimate.
             before = restored
             restored = _optional_step(restore_lattice, "lattice pass", "lattice", frame, restored)
-            share = lattice_share(before, restored) if restored is not before else 0.0
-            rebuilt = share > LATTICE_SHARE_WARNING
-            if self.lattice_report is not None:
-                self.lattice_report(index, share)
+            # The share feeds the report and restore's warning, which keep_defects silences.
+            if self.lattice_report is not None or not self.keep_defects:
+                share = lattice_share(before, restored) if restored is not before else 0.0
+                rebuilt = share > LATTICE_SHARE_WARNING
+                if self.lattice_report is not None:
+                    self.lattice_report(index, share)
         if self.keep_defects:
             restored = _optional_step(
                 restore_deviations, "keep-defects pass", "keep_defects", frame, restored
