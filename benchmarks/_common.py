@@ -1,4 +1,4 @@
-"""Helpers shared by the benchmark scripts: timing, tables and JSON output."""
+"""Helpers shared by the benchmark scripts: timing, FLOP counts, tables and JSON output."""
 
 from __future__ import annotations
 
@@ -22,6 +22,37 @@ def median_seconds(fn: Callable[[], Any], repeats: int = 7, warmup: int = 1) -> 
         fn()
         times.append(time.perf_counter() - t0)
     return statistics.median(times)
+
+
+def conv_flops_per_pixel(module: Any, device: Any = "cpu", side: int = 256) -> float:
+    """Conv FLOPs (2·MACs of every Conv2d / ConvTranspose2d) of one forward pass per pixel.
+
+    Counted with forward hooks on a ``side``² zero frame; inference is linear in
+    pixels, so multiply by a frame's pixels for its useful work.
+    """
+    import torch
+
+    total = [0]
+
+    def hook(mod: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        if isinstance(mod, torch.nn.ConvTranspose2d):
+            total[0] += 2 * inputs[0].numel() * mod.out_channels // mod.groups * k
+        else:
+            total[0] += 2 * output.numel() * mod.in_channels // mod.groups * k
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in module.modules()
+        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
+    ]
+    try:
+        with torch.inference_mode():
+            module(torch.zeros(1, 1, side, side, device=device))
+    finally:
+        for h in handles:
+            h.remove()
+    return total[0] / (side * side)
 
 
 def machine_info() -> dict[str, Any]:

@@ -45,7 +45,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info, markdown_table, median_seconds, write_json  # noqa: E402
+from _common import (  # noqa: E402
+    conv_flops_per_pixel,
+    machine_info,
+    markdown_table,
+    median_seconds,
+    write_json,
+)
 
 #: (label, architecture, named config or config dict, trained model it stands for)
 ARCHITECTURES: tuple[tuple[str, str, Any, str | None], ...] = (
@@ -88,30 +94,8 @@ LABELS = {
 
 
 def conv_gflop_per_mpix(module: Any) -> float:
-    """Conv GFLOP (2·MACs) of one forward pass per megapixel (measured on 256²)."""
-    import torch
-
-    total = [0]
-
-    def hook(mod: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
-        k = mod.kernel_size[0] * mod.kernel_size[1]
-        if isinstance(mod, torch.nn.ConvTranspose2d):
-            total[0] += 2 * inputs[0].numel() * mod.out_channels // mod.groups * k
-        else:
-            total[0] += 2 * output.numel() * mod.in_channels // mod.groups * k
-
-    handles = [
-        m.register_forward_hook(hook)
-        for m in module.modules()
-        if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))
-    ]
-    try:
-        with torch.inference_mode():
-            module(torch.zeros(1, 1, 256, 256))
-    finally:
-        for h in handles:
-            h.remove()
-    return total[0] / 1e9 / (256 * 256 / 1e6)
+    """Conv GFLOP (2·MACs) of one forward pass per megapixel."""
+    return conv_flops_per_pixel(module) * 1e6 / 1e9
 
 
 def build(arch: str, config: Any) -> Any:

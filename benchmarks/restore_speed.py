@@ -78,6 +78,7 @@ print(onnx_backend.export_cached(load(sys.argv[1], "cpu")))
 
 CHILD = (
     LOAD
+    + f"BENCHMARKS_DIR = {str(Path(__file__).resolve().parent)!r}\n"
     + r"""
 import json, resource, sys, time
 import numpy as np
@@ -94,21 +95,9 @@ device = resolve_device(device_name)
 model = load(model_name, device)
 image = np.random.default_rng(0).random((size, size), dtype=np.float32)
 
-flops = [0]
-def hook(mod, inp, out):
-    k = mod.kernel_size[0] * mod.kernel_size[1]
-    if isinstance(mod, torch.nn.ConvTranspose2d):
-        macs = inp[0].numel() // inp[0].shape[0] * mod.out_channels * k // mod.groups
-        flops[0] += 2 * macs * inp[0].shape[0]
-    else:
-        flops[0] += 2 * out.numel() * mod.in_channels // mod.groups * k
-handles = [m.register_forward_hook(hook) for m in model.modules()
-           if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-with torch.inference_mode():
-    model(torch.zeros(1, 1, 256, 256, device=device))
-conv_flops = flops[0] * size * size / 256**2
-for h in handles:
-    h.remove()
+sys.path.insert(0, BENCHMARKS_DIR)
+from _common import conv_flops_per_pixel
+conv_flops = conv_flops_per_pixel(model, device) * size * size
 
 kwargs = {"model": model, "device": device}
 if backend.endswith("-whole"):
