@@ -257,6 +257,7 @@ def physics_eval(device: str, model_path: str | None, quick: bool) -> dict[str, 
 
     from napari_emdenoise.engine import restore
     from napari_emdenoise.evaluation import psnr
+    from napari_emdenoise.models.registry import load_model
 
     cases = [
         c
@@ -264,9 +265,10 @@ def physics_eval(device: str, model_path: str | None, quick: bool) -> dict[str, 
         if c.meta["technique"] == "HAADF" and c.dose in PHYSICS_DOSES
     ]
     names = {c.name for c in cases}
-    models = {"hrstem": "hrstem"}
+    # loaded once: a name or path given to restore is loaded again on every call
+    models = {"hrstem": load_model("hrstem", device=device)[0]}
     if model_path is not None:
-        models["full CGRDN (this run)"] = model_path
+        models["full CGRDN (this run)"] = load_model(model_path, device=device)[0]
     scores: dict[str, dict[str, list[float]]] = {}
     for case in cases:
         for name, model in models.items():
