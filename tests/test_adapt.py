@@ -267,3 +267,27 @@ def test_cli_adapt_then_restore(tiny_user_model, tmp_path, capsys):
     assert main(["adapt", str(src), "--model", tiny_user_model, "--out", "my_model"]) == 2
     assert "exists" in capsys.readouterr().err
     assert main(["adapt", str(src), "--out", "hrstem"]) == 2
+
+
+def test_cli_restore_adapt_steps_restores_with_the_adapted_network(
+    tiny_user_model, tmp_path, capsys
+):
+    from napari_emdenoise.cli import main
+    from napari_emdenoise.io.readers import read_em
+    from napari_emdenoise.models.registry import list_models
+
+    image = lattice_probe(np.random.default_rng(5), size=64, spacing=9.0, width=1.5).noisy
+    src = tmp_path / "micrograph.npy"
+    np.save(src, image)
+    dst = tmp_path / "restored.tif"
+    before = set(list_models())
+    args = ["restore", str(src), "-o", str(dst), "--model", tiny_user_model, "--device", "cpu"]
+    assert main([*args, "--adapt-steps", "3", "--adapt-seed", "2"]) == 0
+    ((out, _meta),) = read_em(dst)
+    assert "of 3; step 0 is the model as it was" in capsys.readouterr().out
+    # the same run in Python: adapt with the same seed, then restore with that network
+    result = adapt(tiny_user_model, image, minutes=60, steps=3, config=AdaptConfig(seed=2))
+    np.testing.assert_allclose(out, restore(image, model=result.model), rtol=1e-5, atol=1e-3)
+    assert set(list_models()) == before  # nothing saved
+    np.testing.assert_array_equal(np.load(src), image)  # input untouched
+    assert main([*args, "--adapt-steps", "0", "--overwrite"]) == 2

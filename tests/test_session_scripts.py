@@ -63,3 +63,33 @@ def test_gpu_session_script_runs_on_cpu(tmp_path, monkeypatch):
     physics = json.loads((out / "physics_gpu.json").read_text())["mean_psnr_db"]
     assert {"hrstem, alone", "full CGRDN (this run), default", "bm3d-gat"} <= set(physics)
     assert summary["parts"]["oom_fallback"]["max_rel_diff_vs_tiled"] < 1e-5
+
+
+@pytest.mark.slow
+def test_adapt_physics_script_runs_on_one_image(tmp_path):
+    """The quality-mode benchmark end to end on one image, two adaptation steps."""
+    bench = _load("adapt_physics")
+    out = tmp_path / "adapt_physics.json"
+    sys.path.insert(0, str(_BENCH))  # it reads restore_quality's noisy draws
+    try:
+        argv = ["--quick", "--techniques", "HAADF", "--doses", "5", "--steps", "2"]
+        assert bench.main([*argv, "--out", str(out)]) == 0
+    finally:
+        sys.path.remove(str(_BENCH))
+    result = json.loads(out.read_text())
+    assert result["complete"] and result["steps"] == 2
+    rows = {r["method"]: r for r in result["rows"]}
+    assert {"raw", "default", "adapted-net", "adapted"} <= set(rows)
+    assert rows["adapted"]["adapt_steps"] == 2 and rows["adapted"]["column_rms_pm"] > 0
+    # the same noisy draw as restore_quality.py: its recorded default score comes back
+    recorded = json.loads((_BENCH / "results" / "restore_quality_hr.json").read_text())
+    (default,) = [
+        r["psnr"]
+        for r in recorded["rows"]
+        if r["group"] == "physics"
+        and r["case"] == rows["default"]["case"]
+        and r["dose"] == 5.0
+        and r["method"] == "refined:hrstem"
+    ]
+    assert rows["default"]["psnr"] == pytest.approx(default, abs=0.02)
+    assert result["summary"]["HAADF@5"]["n_images"] == 1

@@ -13,6 +13,7 @@ from ._common import (
     check_image_memory,
     check_outputs,
     model_files,
+    non_negative_int,
     positive_int,
     progress_printer,
     read_dataset,
@@ -64,6 +65,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         working = max(working, DEVIATION_BYTES)
     per_pixel = _RESTORE_BYTES_PER_PIXEL + working / frames
     check_image_memory((frames * data.shape[-2], data.shape[-1]), per_pixel, "restoring data")
+    adapted = None
+    if args.adapt_steps is not None:
+        module, adapted = _adapt_to_input(args, data, device)
     progress = progress_printer("tiles")
     band_weights: list[tuple[float, ...]] = []
     out = restore(
@@ -89,6 +93,9 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     }
     if args.ensemble > 1:
         meta["emdenoise_ensemble"] = args.ensemble
+    if adapted is not None:
+        meta["emdenoise_adapt_steps"] = adapted.steps
+        meta["emdenoise_adapt_best_step"] = adapted.best_step
     residual = None if res_path is None else data.astype(np.float32) - out
     write_tif(dst, out, meta, overwrite=args.overwrite)
     print(f"restored {src} ({'x'.join(map(str, data.shape))}) with {args.model} -> {dst}")
@@ -100,6 +107,29 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         write_tif(res_path, residual, meta, overwrite=args.overwrite)
         print(f"residual (input - restored) -> {res_path}")
     return 0
+
+
+def _adapt_to_input(args: argparse.Namespace, data, device):
+    """Fine-tune ``args.model`` on the frames to restore (``--adapt-steps``): network, run."""
+    from ..training.adapt import AdaptConfig, adapt
+
+    print(f"adapting {args.model} to the input for {args.adapt_steps} steps …", flush=True)
+    # The step count bounds the run; the hour is only a backstop.
+    result = adapt(
+        args.model,
+        data,
+        minutes=60.0,
+        steps=args.adapt_steps,
+        config=AdaptConfig(device=str(device), seed=args.adapt_seed),
+    )
+    print(
+        f"adapted in {result.seconds:.0f} s ({result.mask.describe()}); held-out loss "
+        f"{result.initial_held_out:.5g} -> {result.best_held_out:.5g} (step {result.best_step} "
+        f"of {result.steps}; step 0 is the model as it was)"
+    )
+    for note in result.notes:
+        print(f"  note: {note}")
+    return result.model, result
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -187,6 +217,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="last, put the raw image back wherever the restoration differs from it by more "
         "than 3 noise deviations at the scale of an atom column (vacancies, dopant columns "
         "averaged away); it also puts back scan distortions the network corrected",
+    )
+    rs.add_argument(
+        "--adapt-steps",
+        type=positive_int,
+        default=None,
+        help="quality mode: first fine-tune the model on this input (self-supervised, as "
+        "`emdenoise adapt` does, about 0.3 s per step on one CPU core whatever the image size; "
+        "200 steps gained 0.5-2 dB on the multislice test set) and restore with the adapted "
+        "network; it is not saved (use `emdenoise adapt` to keep it)",
+    )
+    rs.add_argument(
+        "--adapt-seed", type=non_negative_int, default=0, help="seed of the adaptation's draws"
     )
     rs.add_argument(
         "--overwrite", action="store_true", help="replace existing outputs (never the input)"
