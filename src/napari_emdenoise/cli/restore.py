@@ -65,9 +65,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         working = max(working, DEVIATION_BYTES)
     per_pixel = _RESTORE_BYTES_PER_PIXEL + working / frames
     check_image_memory((frames * data.shape[-2], data.shape[-1]), per_pixel, "restoring data")
-    adapted = None
     if args.adapt_steps is not None:
-        module, adapted = _adapt_to_input(args, data, device)
+        module = _adapt_to_input(args, data, device)
     progress = progress_printer("tiles")
     band_weights: list[tuple[float, ...]] = []
     out = restore(
@@ -93,9 +92,6 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     }
     if args.ensemble > 1:
         meta["emdenoise_ensemble"] = args.ensemble
-    if adapted is not None:
-        meta["emdenoise_adapt_steps"] = adapted.steps
-        meta["emdenoise_adapt_best_step"] = adapted.best_step
     residual = None if res_path is None else data.astype(np.float32) - out
     write_tif(dst, out, meta, overwrite=args.overwrite)
     print(f"restored {src} ({'x'.join(map(str, data.shape))}) with {args.model} -> {dst}")
@@ -110,7 +106,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
 
 
 def _adapt_to_input(args: argparse.Namespace, data, device):
-    """Fine-tune ``args.model`` on the frames to restore (``--adapt-steps``): network, run."""
+    """``args.model`` fine-tuned on the frames to restore (``--adapt-steps``), not saved."""
     from ..training.adapt import AdaptConfig, adapt
 
     print(f"adapting {args.model} to the input for {args.adapt_steps} steps …", flush=True)
@@ -129,7 +125,7 @@ def _adapt_to_input(args: argparse.Namespace, data, device):
     )
     for note in result.notes:
         print(f"  note: {note}")
-    return result.model, result
+    return result.model
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
