@@ -26,7 +26,12 @@ Methods, per noisy image:
 * ``adapted-net``: the network after ``adapt(model, noisy, steps=--steps)``,
   alone (``refine=False``);
 * ``adapted``: ``restore(noisy, model=<adapted network>)``, the whole default
-  chain on top of the adapted network: the quality mode.
+  chain on top of the adapted network;
+* ``selected``: the quality mode, :func:`napari_emdenoise.training.adapt_select.
+  restore_with_adapted`: of ``default``, ``adapted`` and ``adapted-net``, the
+  one with the lowest unbiased risk estimate (:mod:`napari_emdenoise.engine.
+  risk`), computed from the noisy image and the noise fitted during adaptation
+  only. The estimates and the choice are in each row.
 
 The step count, not a wall-time budget, bounds each adaptation, so the result
 does not depend on how busy the machine is; the seconds are reported (one
@@ -70,8 +75,16 @@ from _common import machine_info, markdown_table, write_json  # noqa: E402
 READ_NOISE = 0.5
 DOSES = (2.0, 5.0, 20.0)
 TECHNIQUES = ("HAADF", "HRTEM")
+#: seed of the risk estimate's probes (with the image index and dose)
+SEED = 15
 MODEL_FOR = {"HAADF": "hrstem", "HRTEM": "hrtem"}
-METHODS = ("raw", "bm3d-gat", "default", "adapted-net", "adapted")
+METHODS = ("raw", "bm3d-gat", "default", "adapted-net", "adapted", "selected")
+#: restore_with_adapted's candidate names for the methods above
+CANDIDATE_METHOD = {
+    "bundled": "default",
+    "adapted": "adapted",
+    "adapted, no Wiener step": "adapted-net",
+}
 RESULTS = HERE / "results"
 
 
@@ -88,11 +101,13 @@ def cases(techniques, doses, quick: bool) -> list[dict]:
                 {
                     "name": c.name,
                     "technique": c.meta["technique"],
+                    "modality": c.modality,
                     "dose": c.dose,
                     "noisy": c.noisy,
                     "clean": c.clean,
                     "columns": c.positions,
                     "pixel_size": c.pixel_size,
+                    "index": [c.meta["image_index"], int(c.dose)],
                 }
             )
     return out
@@ -111,6 +126,7 @@ def run_case(case: dict, steps: int) -> list[dict]:
         ssim,
     )
     from napari_emdenoise.training.adapt import AdaptConfig, adapt
+    from napari_emdenoise.training.adapt_select import restore_with_adapted
 
     torch.set_num_threads(1)
     noisy, clean = case["noisy"], case["clean"]
@@ -136,6 +152,16 @@ def run_case(case: dict, steps: int) -> list[dict]:
     t0 = time.perf_counter()
     outputs["adapted"] = restore(noisy, model=result.model, device="cpu")
     seconds["adapted"] = t_adapt + time.perf_counter() - t0
+    t0 = time.perf_counter()
+    choice = restore_with_adapted(
+        noisy, result, parent=model, rng=np.random.default_rng([SEED, *case["index"]]), device="cpu"
+    )
+    outputs["selected"] = choice.output
+    seconds["selected"] = t_adapt + time.perf_counter() - t0
+    # the candidates are the methods above, recomputed: they must agree
+    for name, out in choice.outputs.items():
+        same = np.array_equal(out, outputs[CANDIDATE_METHOD[name]])
+        assert same, f"{name} differs from {CANDIDATE_METHOD[name]}"
 
     ref = column_reference(clean, case["columns"], pixel_size=case["pixel_size"])
     rows = []
@@ -159,6 +185,11 @@ def run_case(case: dict, steps: int) -> list[dict]:
                 adapt_best_step=result.best_step,
                 adapt_stopped=result.stopped,
                 adapt_mask=result.mask.kind,
+            )
+        if method == "selected":
+            row.update(
+                chosen=CANDIDATE_METHOD[choice.name],
+                estimated_mse={CANDIDATE_METHOD[k]: v.mse for k, v in choice.risks.items()},
             )
         rows.append(row)
     return rows
@@ -205,16 +236,26 @@ def summary(rows: list[dict]) -> dict:
                     "seconds": float(np.mean([r["seconds"] for r in ms])),
                 }
             bm3d_psnr = entry["bm3d-gat"]["psnr"] if "bm3d-gat" in entry else np.nan
-            for m in ("default", "adapted-net", "adapted"):
+            for m in ("default", "adapted-net", "adapted", "selected"):
+                if m not in entry:  # runs made before "selected" existed
+                    continue
                 entry[f"{m}_minus_bm3d_db"] = entry[m]["psnr"] - bm3d_psnr
                 entry[f"{m}_column_rms_vs_raw"] = (
                     entry[m]["column_rms_pm"] / entry["raw"]["column_rms_pm"] if fitted else None
                 )
-            per_image = {r["case"]: r["psnr"] for r in sel if r["method"] == "adapted"}
             bm3d = {r["case"]: r["psnr"] for r in sel if r["method"] == "bm3d-gat"}
-            entry["adapted_below_bm3d"] = sorted(
-                c for c in per_image if c in bm3d and per_image[c] < bm3d[c]
-            )
+            default = {r["case"]: r["psnr"] for r in sel if r["method"] == "default"}
+            for m in ("adapted", "selected"):
+                per_image = {r["case"]: r["psnr"] for r in sel if r["method"] == m}
+                entry[f"{m}_below_bm3d"] = sorted(
+                    c for c in per_image if c in bm3d and per_image[c] < bm3d[c]
+                )
+                # images where the quality mode loses more than 0.05 dB against the default
+                entry[f"{m}_below_default"] = sorted(
+                    c for c in per_image if per_image[c] < default[c] - 0.05
+                )
+            chosen = [r["chosen"] for r in sel if r["method"] == "selected"]
+            entry["chosen"] = {m: chosen.count(m) for m in sorted(set(chosen))}
             out[f"{tech}@{dose:g}"] = entry
     return out
 
@@ -227,7 +268,8 @@ def report(summ: dict) -> str:
         "BM3D-GAT",
         "default",
         "adapted net",
-        "adapted (quality mode)",
+        "adapted",
+        "quality mode (chosen by risk)",
         "quality − BM3D",
         "column RMS ÷ raw",
         "s / image",
@@ -244,29 +286,36 @@ def report(summ: dict) -> str:
                 f"{e['default']['psnr']:.2f}",
                 f"{e['adapted-net']['psnr']:.2f}",
                 f"{e['adapted']['psnr']:.2f}",
-                f"{e['adapted_minus_bm3d_db']:+.2f}",
+                f"{e['selected']['psnr']:.2f}",
+                f"{e['selected_minus_bm3d_db']:+.2f}",
                 "–"
-                if e["adapted_column_rms_vs_raw"] is None
-                else f"{e['adapted_column_rms_vs_raw']:.2f} (default "
+                if e["selected_column_rms_vs_raw"] is None
+                else f"{e['selected_column_rms_vs_raw']:.2f} (default "
                 f"{e['default_column_rms_vs_raw']:.2f}; {e['n_images_with_columns']} images)",
-                f"{e['adapted']['seconds']:.0f}",
+                f"{e['selected']['seconds']:.0f}",
             ]
         )
     return markdown_table(header, body)
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=200, help="adaptation steps per image")
+def parse_case_args(ap: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Add ``--doses``, ``--techniques``, ``--quick``, ``--out`` to ``ap`` and parse ``argv``."""
     ap.add_argument("--doses", type=float, nargs="+", default=list(DOSES))
     ap.add_argument("--techniques", nargs="+", default=list(TECHNIQUES), choices=TECHNIQUES)
-    ap.add_argument("--jobs", type=int, default=1, help="images adapted at once (1 thread each)")
     ap.add_argument("--quick", action="store_true", help="one image per technique")
-    ap.add_argument("--out", type=Path, default=RESULTS / "adapt_physics.json")
+    ap.add_argument("--out", type=Path, default=RESULTS / f"{ap.prog.removesuffix('.py')}.json")
     args = ap.parse_args(argv)
     unknown = [d for d in args.doses if d not in DOSES]
     if unknown:
         ap.error(f"doses must be among {DOSES}, got {unknown}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="adapt_physics", description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=200, help="adaptation steps per image")
+    ap.add_argument("--jobs", type=int, default=1, help="images adapted at once (1 thread each)")
+    args = parse_case_args(ap, argv)
     if args.steps < 1 or args.jobs < 1:
         ap.error("--steps and --jobs must be at least 1")
 

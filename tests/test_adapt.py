@@ -18,6 +18,7 @@ from napari_emdenoise.training._masks import (  # noqa: E402
     noise_autocorrelation,
 )
 from napari_emdenoise.training.adapt import AdaptConfig, adapt  # noqa: E402
+from napari_emdenoise.training.adapt_select import restore_with_adapted  # noqa: E402
 
 
 @pytest.fixture(autouse=True)
@@ -282,7 +283,8 @@ def test_cli_restore_adapt_steps_restores_with_the_adapted_network(
     dst = tmp_path / "restored.tif"
     before = set(list_models())
     args = ["restore", str(src), "-o", str(dst), "--model", tiny_user_model, "--device", "cpu"]
-    assert main([*args, "--adapt-steps", "3", "--adapt-seed", "2"]) == 0
+    quality = ["--adapt-steps", "3", "--adapt-seed", "2"]
+    assert main([*args, *quality, "--adapt-choice", "adapted"]) == 0
     ((out, _meta),) = read_em(dst)
     assert "of 3; step 0 is the model as it was" in capsys.readouterr().out
     # the same run in Python: adapt with the same seed, then restore with that network
@@ -291,3 +293,14 @@ def test_cli_restore_adapt_steps_restores_with_the_adapted_network(
     assert set(list_models()) == before  # nothing saved
     np.testing.assert_array_equal(np.load(src), image)  # input untouched
     assert main([*args, "--adapt-steps", "0", "--overwrite"]) == 2
+
+    # the default choice: the candidate with the lowest estimated error, as in Python
+    assert main([*args, *quality, "--overwrite"]) == 0
+    ((chosen, _meta),) = read_em(dst)
+    printed = capsys.readouterr().out
+    choice = restore_with_adapted(
+        image, result, parent=tiny_user_model, rng=np.random.default_rng(2), device="cpu"
+    )
+    assert f"{choice.name} " in printed and "(chosen)" in printed
+    np.testing.assert_allclose(chosen, choice.output, rtol=1e-5, atol=1e-3)
+    assert set(list_models()) == before

@@ -79,8 +79,13 @@ def test_adapt_physics_script_runs_on_one_image(tmp_path):
     result = json.loads(out.read_text())
     assert result["complete"] and result["steps"] == 2
     rows = {r["method"]: r for r in result["rows"]}
-    assert {"raw", "default", "adapted-net", "adapted"} <= set(rows)
+    assert {"raw", "default", "adapted-net", "adapted", "selected"} <= set(rows)
     assert rows["adapted"]["adapt_steps"] == 2 and rows["adapted"]["column_rms_pm"] > 0
+    # the quality mode is the candidate with the lowest estimated error, and scores as it
+    chosen, estimates = rows["selected"]["chosen"], rows["selected"]["estimated_mse"]
+    assert set(estimates) == {"default", "adapted", "adapted-net"}
+    assert estimates[chosen] == min(estimates.values())
+    assert rows["selected"]["psnr"] == rows[chosen]["psnr"]
     # the same noisy draw as restore_quality.py: its recorded default score comes back
     recorded = json.loads((_BENCH / "results" / "restore_quality_hr.json").read_text())
     (default,) = [
@@ -93,3 +98,25 @@ def test_adapt_physics_script_runs_on_one_image(tmp_path):
     ]
     assert rows["default"]["psnr"] == pytest.approx(default, abs=0.02)
     assert result["summary"]["HAADF@5"]["n_images"] == 1
+
+
+@pytest.mark.slow
+def test_risk_accuracy_script_runs_on_one_image(tmp_path):
+    """The risk-estimate check end to end on one image: rows, pair counts, JSON."""
+    bench = _load("risk_accuracy")
+    out = tmp_path / "risk_accuracy.json"
+    sys.path.insert(0, str(_BENCH))  # it reads restore_quality's noisy draws
+    try:
+        argv = ["--quick", "--techniques", "HAADF", "--doses", "5", "--out", str(out)]
+        assert bench.main(argv) == 0
+    finally:
+        sys.path.remove(str(_BENCH))
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [r["method"] for r in rows] == list(bench.METHODS)
+    entry = result["summary"]["HAADF@5"]
+    assert entry["n_images"] == 1 and entry["fitted"]["pairs"] == 6
+    # on this SrTiO3 image the estimate orders (almost) every pair like the true error
+    assert entry["fitted"]["misordered"] <= 1 and entry["true"]["misordered"] <= 1
+    for r in rows:
+        assert 0.5 < r["estimate_true"] / r["mse"] < 2.0

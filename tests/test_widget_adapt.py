@@ -60,6 +60,11 @@ def test_adapt_button_selects_the_adapted_model_and_adds_the_comparison(adapt_do
         residual = viewer.layers[f"micrograph residual{suffix}"].data
         np.testing.assert_allclose(residual, data.astype(np.float32) - layer.data, atol=1e-3)
     np.testing.assert_array_equal(viewer.layers["micrograph"].data, original)
+    # the status says which of the two is estimated closer to the truth, from the noise alone
+    assert result.noise_fit is not None
+    status = panel.status.value
+    assert "estimated RMS error: tinytest " in status and "adapted " in status
+    assert "(chosen)" in status and "likely the closer to the truth" in status
     # side by side: napari's grid view
     assert panel.side_by_side.enabled
     panel.side_by_side.value = True

@@ -57,6 +57,7 @@ def run_adapt(
     """
     from ..engine.predictor import restore
     from ..training.adapt import adapt
+    from ..training.adapt_select import restore_with_adapted
 
     def work(put: Any) -> dict[str, Any]:
         result = adapt(
@@ -69,11 +70,30 @@ def run_adapt(
         name = adapted_name(result.parent, layer_name, result.image_hash)
         put(("phase", f"restoring with {name} and {model}…"))
         stop = closing.is_set if closing is not None else None
+        if result.noise_fit is None:  # nothing to estimate the errors with
+            return {
+                "result": result,
+                "name": name,
+                "adapted": restore(data, model=result.model, backend="torch", cancel=stop),
+                "parent": restore(data, model=model, backend="torch", cancel=stop),
+                "risk": None,
+            }
+        # both restorations, and which is likely closer to the truth (two more runs)
+        choice = restore_with_adapted(
+            data,
+            result,
+            parent=model,
+            rng=np.random.default_rng(0),
+            cancel=stop,
+            candidates=("bundled", "adapted"),
+            backend="torch",
+        )
         return {
             "result": result,
             "name": name,
-            "adapted": restore(data, model=result.model, backend="torch", cancel=stop),
-            "parent": restore(data, model=model, backend="torch", cancel=stop),
+            "adapted": choice.outputs["adapted"],
+            "parent": choice.outputs["bundled"],
+            "risk": choice,
         }
 
     return (
@@ -347,6 +367,13 @@ class AdaptPanel(CancellableRun, mw.Container):
             f"held-out loss {result.initial_held_out:.4g} → {result.best_held_out:.4g}; "
             f"{result.mask.describe()}"
         )
+        risk = value.get("risk")
+        if risk is not None:
+            better = "adapted" if risk.name == "adapted" else parent
+            self.status.value += (
+                f". {risk.describe().replace('bundled', parent)}: {better} is likely the closer "
+                "to the truth (estimated from the noise alone)"
+            )
         self.progress.value = self.progress.max
         self._finish()
 

@@ -65,23 +65,26 @@ def _cmd_restore(args: argparse.Namespace) -> int:
         working = max(working, DEVIATION_BYTES)
     per_pixel = _RESTORE_BYTES_PER_PIXEL + working / frames
     check_image_memory((frames * data.shape[-2], data.shape[-1]), per_pixel, "restoring data")
-    if args.adapt_steps is not None:
-        module = _adapt_to_input(args, data, device)
-    progress = progress_printer("tiles")
-    band_weights: list[tuple[float, ...]] = []
-    out = restore(
-        data,
-        model=module,
-        device=device,
+    options = dict(
         tile_size=args.tile_size,
-        progress=progress,
-        safeguard=args.safeguard,
-        safeguard_report=lambda _i, r: band_weights.append(r.band_weights),
         ensemble=args.ensemble,
         refine=not args.no_refine,
         lattice=not args.no_lattice,
         keep_defects=args.keep_defects,
     )
+    band_weights: list[tuple[float, ...]] = []
+    if args.adapt_steps is not None:
+        out = _quality_mode(args, data, module, device, options)
+    else:
+        out = restore(
+            data,
+            model=module,
+            device=device,
+            progress=progress_printer("tiles"),
+            safeguard=args.safeguard,
+            safeguard_report=lambda _i, r: band_weights.append(r.band_weights),
+            **options,
+        )
     meta = {
         **meta,
         "emdenoise_model": args.model,
@@ -105,9 +108,18 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def _adapt_to_input(args: argparse.Namespace, data, device):
-    """``args.model`` fine-tuned on the frames to restore (``--adapt-steps``), not saved."""
+def _quality_mode(args: argparse.Namespace, data, module, device, options: dict):
+    """``--adapt-steps``: adapt ``args.model`` to the input (not saved), then restore.
+
+    With ``--adapt-choice risk`` the output is whichever of the bundled model,
+    the adapted network and the adapted network without the Wiener step has
+    the lowest unbiased risk estimate (:mod:`napari_emdenoise.engine.risk`).
+    """
+    import numpy as np
+
+    from ..engine.predictor import restore
     from ..training.adapt import AdaptConfig, adapt
+    from ..training.adapt_select import restore_with_adapted
 
     print(f"adapting {args.model} to the input for {args.adapt_steps} steps …", flush=True)
     # The step count bounds the run; the hour is only a backstop.
@@ -125,7 +137,22 @@ def _adapt_to_input(args: argparse.Namespace, data, device):
     )
     for note in result.notes:
         print(f"  note: {note}")
-    return result.model
+    if args.adapt_choice == "adapted" or result.noise_fit is None:
+        if args.adapt_choice == "risk":
+            print("  no noise model was fitted, so the adapted network is used unchecked")
+        return restore(data, model=result.model, device=device, safeguard=args.safeguard, **options)
+    choice = restore_with_adapted(
+        data,
+        result,
+        parent=module,
+        rng=np.random.default_rng(args.adapt_seed),
+        device=device,
+        progress=lambda name: print(f"  restoring and checking: {name} …", flush=True),
+        safeguard=args.safeguard,
+        **options,
+    )
+    print(f"{choice.describe()} (unbiased risk estimate from the noisy input)")
+    return choice.output
 
 
 def _cmd_export_onnx(args: argparse.Namespace) -> int:
@@ -220,9 +247,17 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=None,
         help="quality mode: first fine-tune the model on this input (self-supervised, as "
         "`emdenoise adapt` does; about 0.35 s per step on one CPU core whatever the image size) "
-        "and restore with the adapted network, which is not saved (`emdenoise adapt` keeps it). "
-        "200 steps: 1.3-2.4 dB over BM3D on average on multislice test images, but up to 2 dB "
-        "below the default on weak-contrast ones",
+        "and restore with the adapted network, which is not saved (`emdenoise adapt` keeps it); "
+        "see --adapt-choice. 200 steps: about 70 s on one core, whatever the image size",
+    )
+    rs.add_argument(
+        "--adapt-choice",
+        choices=("risk", "adapted"),
+        default="risk",
+        help="with --adapt-steps: 'risk' (default) keeps whichever of the bundled model, the "
+        "adapted network and the adapted network without the Wiener step has the lowest "
+        "error estimated from the noisy input (Stein's unbiased risk estimate with the fitted "
+        "noise; costs about 5 more restorations); 'adapted' always uses the adapted network",
     )
     rs.add_argument(
         "--adapt-seed", type=non_negative_int, default=0, help="seed of the adaptation's draws"

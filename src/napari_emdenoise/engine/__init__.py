@@ -20,6 +20,8 @@ __all__ = [
     "autocast_context",
     "available_devices",
     "blend_window",
+    "choose_restoration",
+    "estimate_risk",
     "is_oom_error",
     "resolve_device",
     "restore",
@@ -40,6 +42,8 @@ _WHERE = {
     "available_devices": "device",
     "is_oom_error": "device",
     "resolve_device": "device",
+    "estimate_risk": "risk",
+    "choose_restoration": "risk",
 }
 
 
