@@ -304,3 +304,34 @@ def test_cli_restore_adapt_steps_restores_with_the_adapted_network(
     assert f"{choice.name} " in printed and "(chosen)" in printed
     np.testing.assert_allclose(chosen, choice.output, rtol=1e-5, atol=1e-3)
     assert set(list_models()) == before
+
+
+def test_restore_with_adapted_on_a_stack_and_with_chosen_options(tiny_user_model):
+    """A (frames, y, x) stack is judged as a whole; restore options reach every candidate."""
+    rng = np.random.default_rng(11)
+    frames = np.stack(
+        [lattice_probe(rng, size=48, spacing=8.0, width=1.5, dose=5.0).noisy for _ in range(2)]
+    )
+    result = adapt(tiny_user_model, frames, minutes=60, steps=2, config=AdaptConfig(seed=3))
+    assert result.noise_fit is not None
+    choice = restore_with_adapted(
+        frames, result, rng=np.random.default_rng(0), device="cpu", refine=False
+    )
+    # without the Wiener step the third candidate would repeat the second: left out
+    assert list(choice.risks) == ["bundled", "adapted"]
+    assert choice.output.shape == frames.shape
+    np.testing.assert_allclose(
+        choice.outputs["adapted"],
+        restore(frames, model=result.model, device="cpu", refine=False),
+        rtol=1e-5,
+        atol=1e-4,
+    )
+    # judged on the middle frame only, the whole stack restored by the chosen one
+    cropped = restore_with_adapted(
+        frames, result, rng=np.random.default_rng(0), device="cpu", max_pixels=4096
+    )
+    assert cropped.region == (slice(1, 2), slice(0, 48), slice(0, 48))
+    assert cropped.output.shape == frames.shape
+    assert all(o.shape == (1, 48, 48) for o in cropped.outputs.values())
+    with pytest.raises(ValueError, match="candidates must be among"):
+        restore_with_adapted(frames, result, rng=rng, candidates=("raw",))

@@ -150,3 +150,56 @@ def test_bad_images_and_no_candidates_are_refused():
         estimate_risk(bad, _gauss(1.0), NoiseLine(1.0), rng=rng)
     with pytest.raises(ValueError, match="no candidate"):
         choose_restoration(np.ones((8, 8)), {}, NoiseLine(1.0), rng=rng)
+
+
+def test_a_central_crop_stands_for_a_large_image():
+    probe = lattice_probe(np.random.default_rng(12), size=160, spacing=10.0, width=1.8, dose=5.0)
+    candidates = {f"gauss {s}": _gauss(s) for s in (0.4, 1.0, 5.0)}
+    calls = []
+
+    def counted(fn, name):
+        def run(z):
+            calls.append((name, np.shape(z)))
+            return fn(z)
+
+        return run
+
+    whole = choose_restoration(
+        probe.noisy, candidates, NoiseLine(1.0), rng=np.random.default_rng(5)
+    )
+    crop = choose_restoration(
+        probe.noisy,
+        {k: counted(fn, k) for k, fn in candidates.items()},
+        NoiseLine(1.0),
+        rng=np.random.default_rng(5),
+        max_pixels=80 * 80,
+    )
+    assert whole.region is None and crop.region == (slice(40, 120), slice(40, 120))
+    assert crop.name == whole.name
+    np.testing.assert_allclose(crop.output, candidates[crop.name](probe.noisy))
+    assert all(o.shape == (80, 80) for o in crop.outputs.values())
+    # two runs of the crop per candidate, one of the whole image for the chosen one
+    assert sorted(shape for _, shape in calls).count((80, 80)) == 6
+    assert calls[-1] == (crop.name, (160, 160))
+
+
+@pytest.mark.parametrize(
+    "shape, max_pixels, region",
+    [
+        ((64, 64), 4096, None),
+        ((100, 100), 4900, (slice(15, 85), slice(15, 85))),
+        ((5, 64, 64), 4096, (slice(2, 3), slice(0, 64), slice(0, 64))),
+        ((4, 200, 50), 5000, (slice(2, 3), slice(50, 150), slice(0, 50))),
+        ((64, 10000), 8192, (slice(0, 64), slice(4936, 5064))),
+        ((10000, 100), 8192, (slice(4936, 5064), slice(18, 82))),
+    ],
+)
+def test_central_region_shapes(shape, max_pixels, region):
+    from napari_emdenoise.engine.risk import central_region
+
+    got = central_region(shape, max_pixels)
+    assert got == region
+    if got is not None:
+        assert np.empty(shape)[got].size <= max_pixels
+    with pytest.raises(ValueError, match="at least 4096"):
+        central_region(shape, 100)

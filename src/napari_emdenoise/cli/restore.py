@@ -119,7 +119,7 @@ def _quality_mode(args: argparse.Namespace, data, module, device, options: dict)
 
     from ..engine.predictor import restore
     from ..training.adapt import AdaptConfig, adapt
-    from ..training.adapt_select import restore_with_adapted
+    from ..training.adapt_select import ESTIMATE_PIXELS, restore_with_adapted
 
     print(f"adapting {args.model} to the input for {args.adapt_steps} steps …", flush=True)
     # The step count bounds the run; the hour is only a backstop.
@@ -148,10 +148,12 @@ def _quality_mode(args: argparse.Namespace, data, module, device, options: dict)
         rng=np.random.default_rng(args.adapt_seed),
         device=device,
         progress=lambda name: print(f"  restoring and checking: {name} …", flush=True),
+        max_pixels=ESTIMATE_PIXELS,
         safeguard=args.safeguard,
         **options,
     )
-    print(f"{choice.describe()} (unbiased risk estimate from the noisy input)")
+    where = "the noisy input" if choice.region is None else "a central crop of the input"
+    print(f"{choice.describe()} (unbiased risk estimate from {where})")
     return choice.output
 
 
@@ -257,7 +259,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="with --adapt-steps: 'risk' (default) keeps whichever of the bundled model, the "
         "adapted network and the adapted network without the Wiener step has the lowest "
         "error estimated from the noisy input (Stein's unbiased risk estimate with the fitted "
-        "noise; costs about 5 more restorations); 'adapted' always uses the adapted network",
+        "noise, judged on a central 1024x1024 crop of larger images; costs about 5 more "
+        "restorations, of the crop where there is one); 'adapted' always uses the adapted network",
     )
     rs.add_argument(
         "--adapt-seed", type=non_negative_int, default=0, help="seed of the adaptation's draws"

@@ -17,12 +17,20 @@ import numpy as np
 
 from ..engine.risk import NoiseLine, RiskChoice, choose_restoration
 
-__all__ = ["CANDIDATES", "restore_with_adapted"]
+__all__ = ["CANDIDATES", "ESTIMATE_PIXELS", "restore_with_adapted"]
 
 #: The restorations compared, in order (ties go to the first): the model the
 #: adaptation started from, the adapted network, and the adapted network
 #: without the Wiener refinement (left out when the refinement is off anyway).
 CANDIDATES = ("bundled", "adapted", "adapted, no Wiener step")
+
+#: Pixels of the central crop the command line compares on (1024²): 16× the
+#: 256² images on which ``benchmarks/risk_accuracy.py`` measured how well the
+#: estimates order restorations. The choice then costs 2.5 restorations of a
+#: 2048² frame and 1.4 of a 4096² one, instead of six. The crop stands for the
+#: whole image: an image whose centre differs from the rest (a particle on
+#: vacuum) is judged by its centre.
+ESTIMATE_PIXELS = 1 << 20
 
 
 def restore_with_adapted(
@@ -36,6 +44,7 @@ def restore_with_adapted(
     cancel: Callable[[], bool] | None = None,
     progress: Callable[[str], None] | None = None,
     candidates: tuple[str, ...] = CANDIDATES,
+    max_pixels: int | None = None,
     **options: Any,
 ) -> RiskChoice:
     """The lowest-risk of :data:`CANDIDATES` for ``image``.
@@ -60,6 +69,11 @@ def restore_with_adapted(
         Called with each candidate's name before it runs.
     candidates : tuple of str
         Which of :data:`CANDIDATES` to compare (at least one).
+    max_pixels : int, optional
+        Compare on a central crop of at most this many pixels and restore the
+        whole image with the chosen candidate only
+        (:func:`~napari_emdenoise.engine.risk.choose_restoration`); then
+        ``outputs`` hold the crop's restorations.
     **options
         Further keyword arguments of :func:`~napari_emdenoise.engine.predictor.
         restore` (``refine``, ``lattice``, ``keep_defects``, ``ensemble``,
@@ -70,7 +84,8 @@ def restore_with_adapted(
     RiskChoice
         ``name`` is one of :data:`CANDIDATES`; ``risks`` holds every estimate
         (mean squared error, image units²). Cost: six restorations of the image
-        with one probe (four with ``refine=False``).
+        with one probe (four with ``refine=False``), or six of the crop and
+        one of the image with ``max_pixels``.
 
     Raises
     ------
@@ -105,4 +120,5 @@ def restore_with_adapted(
         rng=rng,
         probes=probes,
         progress=progress,
+        max_pixels=max_pixels,
     )
