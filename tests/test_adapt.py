@@ -260,7 +260,11 @@ def test_cli_adapt_then_restore(tiny_user_model, tmp_path, capsys):
          "--anchor", "0", "--out", "my_model"]
     )  # fmt: skip
     assert code == 0, capsys.readouterr().err
-    assert "my_model" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "my_model" in printed
+    # the two restorations of this image compared by their estimated errors
+    assert f"on this image, estimated RMS error: {tiny_user_model} " in printed
+    assert "my_model " in printed and "is likely the closer to the truth" in printed
     out = tmp_path / "restored.tif"
     assert main(["restore", str(src), "-o", str(out), "--model", "my_model"]) == 0
     assert tifffile.imread(out).shape == image.shape

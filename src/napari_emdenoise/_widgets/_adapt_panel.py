@@ -371,7 +371,7 @@ class AdaptPanel(CancellableRun, mw.Container):
         if risk is not None:
             better = "adapted" if risk.name == "adapted" else parent
             self.status.value += (
-                f". {risk.describe().replace('bundled', parent)}: {better} is likely the closer "
+                f". {risk.describe({'bundled': parent})}: {better} is likely the closer "
                 "to the truth (estimated from the noise alone)"
             )
         self.progress.value = self.progress.max

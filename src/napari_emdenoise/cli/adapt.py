@@ -80,7 +80,32 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     for note in result.notes:
         print(f"  note: {note}")
     print(f"saved {path}; restore with: emdenoise restore IMAGE -o OUT.tif --model {args.out}")
+    if result.noise_fit is not None:
+        _compare_on_image(np.asarray(data), result, args)
     return 0
+
+
+def _compare_on_image(data, result, args: argparse.Namespace) -> None:
+    """Print the restorations' errors estimated from the image (parent vs adapted)."""
+    import numpy as np
+
+    from ..training.adapt_select import ESTIMATE_PIXELS, restore_with_adapted
+
+    choice = restore_with_adapted(
+        data,
+        result,
+        parent=args.model,
+        rng=np.random.default_rng(args.seed),
+        device=args.device,
+        candidates=("bundled", "adapted"),
+        max_pixels=ESTIMATE_PIXELS,
+    )
+    text = choice.describe().replace("bundled", str(result.parent))
+    text = text.replace("adapted", args.out, 1) if "adapted" in text else text
+    better = (
+        args.out if choice.name == "adapted" else f"{result.parent} (the model you started from)"
+    )
+    print(f"on this image, {text}: {better} is likely the closer to the truth")
 
 
 def add_parser(sub) -> None:

@@ -178,13 +178,17 @@ class RiskChoice:
     outputs: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     region: tuple[slice, ...] | None = None
 
-    def describe(self) -> str:
-        """One line: every candidate's estimated RMS error, the chosen one marked."""
+    def describe(self, labels: Mapping[str, str] | None = None) -> str:
+        """One line: every candidate's estimated RMS error, the chosen one marked.
+
+        ``labels`` renames candidates in the text (e.g. to model names).
+        """
+        labels = labels or {}
         parts = []
         for name, r in self.risks.items():
             rms = math.sqrt(max(r.mse, 0.0))
             mark = " (chosen)" if name == self.name else ""
-            parts.append(f"{name} {rms:.4g}{mark}")
+            parts.append(f"{labels.get(name, name)} {rms:.4g}{mark}")
         return "estimated RMS error: " + ", ".join(parts)
 
 
