@@ -26,6 +26,18 @@ def _load(name: str):
     return module
 
 
+def _run_on_one_haadf_image(name: str, out: Path, *extra: str) -> dict:
+    """``benchmarks/<name>.py --quick`` on one HAADF image at 5 counts/px; its JSON."""
+    bench = _load(name)
+    sys.path.insert(0, str(_BENCH))  # it reads restore_quality's noisy draws
+    try:
+        argv = ["--quick", "--techniques", "HAADF", "--doses", "5", *extra, "--out", str(out)]
+        assert bench.main(argv) == 0
+    finally:
+        sys.path.remove(str(_BENCH))
+    return json.loads(out.read_text())
+
+
 def test_conv_flops_of_one_convolution():
     qps = _load("quality_per_second")
     conv = torch.nn.Conv2d(2, 3, 3, padding=1)
@@ -68,15 +80,9 @@ def test_gpu_session_script_runs_on_cpu(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_adapt_physics_script_runs_on_one_image(tmp_path):
     """The quality-mode benchmark end to end on one image, two adaptation steps."""
-    bench = _load("adapt_physics")
-    out = tmp_path / "adapt_physics.json"
-    sys.path.insert(0, str(_BENCH))  # it reads restore_quality's noisy draws
-    try:
-        argv = ["--quick", "--techniques", "HAADF", "--doses", "5", "--steps", "2"]
-        assert bench.main([*argv, "--out", str(out)]) == 0
-    finally:
-        sys.path.remove(str(_BENCH))
-    result = json.loads(out.read_text())
+    result = _run_on_one_haadf_image(
+        "adapt_physics", tmp_path / "adapt_physics.json", "--steps", "2"
+    )
     assert result["complete"] and result["steps"] == 2
     rows = {r["method"]: r for r in result["rows"]}
     assert {"raw", "default", "adapted-net", "adapted", "selected"} <= set(rows)
@@ -103,17 +109,9 @@ def test_adapt_physics_script_runs_on_one_image(tmp_path):
 @pytest.mark.slow
 def test_risk_accuracy_script_runs_on_one_image(tmp_path):
     """The risk-estimate check end to end on one image: rows, pair counts, JSON."""
-    bench = _load("risk_accuracy")
-    out = tmp_path / "risk_accuracy.json"
-    sys.path.insert(0, str(_BENCH))  # it reads restore_quality's noisy draws
-    try:
-        argv = ["--quick", "--techniques", "HAADF", "--doses", "5", "--out", str(out)]
-        assert bench.main(argv) == 0
-    finally:
-        sys.path.remove(str(_BENCH))
-    result = json.loads(out.read_text())
+    result = _run_on_one_haadf_image("risk_accuracy", tmp_path / "risk_accuracy.json")
     rows = result["rows"]
-    assert [r["method"] for r in rows] == list(bench.METHODS)
+    assert [r["method"] for r in rows] == list(_load("risk_accuracy").METHODS)
     entry = result["summary"]["HAADF@5"]
     assert entry["n_images"] == 1 and entry["fitted"]["pairs"] == 6
     # on this SrTiO3 image the estimate orders (almost) every pair like the true error
