@@ -251,7 +251,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "`emdenoise adapt` does; about 0.35 s per step on one CPU core whatever the image size) "
         "and restore with the adapted network, which is not saved (`emdenoise adapt` keeps it); "
         "see --adapt-choice. 200 steps: about 70 s on one core, whatever the image size; "
-        "50 steps (about 20 s) gave 0.3-0.5 dB less on multislice test images",
+        "50 steps (about 20 s) gave 0.25-0.5 dB less on multislice test images",
     )
     rs.add_argument(
         "--adapt-choice",
