@@ -71,28 +71,25 @@ def run_adapt(
         put(("phase", f"restoring with {name} and {model}…"))
         stop = closing.is_set if closing is not None else None
         if result.noise_fit is None:  # nothing to estimate the errors with
-            return {
-                "result": result,
-                "name": name,
-                "adapted": restore(data, model=result.model, backend="torch", cancel=stop),
-                "parent": restore(data, model=model, backend="torch", cancel=stop),
-                "risk": None,
-            }
-        # both restorations, and which is likely closer to the truth (two more runs)
-        choice = restore_with_adapted(
-            data,
-            result,
-            parent=model,
-            rng=np.random.default_rng(0),
-            cancel=stop,
-            candidates=("bundled", "adapted"),
-            backend="torch",
-        )
+            choice = None
+            adapted = restore(data, model=result.model, backend="torch", cancel=stop)
+            parent = restore(data, model=model, backend="torch", cancel=stop)
+        else:  # both restorations, and which is likely closer to the truth (two more runs)
+            choice = restore_with_adapted(
+                data,
+                result,
+                parent=model,
+                rng=np.random.default_rng(0),
+                cancel=stop,
+                candidates=("bundled", "adapted"),
+                backend="torch",
+            )
+            adapted, parent = choice.outputs["adapted"], choice.outputs["bundled"]
         return {
             "result": result,
             "name": name,
-            "adapted": choice.outputs["adapted"],
-            "parent": choice.outputs["bundled"],
+            "adapted": adapted,
+            "parent": parent,
             "risk": choice,
         }
 

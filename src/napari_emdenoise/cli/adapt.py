@@ -100,12 +100,11 @@ def _compare_on_image(data, result, args: argparse.Namespace) -> None:
         candidates=("bundled", "adapted"),
         max_pixels=ESTIMATE_PIXELS,
     )
-    text = choice.describe().replace("bundled", str(result.parent))
-    text = text.replace("adapted", args.out, 1) if "adapted" in text else text
-    better = (
-        args.out if choice.name == "adapted" else f"{result.parent} (the model you started from)"
-    )
-    print(f"on this image, {text}: {better} is likely the closer to the truth")
+    labels = {"bundled": str(result.parent), "adapted": args.out}
+    better = labels[choice.name]
+    if choice.name == "bundled":
+        better += " (the model you started from)"
+    print(f"on this image, {choice.describe(labels)}: {better} is likely the closer to the truth")
 
 
 def add_parser(sub) -> None:

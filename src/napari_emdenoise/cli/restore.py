@@ -140,7 +140,14 @@ def _quality_mode(args: argparse.Namespace, data, module, device, options: dict)
     if args.adapt_choice == "adapted" or result.noise_fit is None:
         if args.adapt_choice == "risk":
             print("  no noise model was fitted, so the adapted network is used unchecked")
-        return restore(data, model=result.model, device=device, safeguard=args.safeguard, **options)
+        return restore(
+            data,
+            model=result.model,
+            device=device,
+            progress=progress_printer("tiles"),
+            safeguard=args.safeguard,
+            **options,
+        )
     choice = restore_with_adapted(
         data,
         result,

@@ -23,9 +23,9 @@ The absolute estimate is noisy where the error is far below the noise (a
 restoration that is 100× better than the raw image), but *differences* between
 two restorations of the same image are accurate: on the multislice physics set
 of ``benchmarks/physics_set.py`` (27 images × 3 doses, four restorations of
-each) the estimate ordered 314 of 324 pairs like the true error, with the
-noise fitted from the image itself, and each misordered pair was within
-0.31 dB (docs/restoration_fidelity.md, section 16). That is what
+each; ``benchmarks/risk_accuracy.py``) the estimate ordered 474 of 486 pairs
+like the true error, with the noise fitted from the image itself, and each
+misordered pair was within 0.45 dB (docs/restoration_fidelity.md, section 16). That is what
 :func:`choose_restoration` uses it for.
 
 Assumptions: the restoration is deterministic (the same input gives the same
