@@ -190,11 +190,14 @@ def test_no_window_seams():
 
 
 def test_restore_refines_by_default_and_refuses_a_non_boolean_flag():
-    """`restore` = network + refinement (+ the lattice pass, tests/test_lattice.py);
-    `refine=False` is the network alone."""
+    """`restore` = network + refinement (Wiener filter, then the 2-pixel pattern step,
+    with one noise line) + the lattice pass (tests/test_lattice.py); `refine=False` is
+    the network alone."""
     import torch
 
     from napari_emdenoise.engine import restore, restore_dask
+    from napari_emdenoise.engine.grid_pattern import remove_grid_pattern
+    from napari_emdenoise.noise.variance import noise_variance_line
 
     net = torch.nn.Conv2d(1, 1, 5, padding=2, bias=False)
     torch.nn.init.constant_(net.weight, 1 / 25)  # a 5×5 box filter: over-smooths the lattice
@@ -203,7 +206,11 @@ def test_restore_refines_by_default_and_refuses_a_non_boolean_flag():
 
     alone = restore(p.noisy, model=net, refine=False)
     refined = restore(p.noisy, model=net, lattice=False)
-    np.testing.assert_allclose(refined, wiener_refine(p.noisy, alone), rtol=1e-5, atol=1e-4)
+    line = noise_variance_line(p.noisy.astype(np.float64), pilot=alone.astype(np.float64))
+    expected = remove_grid_pattern(
+        p.noisy, wiener_refine(p.noisy, alone, noise_line=line), noise_line=line
+    )
+    np.testing.assert_allclose(refined, expected, rtol=1e-5, atol=1e-4)
     default = restore(p.noisy, model=net)
     np.testing.assert_allclose(default, restore_lattice(p.noisy, refined), rtol=1e-5, atol=1e-4)
     assert psnr(refined, p.clean) > psnr(alone, p.clean) + 3.0
@@ -215,9 +222,12 @@ def test_restore_refines_by_default_and_refuses_a_non_boolean_flag():
 
 
 def test_a_refinement_that_does_not_fit_in_memory_falls_back_to_the_network(monkeypatch):
+    """Each step of the refinement that runs out of memory is skipped with a warning."""
     import torch
 
     from napari_emdenoise.engine import predictor, restore
+    from napari_emdenoise.engine.grid_pattern import remove_grid_pattern
+    from napari_emdenoise.noise.variance import noise_variance_line
 
     def no_memory(*_args, **_kwargs):
         raise MemoryError
@@ -225,8 +235,14 @@ def test_a_refinement_that_does_not_fit_in_memory_falls_back_to_the_network(monk
     net = torch.nn.Conv2d(1, 1, 3, padding=1)
     x = np.random.default_rng(13).poisson(20.0, (64, 64)).astype(np.float32)
     alone = restore(x, model=net, refine=False)
+    line = noise_variance_line(x.astype(np.float64), pilot=alone.astype(np.float64))
     monkeypatch.setattr(predictor, "wiener_refine", no_memory)
-    with pytest.warns(RuntimeWarning, match="did not fit in memory") as record:
+    with pytest.warns(RuntimeWarning, match="Wiener refinement .* did not fit in memory") as record:
+        out = restore(x, model=net, lattice=False)
+    np.testing.assert_allclose(out, remove_grid_pattern(x, alone, noise_line=line), atol=1e-5)
+    assert record[0].filename == __file__  # the warning points at the caller of restore
+    monkeypatch.setattr(predictor, "remove_grid_pattern", no_memory)
+    with pytest.warns(RuntimeWarning, match="2-pixel pattern step .* did not fit") as record:
         out = restore(x, model=net, lattice=False)
     np.testing.assert_array_equal(out, alone)
-    assert record[0].filename == __file__  # the warning points at the caller of restore
+    assert all(r.filename == __file__ for r in record)

@@ -44,8 +44,12 @@ import torch
 
 from .._validation import as_float_image, tensor_to_numpy
 from ..models._normalization import NORM_REL_FLOOR, normalization_stats
+from ..noise.variance import noise_variance_line
+from ._frame_pair import frame_pair
 from .deviations import restore_deviations
 from .device import autocast_context, is_oom_error, resolve_device
+from .grid_pattern import MIN_SIDE as GRID_PATTERN_MIN_SIDE
+from .grid_pattern import remove_grid_pattern
 from .lattice import LATTICE_SHARE_WARNING, lattice_share, restore_lattice
 from .safeguard import BlendResult, sure_blend
 from .self_ensemble import check_ensemble, ensemble_transforms, output_shapes
@@ -679,7 +683,11 @@ def restore(
         attenuated more than the frame's noise requires come back. On
         multislice HAADF-STEM and HRTEM simulations it adds 0.2–2.3 and
         0.7–1.3 dB to the bundled models; on a 2-core CPU it adds 0.4 s to a 1024² frame
-        (the network: 0.9 s) and 1.1 s to a 2048² one (4.1 s).
+        (the network: 0.9 s) and 1.1 s to a 2048² one (4.1 s). Then the
+        2-pixel pattern step (:mod:`.grid_pattern`, about 0.3 s at 2048²): the
+        narrow bands around the Nyquist frequencies, where networks with
+        stride-2 stages leave a faint grid-locked pattern, take the raw frame's
+        content filtered like the neighbouring frequencies.
         ``False`` gives the network's output alone (no lattice pass either).
         With ``safeguard`` the refined restoration is the one that is blended.
     lattice : bool
@@ -904,15 +912,24 @@ def _optional_step(
         return restored
 
 
+def _frame_noise_line(frame: np.ndarray, restored: np.ndarray) -> tuple[float, float] | None:
+    """The frame's noise line ``Var = a·mean + c`` measured against the network's
+    restoration, shared by the Wiener refinement and the 2-pixel pattern step
+    (None for frames those steps leave alone, which then return the restoration)."""
+    x, y, usable = frame_pair(frame, restored, "restored", GRID_PATTERN_MIN_SIDE)
+    return noise_variance_line(x, pilot=y) if usable else None
+
+
 @dataclass(frozen=True)
 class _FrameRestorer:
     """What :func:`restore` does to one frame, in order.
 
     The network (averaged over the self-ensemble's views), the Wiener
-    refinement, the safeguard, the lattice pass and the keep-defects pass,
-    each as its flag says. Called as ``restorer(index, frame, progress)``, it
-    returns the restored frame and whether the lattice pass gave back most of
-    its fine detail.
+    refinement and the 2-pixel pattern step (:mod:`.grid_pattern`), the
+    safeguard, the lattice pass and the keep-defects pass, each as its flag
+    says. Called as ``restorer(index, frame, progress)``, it returns the
+    restored frame and whether the lattice pass gave back most of its fine
+    detail.
     """
 
     predictor: TiledPredictor
@@ -945,12 +962,23 @@ class _FrameRestorer:
         return (acc / len(self.transforms)).astype(np.float32)
 
     def refined(self, frame: np.ndarray, hook: ProgressCallback | None = None) -> np.ndarray:
-        """The network's restoration, Wiener-refined when ``refine`` (the safeguard's input)."""
+        """The network's restoration, refined when ``refine`` (the safeguard's input):
+        the Wiener refinement, then the 2-pixel pattern step, with one noise line."""
         restored = self.network(frame, hook)
         if self.refine:
-            restored = _optional_step(
-                wiener_refine, "Wiener refinement", "refine", frame, restored, stacklevel=5
-            )
+            line = _frame_noise_line(frame, restored)
+            for step, what in (
+                (wiener_refine, "Wiener refinement"),
+                (remove_grid_pattern, "2-pixel pattern step"),
+            ):
+                restored = _optional_step(
+                    functools.partial(step, noise_line=line),
+                    what,
+                    "refine",
+                    frame,
+                    restored,
+                    stacklevel=5,
+                )
         return restored
 
     def __call__(
