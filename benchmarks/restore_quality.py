@@ -111,6 +111,8 @@ PROBE_DOSES = (5.0, 50.0)
 PROBES = ((20.0, 2.5), (12.0, 1.2))
 NLM_H = (0.6, 0.8, 1.0, 1.2)
 REFERENCE_MODELS = {"stem": "sfr_hrstem", "tem": "sfr_hrtem"}
+#: The authors' low-magnification models, for ``--reference-kind lr`` (the LR set).
+REFERENCE_MODELS_LR = {"stem": "sfr_lrstem", "tem": "sfr_lrtem"}
 #: Transforms of the self-ensemble rows (``--ensemble``; see ``restore(..., ensemble=)``).
 ENSEMBLE = 8
 RESULTS = HERE / "results"
@@ -265,6 +267,7 @@ def physics_cases(doses, read_noise: float, quick: bool, directory: Path) -> lis
     for r in records:
         i = r["index"]
         clean01 = arrays["images"][i].astype(np.float64)
+        columns = arrays[f"columns_{i}"]  # none in the low-magnification set
         for j, dose in enumerate(doses):
             rng = np.random.default_rng([SEED, i, j])
             noisy, clean = physics_set.add_noise(clean01, dose, rng, read_noise=read_noise)
@@ -277,7 +280,7 @@ def physics_cases(doses, read_noise: float, quick: bool, directory: Path) -> lis
                     clean.astype(np.float64),
                     dose=dose,
                     noise=(1.0, read_noise),
-                    positions=arrays[f"columns_{i}"],
+                    positions=columns if len(columns) else None,
                     pixel_size=r["pixel_size_A"],
                     meta={"technique": r["technique"], "image_index": i},
                 )
@@ -763,6 +766,13 @@ def main(argv: list[str] | None = None) -> int:
         help=f"add rows for each model with the {ENSEMBLE}-transform self-ensemble (8× slower)",
     )
     ap.add_argument("--physics-dir", type=Path, default=physics_set.DEFAULT_DIR)
+    ap.add_argument(
+        "--reference-kind",
+        choices=("hr", "lr"),
+        default="hr",
+        help="which of the authors' models are the reference: hr (atomic resolution) or lr "
+        "(low magnification, for benchmarks/physics_set_lr.py's set)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS / "restore_quality.json")
     args = ap.parse_args(argv)
 
@@ -781,6 +791,8 @@ def main(argv: list[str] | None = None) -> int:
     have_bm3d = not args.no_bm3d and importlib.util.find_spec("bm3d") is not None
     if not have_bm3d and not args.no_bm3d:
         print("bm3d not installed: BM3D-GAT rows skipped (pip install bm3d)")
+    if args.reference_kind == "lr":
+        REFERENCE_MODELS.update(REFERENCE_MODELS_LR)
     refs = False
     if not args.no_reference:
         why = reference_available()

@@ -356,6 +356,39 @@ def test_physics_set_noise_is_seeded_and_scaled():
     assert a.var() == pytest.approx(21.0, rel=0.05)
 
 
+def test_low_magnification_set_particles_and_cache():
+    """The LR set's gold particles are fcc spheres (nearest neighbours 2.88 Å, about
+    59 atoms/nm³), and its cached images match their descriptions."""
+    import json
+    from pathlib import Path
+
+    from scipy.spatial import cKDTree
+
+    _physics_set_module()  # skips when benchmarks/ is not shipped
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    try:
+        import physics_set_lr as lr
+    finally:
+        sys.path.remove(str(bench))
+    pos = lr.gold_particle(15.0, np.random.default_rng(0))
+    assert np.linalg.norm(pos, axis=1).max() <= 15.0
+    d, _ = cKDTree(pos).query(pos, k=2)
+    assert d[:, 1].min() == pytest.approx(lr.GOLD_LATTICE_A / np.sqrt(2), rel=1e-6)
+    density = len(pos) / (4 / 3 * np.pi * 15.0**3)
+    assert density == pytest.approx(4 / lr.GOLD_LATTICE_A**3, rel=0.1)
+    cache = lr.DEFAULT_DIR
+    if not (cache / "physics_set.npz").exists():
+        pytest.skip("LR set not built")
+    meta = json.loads((cache / "physics_set.json").read_text(encoding="utf-8"))
+    with np.load(cache / "physics_set.npz") as z:
+        images = z["images"]
+        assert all(z[f"columns_{r['index']}"].shape == (0, 2) for r in meta["images"])
+    assert images.shape == (len(lr.SCENES), lr.SIZE, lr.SIZE)
+    np.testing.assert_allclose(images.mean(axis=(1, 2)), 1.0, rtol=1e-4)
+    assert [r["simulation"] for r in meta["images"]] == [s.key for s in lr.SCENES]
+
+
 # --------------------------------------------------------------------------- defect probe
 
 
