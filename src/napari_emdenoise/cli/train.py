@@ -79,6 +79,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             high_dose_fraction=args.high_dose_fraction,
             fine_lattice_fraction=args.fine_lattice_fraction,
             pulse_spread_fraction=args.pulse_spread_fraction,
+            texture_fraction=args.texture_fraction,
             diffraction=diffraction,
         ),
         steps=args.steps,
@@ -341,6 +342,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=0.0,
         help="share of S(T)EM/SEM training pairs (0–1) whose electrons give unequal "
         "detector pulses (relative spread 0.2–1.2), as real scintillator/PMT images do",
+    )
+    tr.add_argument(
+        "--texture-fraction",
+        type=probability,
+        default=0.0,
+        help="share of low-magnification training pairs (0–1) whose clean image gets an "
+        "amorphous film's speckle and/or lattice fringes, which real low-magnification "
+        "images show and the paper's scenes lack",
     )
     tr.add_argument("--val-size", type=positive_int, default=16, help="validation pairs")
     tr.add_argument("--val-every", type=positive_int, default=100, help="validate every N steps")

@@ -40,6 +40,7 @@ VARIANT_FRACTIONS = (
     "high_dose_fraction",
     "fine_lattice_fraction",
     "pulse_spread_fraction",
+    "texture_fraction",
 )
 
 #: Layers a "plain" pair keeps (see ``PairConfig.plain_fraction``): counting
@@ -72,6 +73,9 @@ PULSE_SPREAD_RANGE = (0.2, 1.2)
 
 #: Stream of the pulse-spread draw (separate, for the same reason).
 _PULSE_SPREAD_STREAM = 6
+
+#: Stream of the low-magnification texture draw (separate, for the same reason).
+_TEXTURE_STREAM = 7
 
 
 @dataclass
@@ -133,6 +137,14 @@ class PairConfig:
         images at a few electrons per pixel show a continuous tail of pulse
         heights instead, which a network trained without it has never seen.
         0 (default) is the paper's scheme.
+    texture_fraction : float
+        Probability, in [0, 1], that a low-resolution pair's clean image gets
+        the fine texture of a real low-magnification scene
+        (:func:`napari_emdenoise.synth.lowmag_texture.add_lowmag_texture`: an
+        amorphous film's speckle and/or lattice fringes). The paper's
+        low-resolution scenes have smooth interiors, and networks trained on
+        them erase both even at 100 counts/pixel. 0 (default) is the paper's
+        scheme.
     """
 
     modality: str = "stem"
@@ -147,6 +159,7 @@ class PairConfig:
     high_dose_fraction: float = 0.0
     fine_lattice_fraction: float = 0.0
     pulse_spread_fraction: float = 0.0
+    texture_fraction: float = 0.0
     _pool: dict[int, tuple[np.ndarray, dict]] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -162,6 +175,8 @@ class PairConfig:
                 raise ValueError(f"{name} does not apply to diffraction patterns")
         if self.fine_lattice_fraction and self.kind != "hr":
             raise ValueError("fine_lattice_fraction applies to high-resolution ('hr') images only")
+        if self.texture_fraction and self.kind != "lr":
+            raise ValueError("texture_fraction applies to low-resolution ('lr') images only")
         if self.pulse_spread_fraction and self.modality not in ("stem", "sem"):
             raise ValueError(
                 "pulse_spread_fraction applies to scintillator/PMT detectors: S(T)EM and SEM only"
@@ -199,6 +214,8 @@ class PairConfig:
             out["fine_lattice_fraction"] = self.fine_lattice_fraction
         if self.pulse_spread_fraction:
             out["pulse_spread_fraction"] = self.pulse_spread_fraction
+        if self.texture_fraction:
+            out["texture_fraction"] = self.texture_fraction
         if self.modality == "diffraction":
             out["diffraction"] = dict(self.diffraction or {})
         return out
@@ -248,11 +265,14 @@ def make_training_pair(
         if rng_crop.random() < 0.5:
             clean = clean[::-1]
         clean = np.ascontiguousarray(np.rot90(clean, int(rng_crop.integers(4))))
+        info = dict(info)  # the pool's record stays as it was
+        clean = _with_texture(clean, info, cfg, split, index)
     else:
         atomic = _fine_lattice(cfg, split, index)
         clean, info = generate_clean(
             cfg.kind, (p, p), rng=rng_clean, return_info=True, atomic=atomic
         )
+        clean = _with_texture(clean, info, cfg, split, index)
     params = cfg.noise or sample_params(
         cfg.modality, rng_params, pixel_size=info.get("pixel_size_A")
     )
@@ -288,6 +308,22 @@ def _fine_lattice(cfg: PairConfig, split: str, index: int) -> dict[str, Any] | N
         "orientation": "zone_axis",
         "pixel_size": float(log_uniform(rng, *FINE_LATTICE_PIXEL_RANGE)),
     }
+
+
+def _with_texture(
+    clean: np.ndarray, info: dict, cfg: PairConfig, split: str, index: int
+) -> np.ndarray:
+    """``clean`` with low-magnification texture, with probability ``texture_fraction``
+    (the draw is recorded in ``info["texture"]``)."""
+    if not cfg.texture_fraction:
+        return clean
+    rng = np.random.default_rng([cfg.seed, SPLITS[split], int(index), _TEXTURE_STREAM])
+    if rng.random() >= cfg.texture_fraction:
+        return clean
+    from ..synth.lowmag_texture import add_lowmag_texture
+
+    clean, info["texture"] = add_lowmag_texture(clean, rng)
+    return clean
 
 
 def _pulse_spread(params: NoiseParams, cfg: PairConfig, split: str, index: int) -> NoiseParams:
