@@ -79,6 +79,7 @@ def _reproduce(name: str, card: dict, init: str | None = None, out: str | None =
             ("high-dose-fraction", "high_dose_fraction"),
             ("fine-lattice-fraction", "fine_lattice_fraction"),
             ("pulse-spread-fraction", "pulse_spread_fraction"),
+            ("texture-fraction", "texture_fraction"),
             ("seed", "seed"),
         )
         if t.get(key)
