@@ -227,11 +227,21 @@ def test_the_stem_models_keep_vacancies_and_substitutions(name):
     assert default.vacancy >= 0.75 and default.substitution >= 0.75, (name, default)
 
 
-#: The LR models (low magnification) average an atomic lattice: on the same probe
-#: they keep 0.27–0.37 of the vacancy contrast alone and 0.05–0.13 by default. They
-#: are not meant for atomic resolution; strict, so a change shows up.
-@pytest.mark.xfail(strict=True, reason="LR models erase defects on atomic lattices")
-@pytest.mark.parametrize("name", ["lrstem", "lrtem"])
+#: The LR models (low magnification) are not meant for atomic resolution. On the same
+#: probe `lrtem` averages the lattice (0.40 of the vacancy contrast alone, 0.09 by
+#: default); `lrstem`, since its texture stage (fine fringes and film speckle in its
+#: clean images), keeps it alone (0.93 / 1.06), and 0.66 / 0.68 by default.
+#: Strict, so a change shows up.
+@pytest.mark.parametrize(
+    "name",
+    [
+        "lrstem",
+        pytest.param(
+            "lrtem",
+            marks=pytest.mark.xfail(strict=True, reason="lrtem erases defects on atomic lattices"),
+        ),
+    ],
+)
 def test_the_lr_models_keep_defects_on_atomic_lattices(name):
     from napari_emdenoise.engine.predictor import restore
     from napari_emdenoise.evaluation import defect_contrast, defect_probe

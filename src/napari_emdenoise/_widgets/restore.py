@@ -151,14 +151,19 @@ class RestoreWidget(StatefulRun, mw.Container):
             tooltip="Keep, in each frequency band, the share of the network's change that lowers "
             "Stein's unbiased estimate of the error (the rest of the input is kept). For "
             "counting-noise-limited images; it assumes pixel-independent (Poisson–Gaussian) noise "
-            "and gives back corrections of scan distortions (blur, jitter, row lines).",
+            "and gives back corrections of scan distortions (blur, jitter, row lines). Tick it "
+            "for low-magnification images of particles on an amorphous film restored with "
+            "lrstem or lrtem, which otherwise still remove part of the film's texture and "
+            "the particles' fringes.",
         )
         self.refine = mw.CheckBox(
             text="Wiener refinement: give back detail the network over-smoothed",
             value=True,
             tooltip="Use the network's output as the pilot of an empirical Wiener filter of the "
             "raw image (64-pixel windows): lattice fringes and column peaks that the network "
-            "attenuated more than the image's noise requires come back. It also blurs single "
+            "attenuated more than the image's noise requires come back, and the faint 2-pixel "
+            "pattern networks leave near the Nyquist frequencies is replaced by the raw image's "
+            "content there, filtered like the neighbouring frequencies. It also blurs single "
             "columns a little: at 2-5 counts/pixel vacancies and substitutions keep 0.8-0.9 of "
             "their contrast (the network alone: about 1.0). Off: the network's output alone, "
             "for counting vacancies or dopants and measuring column intensities.",
