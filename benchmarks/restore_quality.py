@@ -340,8 +340,13 @@ def synthetic_cases(n: int) -> list[Case]:
 
 
 def methods_for(
-    case: Case, models: dict[str, str], have_bm3d: bool, refs: bool, ensemble: bool = False
+    case: Case,
+    models: dict[str, str],
+    have_bm3d: bool,
+    refs: dict[str, str] | None,
+    ensemble: bool = False,
 ) -> list[str]:
+    """Method names for ``case``; ``refs``: the authors' model per modality, or None."""
     names = ["raw", "gaussian", "nlm"]
     if have_bm3d:
         names.append("bm3d-gat")
@@ -361,9 +366,9 @@ def methods_for(
         ]
     if refs:
         if case.modality == "any":
-            names.append(f"ref:{REFERENCE_MODELS['stem']}")
-        elif case.modality in REFERENCE_MODELS:
-            names.append(f"ref:{REFERENCE_MODELS[case.modality]}")
+            names.append(f"ref:{refs['stem']}")
+        elif case.modality in refs:
+            names.append(f"ref:{refs[case.modality]}")
     return names
 
 
@@ -791,17 +796,16 @@ def main(argv: list[str] | None = None) -> int:
     have_bm3d = not args.no_bm3d and importlib.util.find_spec("bm3d") is not None
     if not have_bm3d and not args.no_bm3d:
         print("bm3d not installed: BM3D-GAT rows skipped (pip install bm3d)")
-    if args.reference_kind == "lr":
-        REFERENCE_MODELS.update(REFERENCE_MODELS_LR)
-    refs = False
+    references = REFERENCE_MODELS_LR if args.reference_kind == "lr" else REFERENCE_MODELS
+    refs: dict[str, str] | None = None
     if not args.no_reference:
         why = reference_available()
         if why is None:
             try:
                 t0 = time.perf_counter()
-                for name in REFERENCE_MODELS.values():
+                for name in references.values():
                     reference_model(name)
-                refs = True
+                refs = references
                 print(f"authors' released models loaded in {time.perf_counter() - t0:.0f} s")
             except Exception as exc:  # noqa: BLE001 - report and go on without them
                 print(f"authors' released models not usable: {type(exc).__name__}: {exc}")
@@ -829,7 +833,7 @@ def main(argv: list[str] | None = None) -> int:
                 if c.group == group and c.name.startswith(prefix) and c.dose == dose:
                     montage_keys.add(f"{c.group}:{c.name}@{c.dose:g}")
                     break
-    print(f"{len(cases)} cases; models {sorted(models)}; bm3d {have_bm3d}; reference {refs}")
+    print(f"{len(cases)} cases; models {sorted(models)}; bm3d {have_bm3d}; reference {bool(refs)}")
     t0 = time.perf_counter()
     rows, montages = evaluate(cases, models, have_bm3d, refs, montage_keys, args.ensemble)
     total = time.perf_counter() - t0
@@ -841,7 +845,7 @@ def main(argv: list[str] | None = None) -> int:
         "doses": list(doses),
         "quick": args.quick,
         "models": {n: {"modality": m, "kind": cards[n].kind} for n, m in models.items()},
-        "reference_models": sorted(REFERENCE_MODELS.values()) if refs else [],
+        "reference_models": sorted(refs.values()) if refs else [],
         "seconds_total": total,
         "summary": {},
         "rows": rows,

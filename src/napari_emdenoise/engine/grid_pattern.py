@@ -67,12 +67,13 @@ class _Block:
     distance: np.ndarray  # cycles/pixel from the point
 
 
-def _blocks(shape: tuple[int, int], reach: float) -> list[_Block]:
-    """The bins within ``reach`` cycles/pixel of ``(½, 0)``, ``(0, ½)`` and ``(½, ½)``.
+def _blocks(shape: tuple[int, int], width: float) -> list[_Block]:
+    """The bins within ``_REACH`` band widths of ``(½, 0)``, ``(0, ½)`` and ``(½, ½)``.
 
     Only these bins are touched, so the cost beyond the FFTs does not grow with
     the frame's area.
     """
+    reach = _REACH / (2.0 * np.pi * width)
     m, n = shape
     fy = np.abs(np.fft.fftfreq(m))
     fx = np.fft.rfftfreq(n)
@@ -114,24 +115,34 @@ def _neighbour_transfer(
     return min(max(cross / power, 0.0), 1.0)
 
 
-def _smooth_part(u: np.ndarray, block: _Block) -> np.ndarray:
-    """The DFT of the smooth component of ``u`` (Moisan 2011) on one block's bins.
+def _periodic_blocks(
+    u: np.ndarray, width: float
+) -> tuple[np.ndarray, list[tuple[_Block, np.ndarray]]]:
+    """``rfft2(u)`` and, for each Nyquist block, the DFT of ``u``'s periodic component
+    (Moisan 2011) on the block's bins.
 
-    The border image of Moisan (2011) is a row part (rows 0 and M−1) plus a
+    The smooth component's border image is a row part (rows 0 and M−1) plus a
     column part (columns 0 and N−1), so its DFT is two outer products of 1-D
-    DFTs; only the block's bins are formed.
+    DFTs; only the blocks' bins are formed.
     """
+    from scipy import fft
+
     m, n = u.shape
-    rows, cols = block.index[0][:, 0], block.index[1][0, :]
-    q, r = rows[:, None], cols[None, :]
-    jump_rows = np.fft.rfft(u[-1, :] - u[0, :])[cols][None, :]  # v[0] = −v[M−1]
-    jump_cols = np.fft.fft(u[:, -1] - u[:, 0])[rows][:, None]
-    phase_q = 1.0 - np.exp(2j * np.pi * q / m)
-    phase_r = 1.0 - np.exp(2j * np.pi * r / n)
-    denom = 2.0 * np.cos(2 * np.pi * q / m) + 2.0 * np.cos(2 * np.pi * r / n) - 4.0
-    spectrum = jump_rows * phase_q + jump_cols * phase_r
-    zero = denom == 0.0  # the (0, 0) bin, in a frame so small that a block reaches it
-    return np.where(zero, 0.0, spectrum / np.where(zero, 1.0, denom))
+    spectrum = fft.rfft2(u, workers=-1)
+    jump_rows = np.fft.rfft(u[-1, :] - u[0, :])  # v[0] = −v[M−1]
+    jump_cols = np.fft.fft(u[:, -1] - u[:, 0])
+    out = []
+    for block in _blocks(u.shape, width):
+        rows, cols = block.index[0][:, 0], block.index[1][0, :]
+        q, r = rows[:, None], cols[None, :]
+        phase_q = 1.0 - np.exp(2j * np.pi * q / m)
+        phase_r = 1.0 - np.exp(2j * np.pi * r / n)
+        denom = 2.0 * np.cos(2 * np.pi * q / m) + 2.0 * np.cos(2 * np.pi * r / n) - 4.0
+        smooth = jump_rows[cols][None, :] * phase_q + jump_cols[rows][:, None] * phase_r
+        zero = denom == 0.0  # the (0, 0) bin, in a frame so small that a block reaches it
+        smooth = np.where(zero, 0.0, smooth / np.where(zero, 1.0, denom))
+        out.append((block, spectrum[block.index] - smooth))
+    return spectrum, out
 
 
 def _band_noise(
@@ -170,13 +181,10 @@ def nyquist_bands(image: np.ndarray, width: float = GRID_PATTERN_WIDTH) -> np.nd
     u = np.asarray(image, dtype=np.float64)
     if u.ndim != 2 or min(u.shape) < 2:
         raise ValueError(f"image must be 2-D with at least 2 pixels a side, got {u.shape}")
-    u = u - float(np.mean(u))
-    spectrum = fft.rfft2(u, workers=-1)
+    spectrum, blocks = _periodic_blocks(u - float(np.mean(u)), width)
     bands = np.zeros_like(spectrum)
-    for block in _blocks(u.shape, _REACH / (2.0 * np.pi * width)):
-        bands[block.index] += _band_gain(block.distance, width) * (
-            spectrum[block.index] - _smooth_part(u, block)
-        )
+    for block, periodic in blocks:
+        bands[block.index] += _band_gain(block.distance, width) * periodic
     return fft.irfft2(bands, s=u.shape, workers=-1)
 
 
@@ -232,12 +240,10 @@ def remove_grid_pattern(
     level = float(np.mean(y))
     y = y - level
     x = x - float(np.mean(x))
-    y_spectrum, x_spectrum = (fft.rfft2(u, workers=-1) for u in (y, x))
-    sigma = 1.0 / (2.0 * np.pi * width)
+    y_spectrum, y_blocks = _periodic_blocks(y, width)
+    _, x_blocks = _periodic_blocks(x, width)
     restored_bands, raw_bands, raw_treated = (np.zeros_like(y_spectrum) for _ in range(3))
-    for block in _blocks(shape, _REACH * sigma):
-        y_periodic = y_spectrum[block.index] - _smooth_part(y, block)
-        x_periodic = x_spectrum[block.index] - _smooth_part(x, block)
+    for (block, y_periodic), (_, x_periodic) in zip(y_blocks, x_blocks, strict=True):
         gain = _band_gain(block.distance, width)
         transfer = _neighbour_transfer(y_periodic, x_periodic, block, width)
         restored_bands[block.index] += gain * y_periodic
