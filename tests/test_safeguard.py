@@ -184,3 +184,42 @@ def test_band_weights_are_reported_per_frame_and_described(tiny_user_model):
     )
     with pytest.raises(ValueError, match="5 bands"):
         describe_band_weights([(1.0, 1.0)])
+
+
+def _despike_and_oversmooth(x: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import median_filter
+
+    return gaussian_filter(median_filter(x, 3), 3.0)
+
+
+@pytest.mark.parametrize("dose", [2.0, 50.0])
+def test_zingers_and_dead_pixels_the_model_removed_stay_removed(dose):
+    """A blend weight below 1 must not put back a share of each zinger or dead pixel."""
+    rng = np.random.default_rng(7)
+    probe = lattice_probe(rng, size=256, width=2.5, dose=dose)
+    x = probe.noisy.astype(np.float64)
+    spikes = rng.choice(x.size, 120, replace=False)
+    x.flat[spikes[:80]] += 300.0 * dose  # zingers
+    x.flat[spikes[80:]] = 0.0  # dead pixels
+    fx = _despike_and_oversmooth(x)
+    res = sure_blend(x, fx, _despike_and_oversmooth, np.random.default_rng(0))
+    assert res.weight < 0.9  # the blend does pull towards the input elsewhere
+    zingers = spikes[:80]
+    leak = (res.image.flat[zingers] - fx.flat[zingers]) / (300.0 * dose)
+    assert np.max(np.abs(leak)) < 0.02  # before: (1 − λ) of each zinger came back
+    clean_x = probe.noisy.astype(np.float64)
+    assert psnr(res.image, probe.clean) >= psnr(clean_x, probe.clean) - 0.1
+
+
+def test_impulse_mask_finds_spikes_and_their_edges_but_not_noise():
+    from napari_emdenoise.engine.safeguard import impulse_mask
+
+    rng = np.random.default_rng(8)
+    level = np.full((128, 128), 4.0)
+    x = rng.poisson(level).astype(np.float64)
+    assert impulse_mask(x, level, 1.0, 0.0).mean() < 1e-3  # noise alone: (almost) nothing
+    x[40, 40] += 400.0
+    x[40, 41] += 12.0  # a zinger's weaker edge: 6σ, above the 3σ growth threshold
+    mask = impulse_mask(x, level, 1.0, 0.0)
+    assert mask[40, 40] and mask[40, 41]
+    assert not impulse_mask(x, level, 0.0, 0.0).any()  # no noise line: no impulses

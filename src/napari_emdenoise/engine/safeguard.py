@@ -28,6 +28,25 @@ lines, scan jitter, blur) also raise ‖r‖², so on such images the safeguard
 is conservative: it keeps less of the correction, never more than all of it.
 The blend is affine-equivariant (``a·x + b`` gives ``a·o + b``).
 
+**Impulses stay removed.** Zingers (X-ray hits on a camera) and hot or
+dead pixels are departures of single pixels far beyond any counting noise,
+and a network trained on them removes them. Left to the blend they would
+come back with weight ``1 − λ``: a zinger of 1000 counts put back at 8 % is
+80 counts, which at a few counts per pixel costs more than all the noise the
+network removed. A pixel is therefore treated as an impulse when the
+network's change there exceeds ``IMPULSE_SIGMAS`` noise deviations *and*
+the raw pixel stands out from the median of its eight neighbours by
+``IMPULSE_SPREADS`` times the noise deviation or their own spread, whichever
+is larger (a spike, not an atom column or an edge the network blurred); the
+mask grows by one pixel into neighbours whose change exceeds
+``IMPULSE_GROW_SIGMAS``. The blend starts from the network's value there
+instead of the raw one, and those pixels do not enter the risk estimate.
+The deviations come from the noise line of the residual against the
+network's output (which zingers do not move); the blend's own noise line is
+then fitted to the frame with the impulses replaced, so a frame without
+impulses is blended exactly as before. Thin bright lines (burnt-in
+annotations) are not spikes by this test and are blended like the rest.
+
 **One weight per frequency band.** A network can be right at some scales and
 wrong at others: on a multislice image with a 5-px lattice period a CGRDN
 trained on synthetic pairs removed the lattice (a change at 0.2 cycles/pixel)
@@ -52,10 +71,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from scipy import ndimage
 
 from ..noise.variance import noise_variance_line
 
-__all__ = ["BlendResult", "describe_band_weights", "noise_variance_line", "sure_blend"]
+__all__ = [
+    "BlendResult",
+    "describe_band_weights",
+    "impulse_mask",
+    "noise_variance_line",
+    "sure_blend",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +110,19 @@ BAND_MIN_SIDE = 160
 
 #: High-pass kernel of the noise-variance fit (``noise_variance_line``).
 VARIANCE_KERNEL = "corner"
+
+#: A pixel whose network change exceeds this many noise deviations is an
+#: impulse (zinger, dead or hot pixel, annotation): it keeps the network's value.
+IMPULSE_SIGMAS = 6.0
+
+#: ... and stands out from the median of its eight neighbours by this many
+#: times their spread (half the second-largest minus the second-smallest) or
+#: noise deviations, whichever is larger.
+IMPULSE_SPREADS = 8.0
+
+#: Neighbours (8-connected) of an impulse whose change exceeds this many noise
+#: deviations belong to it (the edges of a zinger or of annotation strokes).
+IMPULSE_GROW_SIGMAS = 3.0
 
 #: Padding (pixels, reflected) around a frame before it is filtered by bands.
 _FILTER_PAD = 32
@@ -214,6 +253,65 @@ def _apply_band_weights(
     return x + filtered[pad : pad + change.shape[0], pad : pad + change.shape[1]]
 
 
+def impulse_mask(
+    noisy: np.ndarray, restored: np.ndarray, slope: float, intercept: float
+) -> np.ndarray:
+    """Pixels where the restoration removed an impulse, not noise (module notes).
+
+    Parameters
+    ----------
+    noisy, restored : numpy.ndarray
+        The input frame and the network's output, same shape.
+    slope, intercept : float
+        The frame's noise line, ``Var = slope·level + intercept`` (intensity
+        units), evaluated at the restored level.
+
+    Returns
+    -------
+    numpy.ndarray
+        Boolean mask, True where ``|noisy − restored|`` exceeds
+        ``IMPULSE_SIGMAS`` deviations and the raw pixel's departure from the
+        median of its eight neighbours exceeds ``IMPULSE_SPREADS`` times the
+        larger of the noise deviation and the neighbours' own spread (a spike
+        of one or two pixels, not an atom column or an edge the network
+        blurred),
+        grown by one pixel into neighbours whose change exceeds
+        ``IMPULSE_GROW_SIGMAS``.
+    """
+    x = np.asarray(noisy, dtype=np.float64)
+    f = np.asarray(restored, dtype=np.float64)
+    variance = slope * f + intercept
+    # A floor for pixels at or below the offset: a tenth of the median variance.
+    positive = variance[variance > 0]
+    floor = 0.1 * float(np.median(positive)) if positive.size else 0.0
+    if floor <= 0:
+        return np.zeros(x.shape, dtype=bool)
+    sd = np.sqrt(np.maximum(variance, floor))
+    z = np.abs(x - f) / sd
+    rows, cols = np.nonzero(z > IMPULSE_SIGMAS)
+    core = np.zeros(x.shape, dtype=bool)
+    if rows.size == 0:
+        return core
+    # The candidates' eight neighbours, sorted: an impulse stands out from
+    # their median by far more than their own spread (the second-largest minus
+    # the second-smallest, so that one neighbour of a two-pixel zinger does not
+    # count). An atom column or an edge the network blurred does not: its
+    # neighbours are nearly as bright and spread as much as it stands out.
+    padded = np.pad(x, 1, mode="reflect")
+    offsets = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if dy or dx]
+    ring = np.sort(np.stack([padded[rows + 1 + dy, cols + 1 + dx] for dy, dx in offsets], 1), 1)
+    median = 0.5 * (ring[:, 3] + ring[:, 4])
+    spread = 0.5 * (ring[:, 6] - ring[:, 1])
+    departure = np.abs(x[rows, cols] - median)
+    # Neighbours never spread less than the noise (eight of them can, by chance).
+    spike = departure > IMPULSE_SPREADS * np.maximum(spread, sd[rows, cols])
+    core[rows[spike], cols[spike]] = True
+    if not core.any():
+        return core
+    grown = ndimage.binary_dilation(core, structure=np.ones((3, 3)))
+    return core | (grown & (z > IMPULSE_GROW_SIGMAS))
+
+
 def sure_blend(
     noisy: np.ndarray,
     restored: np.ndarray,
@@ -249,9 +347,17 @@ def sure_blend(
     keep = BlendResult(fx.astype(np.float32), 1.0, False, (1.0,) * n_bands)
     if min(x.shape) < MIN_SIDE:
         return keep
-    slope, intercept = noise_variance_line(x, kernel=VARIANCE_KERNEL)
+    # Impulses start from the network's value: the blend cannot put them back.
+    # They are found with the noise line of the residual against the network
+    # (which zingers do not move), and the blend's own noise line is fitted
+    # to the frame without them (block variances: zingers would inflate it).
+    impulses = impulse_mask(x, fx, *noise_variance_line(x, kernel=VARIANCE_KERNEL, pilot=fx))
+    start = np.where(impulses, fx, x)
+    slope, intercept = noise_variance_line(start, kernel=VARIANCE_KERNEL)
     crop = _central_crop(x.shape)
     xc = x[crop]
+    start_c = start[crop]
+    outside = ~impulses[crop]
     inner = tuple(
         slice(CROP_MARGIN, n - CROP_MARGIN) if n > 4 * CROP_MARGIN else slice(None)
         for n in xc.shape
@@ -264,7 +370,7 @@ def sure_blend(
         used = ()
     f0 = np.asarray(forward(xc.astype(np.float32)), dtype=np.float64)
     v = np.clip(slope * f0 + intercept, 0.0, None)
-    sum_v = float(v[inner].sum())
+    sum_v = float((v * outside)[inner].sum())
     if not np.isfinite(sum_v) or sum_v <= 0:
         return keep
     sd = np.sqrt(v)
@@ -275,19 +381,20 @@ def sure_blend(
 
     responses = band_responses(xc.shape, used)
     n_used = len(used) + 1
-    change_bands = _split_bands(f0 - xc, responses)[(slice(None), *inner)]
+    change_bands = _split_bands(f0 - start_c, responses)[(slice(None), *inner)]
     delta_bands = _split_bands(f1 - f0, responses)[(slice(None), *inner)]
     flat = change_bands.reshape(n_used, -1)
     gram = flat @ flat.T
     if np.trace(gram) <= 0:
         return keep
-    divergence = (delta_bands * (sd * probe)[inner][None]).reshape(n_used, -1).sum(1) / eps
+    weighted_probe = (sd * probe * outside)[inner]
+    divergence = (delta_bands * weighted_probe[None]).reshape(n_used, -1).sum(1) / eps
     # Diagonal of the circular filter B_k: its impulse response at the origin.
     trace = np.fft.irfft2(responses, s=xc.shape, axes=(-2, -1))[:, 0, 0] * sum_v
     lam = _box_quadratic_minimum(gram, divergence - trace)
     weight = float(lam @ np.diag(gram) / np.trace(gram))
     logger.info("safeguard: keeping %s of the network's change per band", np.round(lam, 3))
-    out = _apply_band_weights(x, fx - x, used, lam)
+    out = _apply_band_weights(start, fx - start, used, lam)
     # Report one weight per requested band (merged low bands share the first weight).
     per_band = [float(lam[0])] * (n_bands - n_used) + [float(v) for v in lam]
     return BlendResult(out.astype(np.float32), weight, True, tuple(per_band))
