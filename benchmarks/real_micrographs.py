@@ -69,22 +69,17 @@ CROP = 160
 
 
 def authors_images() -> list[tuple[str, np.ndarray]]:
-    """The experimental HR-STEM images shipped with ``tk_r_em`` (empty if not installed)."""
-    spec = importlib.util.find_spec("tk_r_em")
-    if spec is None or spec.origin is None:
-        return []
-    import h5py
+    """The experimental HR-STEM images shipped with ``tk_r_em`` (empty if not installed).
 
-    folder = Path(spec.origin).parent / "test_data"
+    Oriented as ``tk_r_em``'s own loader gives them (fast-scan axis along x);
+    see ``restore_quality.authors_test_data``.
+    """
     images = []
     for name in ("exp_hrstem", "sgl_exp_hrstem"):
-        path = folder / f"{name}.h5"
-        if not path.exists():
+        data = rq.authors_test_data(name)
+        if data is None:
             continue
-        with h5py.File(path, "r") as f:
-            x = np.asarray(f["x"][:], dtype=np.float32)
-        frames = x.reshape(-1, *x.shape[-2:])
-        images += [(f"{name}[{i}]", frame) for i, frame in enumerate(frames)]
+        images += [(f"{name}[{i}]", frame) for i, frame in enumerate(data["x"])]
     return images
 
 

@@ -193,6 +193,37 @@ def reference_model(name: str):
     return _REF_CACHE[name]
 
 
+def authors_test_data(name: str) -> dict[str, np.ndarray] | None:
+    """The arrays of ``tk_r_em``'s ``test_data/<name>.h5`` as images, or None if absent.
+
+    The files store each image transposed (column-major), and ``tk_r_em``'s
+    own loaders swap the two image axes back; so does this, so that the
+    fast-scan axis of the S(T)EM images is x, as our S(T)EM models expect.
+    Every array comes back as float32 ``(n, height, width)``. The files are
+    read where the package is installed and never copied into this repository.
+    """
+    spec = importlib.util.find_spec("tk_r_em")
+    if spec is None or spec.origin is None:
+        return None
+    path = Path(spec.origin).parent / "test_data" / f"{name}.h5"
+    if not path.exists():
+        return None
+    import h5py
+
+    out = {}
+    with h5py.File(path, "r") as f:
+        for key in f:
+            a = np.asarray(f[key][:], dtype=np.float32)
+            if a.ndim == 4:  # (n, 1, width, height) in the file
+                a = a.reshape(-1, *a.shape[-2:])
+            elif a.ndim == 3:  # (width, height, n)
+                a = np.moveaxis(a, -1, 0)
+            else:  # (width, height)
+                a = a[None]
+            out[key] = np.ascontiguousarray(a.transpose(0, 2, 1))
+    return out
+
+
 def run_reference(name: str, noisy: np.ndarray) -> np.ndarray:
     net = reference_model(name)
     return np.asarray(net.predict(noisy.astype(np.float32)), dtype=np.float32).reshape(noisy.shape)

@@ -211,3 +211,24 @@ def test_demo_writes_calibrated_tiffs(tmp_path):
         (_, meta), *_ = read_em(out / f"{name}.tif")
         assert meta["units"] == ("nm", "nm")
         assert meta["scale"][0] == pytest.approx(info["pixel_size_A"] / 10.0, rel=1e-4)
+
+
+def test_restore_fast_scan_axis_y_transposes_and_a_mismatch_is_warned(tmp_path, tiny_user_model):
+    from napari_emdenoise.engine.predictor import restore
+    from napari_emdenoise.io.readers import read_em
+    from napari_emdenoise.io.writers import write_tif
+
+    rng = np.random.default_rng(4)
+    # noise spread along the columns: an image whose fast-scan axis is y
+    noise = rng.normal(0.0, 30.0, (80, 64))
+    data = (1000.0 + noise + 0.6 * np.roll(noise, 1, axis=0)).astype(np.float32)
+    src, dst = tmp_path / "in.tif", tmp_path / "out.tif"
+    write_tif(src, data, {})
+    with pytest.warns(RuntimeWarning, match="fast-scan-axis y"):
+        assert main(["restore", str(src), "-o", str(dst), "--model", tiny_user_model]) == 0
+    args = ["restore", str(src), "-o", str(dst), "--model", tiny_user_model, "--overwrite"]
+    assert main([*args, "--fast-scan-axis", "y"]) == 0
+    ((out, _meta),) = read_em(dst)
+    expected = restore(data, model=tiny_user_model, fast_scan_axis="y")
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
+    assert not np.allclose(out, restore(data, model=tiny_user_model), atol=1e-3)

@@ -335,3 +335,26 @@ def test_run_state_drives_the_buttons_through_run_error_cancel_and_close(restore
     assert widget.state is RunState.CLOSED
     widget._show_running(False)  # a late end of run does not revive a closed dock
     assert widget.state is RunState.CLOSED
+
+
+def test_fast_scan_axis_choice_reaches_the_engine_and_a_mismatch_is_shown(restore_widget, qtbot):
+    from napari_emdenoise.engine.predictor import restore
+
+    viewer, widget, _ = restore_widget
+    rng = np.random.default_rng(5)
+    noise = rng.normal(0.0, 30.0, (80, 64))  # spread along the columns: scanned along y
+    data = (1000.0 + noise + 0.6 * np.roll(noise, 1, axis=0)).astype(np.float32)
+    viewer.add_image(data, name="scan")
+    widget.layer.value = "scan"
+    widget.start()
+    _wait(widget, qtbot)
+    assert widget.last_error == ""
+    assert "Set 'fast-scan axis' to y" in widget.status.value
+    widget.fast_scan_axis.value = "y"
+    widget.start()
+    _wait(widget, qtbot)
+    assert widget.last_error == "" and "fast-scan axis" not in widget.status.value
+    layer = widget.outputs[0]  # the second run's layer
+    expected = restore(data, model=widget.model.value, fast_scan_axis="y")
+    np.testing.assert_allclose(layer.data, expected, rtol=1e-5, atol=1e-3)
+    assert layer.metadata["emdenoise_fast_scan_axis"] == "y"

@@ -197,6 +197,17 @@ class RestoreWidget(StatefulRun, mw.Container):
             "S(T)EM images limited by counting noise (it turns scan distortions away from the "
             "fast-scan axis the S(T)EM models correct).",
         )
+        self.fast_scan_axis = mw.ComboBox(
+            label="fast-scan axis",
+            choices=[("x (rows)", "x"), ("y (columns)", "y")],
+            value="x",
+            tooltip="The image axis the beam was scanned fast along. The S(T)EM and SEM models "
+            "undo detector lag, fast-scan blur and line jitter along x, as they were trained; "
+            "choose y for an image scanned rotated by 90° or stored transposed. The status line "
+            "says when the image's noise points to the other axis. No effect on TEM models "
+            "beyond the transposition. 'Adapt to this image' always treats the rows as the scan "
+            "lines.",
+        )
         self._make_run_controls("Restore", "" if self.cards else "no models found")
         wrap_labels(self.card, self.status)
         form = mw.Container(
@@ -212,6 +223,7 @@ class RestoreWidget(StatefulRun, mw.Container):
                 self.lattice,
                 self.keep_defects,
                 self.ensemble,
+                self.fast_scan_axis,
                 self.run_button,
                 self.cancel_button,
                 self.progress,
@@ -350,6 +362,7 @@ class RestoreWidget(StatefulRun, mw.Container):
         request["refine"] = refine = bool(self.refine.value)
         request["lattice"] = lattice = refine and bool(self.lattice.value)
         request["keep_defects"] = keep_defects = bool(self.keep_defects.value)
+        request["fast_scan_axis"] = fast_scan_axis = str(self.fast_scan_axis.value)
         band_weights: list[tuple[float, ...]] = []  # filled by the worker, read when it is done
         shares: list[float] = []  # lattice pass: share of each frame's detail it gave back
         self._launch(
@@ -370,6 +383,7 @@ class RestoreWidget(StatefulRun, mw.Container):
             lattice=lattice,
             keep_defects=keep_defects,
             lattice_report=(lambda _i, share: shares.append(share)) if lattice else None,
+            fast_scan_axis=fast_scan_axis,
         )
 
     def _on_result(
@@ -396,6 +410,9 @@ class RestoreWidget(StatefulRun, mw.Container):
             metadata["emdenoise_safeguard_band_weights"] = [list(w) for w in band_weights]
         if lattice_shares:
             metadata["emdenoise_lattice_share"] = [round(float(v), 4) for v in lattice_shares]
+        axis = request.get("fast_scan_axis", "x")
+        if axis != "x":
+            metadata["emdenoise_fast_scan_axis"] = axis
         common = {**request["geometry"], "metadata": metadata}
         self.outputs = [self.viewer.add_image(restored, name=f"{name} restored", **common)]
         if self.residual.value:
@@ -433,7 +450,24 @@ class RestoreWidget(StatefulRun, mw.Container):
                     "average, so vacancies and dopant columns are averaged away. Tick 'keep "
                     "defects' to see them."
                 )
+        self.status.value += self._scan_axis_note(model, data, axis)
         self._finish()
+
+    def _scan_axis_note(self, model: str, data: np.ndarray, axis: str) -> str:
+        """A sentence when a S(T)EM/SEM model met an image scanned along its other axis."""
+        from ..engine.scan_axis import SCANNED_MODALITIES, scan_axis_mismatch
+
+        card = self.cards.get(model)
+        if card is None or card.modality not in SCANNED_MODALITIES:
+            return ""
+        frame = data if data.ndim == 2 else data[0]
+        mismatch = scan_axis_mismatch(frame, axis)
+        if mismatch is None:
+            return ""
+        return (
+            f". Note: {mismatch.describe()} Set 'fast-scan axis' to {mismatch.suggested} and "
+            "restore again."
+        )
 
 
 def _geometry(layer: Any) -> dict[str, Any]:

@@ -74,7 +74,12 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     )
     band_weights: list[tuple[float, ...]] = []
     if args.adapt_steps is not None:
-        out = _quality_mode(args, data, module, device, options)
+        # The adaptation and its risk estimate treat the rows as the scan lines too:
+        # hand them the transposed frames when the fast-scan axis is y.
+        swap = args.fast_scan_axis == "y"
+        view = np.ascontiguousarray(np.swapaxes(data, -1, -2)) if swap else data
+        out = _quality_mode(args, view, module, device, options)
+        out = np.ascontiguousarray(np.swapaxes(out, -1, -2)) if swap else out
     else:
         out = restore(
             data,
@@ -83,6 +88,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
             progress=progress_printer("tiles"),
             safeguard=args.safeguard,
             safeguard_report=lambda _i, r: band_weights.append(r.band_weights),
+            fast_scan_axis=args.fast_scan_axis,
             **options,
         )
     meta = {
@@ -95,6 +101,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     }
     if args.ensemble > 1:
         meta["emdenoise_ensemble"] = args.ensemble
+    if args.fast_scan_axis != "x":
+        meta["emdenoise_fast_scan_axis"] = args.fast_scan_axis
     residual = None if res_path is None else data.astype(np.float32) - out
     write_tif(dst, out, meta, overwrite=args.overwrite)
     print(f"restored {src} ({'x'.join(map(str, data.shape))}) with {args.model} -> {dst}")
@@ -220,6 +228,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="keep, per frequency band, the share of the network's change that lowers the "
         "estimated error (SURE); for counting-noise-limited images: it assumes pixel-independent "
         "noise and gives back corrections of scan distortions",
+    )
+    rs.add_argument(
+        "--fast-scan-axis",
+        choices=("x", "y"),
+        default="x",
+        help="the image axis the beam was scanned fast along: x (the rows, as the S(T)EM/SEM "
+        "models were trained) or y (the columns: an image scanned rotated by 90 degrees or "
+        "stored transposed); a warning says when the image's noise points to the other axis",
     )
     rs.add_argument(
         "--ensemble",

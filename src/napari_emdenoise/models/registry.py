@@ -705,7 +705,7 @@ def load_model(
     Returns
     -------
     model : torch.nn.Module
-        The model in eval mode.
+        The model in eval mode, its card's modality in ``model.emdenoise_modality``.
     card : ModelCard
         Its card, with ``weights_path`` set.
 
@@ -734,5 +734,8 @@ def load_model(
     if device is not None:
         model = model.to(device)
     model.eval()
+    # The restoration checks the fast-scan axis for scanned modalities, also when it
+    # is handed the module rather than its name.
+    model.emdenoise_modality = card.modality
     card.weights_path = weights
     return model, card
