@@ -16,7 +16,11 @@ so the noise is correlated between neighbours along the fast-scan axis only
 experimental HR-STEM images of Lobato et al. 0.13–0.53 along the scan
 lines and below 0.03 across them, at a lag of one pixel).
 :func:`scan_axis_mismatch` says when an image's noise points to the other
-axis than the one given.
+axis than the one given. Measured: it flags 29 of the 38 S(T)EM/SEM images
+shipped with the authors' released package when they are read transposed
+and none of them the right way round, and none of the 216 noisy HAADF
+images of our two abTEM validation sets (2–1000 counts/pixel, either axis
+given), whose noise is pixel-independent.
 """
 
 from __future__ import annotations
@@ -43,10 +47,14 @@ FAST_SCAN_AXES = ("x", "y")
 #: Modalities whose models correct scan distortions along the fast-scan axis.
 SCANNED_MODALITIES = ("stem", "sem")
 
-#: Lag-1 noise correlation (dimensionless) from which an axis counts as scanned ...
+#: Lag-1 noise correlation (dimensionless) from which an axis counts as scanned;
+#: the given axis must stay below it (its lines hold independent noise) ...
 SCANNED_CORRELATION = 0.1
-#: ... when it also exceeds the other axis's correlation by this much.
-MARGIN = 0.1
+#: ... and the other axis must exceed it and this many times the given axis's.
+#: (On a well-exposed image rich in fine detail, signal leaks into both
+#: correlations: 0.25 and 0.35 on one of our abTEM HAADF scenes at 100
+#: counts/pixel, which is no scan.)
+RATIO = 3.0
 
 #: Side (pixels) of the central crop the correlations are measured on.
 _CROP = 512
@@ -127,14 +135,15 @@ def scan_axis_mismatch(frame: np.ndarray, fast_scan_axis: str = "x") -> ScanAxis
     Returns
     -------
     ScanAxisMismatch or None
-        None when the noise agrees with ``fast_scan_axis`` or shows no scan
-        direction (pixel-independent noise, a camera image): the correlation
-        along the other axis must be at least ``SCANNED_CORRELATION`` and
-        exceed the given axis's by ``MARGIN``.
+        None when the noise agrees with ``fast_scan_axis`` or shows no clear
+        scan direction (pixel-independent noise, a camera image, or detail
+        along both axes): the correlation along the given axis must be below
+        ``SCANNED_CORRELATION``, the other's at least that and ``RATIO``
+        times the given axis's.
     """
     axis = check_fast_scan_axis(fast_scan_axis)
     along_x, along_y = scan_correlations(frame)
     given, other = (along_x, along_y) if axis == "x" else (along_y, along_x)
-    if other < SCANNED_CORRELATION or other < given + MARGIN:
+    if given >= SCANNED_CORRELATION or other < SCANNED_CORRELATION or other < RATIO * given:
         return None
     return ScanAxisMismatch(axis, "y" if axis == "x" else "x", given, other)
