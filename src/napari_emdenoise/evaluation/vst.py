@@ -215,6 +215,11 @@ def vst_denoise(
     return gat_inverse(denoised, gain, sigma, offset, method=inverse).astype(np.float32)
 
 
+#: Mean of the transformed image (units of the unit noise deviation) above which
+#: :func:`bm3d_gat` centres it before BM3D (float32 spacing there: 10⁻³).
+_BM3D_CENTRE_ABOVE = 1e4
+
+
 def bm3d_gat(
     noisy: np.ndarray,
     gain: float = 1.0,
@@ -255,7 +260,13 @@ def bm3d_gat(
         ) from exc
 
     def denoise(x: np.ndarray) -> np.ndarray:
-        return np.asarray(bm3d.bm3d(x, sigma_psd=1.0, profile=profile), dtype=np.float64)
+        # With a gain far below σ²/mean the transform is a huge constant plus the
+        # image: BM3D computes in float32, which then keeps nothing of the image
+        # (at 10⁹ its spacing is 128 noise deviations). It is translation-
+        # equivariant up to its thresholds, so such data is centred first.
+        shift = float(np.mean(x)) if abs(float(np.mean(x))) > _BM3D_CENTRE_ABOVE else 0.0
+        out = bm3d.bm3d(x - shift, sigma_psd=1.0, profile=profile)
+        return np.asarray(out, dtype=np.float64) + shift
 
     return vst_denoise(noisy, denoise, gain, sigma, offset, inverse=inverse)
 
