@@ -821,7 +821,9 @@ def restore(
                     f" Restore with fast_scan_axis='{mismatch.suggested}' (command line: "
                     f"--fast-scan-axis {mismatch.suggested})."
                 )
-                warnings.warn(mismatch.describe() + advice, RuntimeWarning, stacklevel=2)
+                # Without the numbers: one warning for a series restored frame by frame.
+                text = mismatch.describe(numbers=False) + advice
+                warnings.warn(text, RuntimeWarning, stacklevel=2)
         if transpose:
             restored, was_rebuilt = steps(
                 index, np.ascontiguousarray(frame.T), counter.frame_hook()

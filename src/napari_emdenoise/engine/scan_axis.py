@@ -110,13 +110,19 @@ class ScanAxisMismatch:
     along_given: float
     along_suggested: float
 
-    def describe(self) -> str:
-        """What was measured and why it matters, in one sentence (no advice)."""
+    def describe(self, numbers: bool = True) -> str:
+        """What was measured and why it matters, in one sentence (no advice).
+
+        ``numbers=False`` leaves the correlations out, so that the sentence is
+        the same for every frame of a series (Python then shows a warning
+        with it once, not once per frame).
+        """
         lines = {"x": "rows", "y": "columns"}
+        there = f" ({self.along_suggested:.2f} between neighbours)" if numbers else ""
+        here = f" ({self.along_given:.2f})" if numbers else ""
         return (
-            f"The image's noise is correlated along its {lines[self.suggested]} "
-            f"({self.along_suggested:.2f} between neighbours) and not along its "
-            f"{lines[self.given]} ({self.along_given:.2f}): its fast-scan axis looks like "
+            f"The image's noise is correlated along its {lines[self.suggested]}{there} and "
+            f"not along its {lines[self.given]}{here}: its fast-scan axis looks like "
             f"{self.suggested}, and the S(T)EM/SEM models correct scan distortions along the "
             "fast-scan axis."
         )
