@@ -111,3 +111,27 @@ def test_closing_the_viewer_during_adaptation_stops_it_and_adds_no_layer(adapt_d
     assert widget.host.closing and not widget.host.busy  # the worker has returned
     qtbot.wait(200)  # results queued after the close are ignored
     assert panel.outputs == [] and panel.result is None
+
+
+def test_adapting_with_fast_scan_axis_y_works_on_the_transposed_frames(adapt_dock, qtbot):
+    from napari_emdenoise.engine.predictor import restore
+
+    viewer, widget, data = adapt_dock
+    tall = np.ascontiguousarray(data[:, :40])  # not square: a missed transposition shows
+    viewer.add_image(tall, name="tall")
+    widget.layer.value = "tall"
+    widget.fast_scan_axis.value = "y"
+    panel = widget.adapt_panel
+    panel.max_steps = 10
+    panel.anchor.value = 0.0
+    panel.adapt_button.changed.emit(True)
+    _wait(panel, qtbot)
+    assert panel.last_error == ""
+    restored = viewer.layers["tall restored"]
+    assert restored.data.shape == tall.shape
+    expected = restore(tall, model=panel.result.model, backend="torch", fast_scan_axis="y")
+    np.testing.assert_allclose(restored.data, expected, rtol=1e-5, atol=1e-3)
+    parent = viewer.layers["tall restored [tinytest]"]
+    expected = restore(tall, model="tinytest", backend="torch", fast_scan_axis="y")
+    np.testing.assert_allclose(parent.data, expected, rtol=1e-5, atol=1e-3)
+    assert restored.metadata["emdenoise_fast_scan_axis"] == "y"

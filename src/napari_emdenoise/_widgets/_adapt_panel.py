@@ -100,6 +100,11 @@ def run_adapt(
     )
 
 
+def _swapped(array: np.ndarray) -> np.ndarray:
+    """``array`` with its two image axes exchanged (the last two), contiguous."""
+    return np.ascontiguousarray(np.swapaxes(array, -1, -2))
+
+
 class AdaptPanel(CancellableRun, mw.Container):
     """Minutes, anchor, *Adapt to this image*, *Cancel*, progress and *side by side*.
 
@@ -213,12 +218,16 @@ class AdaptPanel(CancellableRun, mw.Container):
             return
         data = np.asarray(layer.data)
         model = owner.model.value
+        # The dock's fast-scan axis: adapt to (and restore) the frames as the network
+        # sees them, the scan lines along the rows; results are transposed back.
+        swap = owner.fast_scan_axis.value == "y"
         self.request = {
             "layer": layer.name,
             "model": model,
             "data": data,
             "geometry": _geometry(layer),
             "metadata": dict(layer.metadata),
+            "swap": swap,
         }
         self._cancel.clear()
         self._closing.clear()  # set by a quit worker; the viewer is not closing (checked above)
@@ -232,7 +241,7 @@ class AdaptPanel(CancellableRun, mw.Container):
         self._start_worker(
             run_adapt,
             model,
-            data,
+            _swapped(data) if swap else data,
             layer.name,
             self._cancel,
             self._closing,
@@ -280,6 +289,8 @@ class AdaptPanel(CancellableRun, mw.Container):
 
     def _show_preview(self, preview: np.ndarray) -> None:
         req = self.request
+        if req.get("swap"):
+            preview = _swapped(preview)
         name = f"{req['layer']} adapt preview"
         data = req["data"]
         frame = data if data.ndim == 2 else data[0]
@@ -323,6 +334,8 @@ class AdaptPanel(CancellableRun, mw.Container):
             owner.model.value = name
         layer, parent = req["layer"], result.parent
         data = req["data"].astype(np.float32)
+        if req.get("swap"):
+            value = {**value, **{k: _swapped(value[k]) for k in ("adapted", "parent")}}
         meta = req["metadata"]
         outputs = [
             (f"{layer} restored", value["adapted"], name, {}),
@@ -344,6 +357,8 @@ class AdaptPanel(CancellableRun, mw.Container):
         self.outputs = []
         for title, image, model, style in outputs:
             metadata = {**meta, "emdenoise_model": model}
+            if req.get("swap"):
+                metadata["emdenoise_fast_scan_axis"] = "y"
             if title in names:  # the restored layer is updated, not duplicated
                 target = owner.viewer.layers[title]
                 target.data = image

@@ -205,8 +205,8 @@ class RestoreWidget(StatefulRun, mw.Container):
             "undo detector lag, fast-scan blur and line jitter along x, as they were trained; "
             "choose y for an image scanned rotated by 90° or stored transposed. The status line "
             "says when the image's noise points to the other axis. No effect on TEM models "
-            "beyond the transposition. 'Adapt to this image' always treats the rows as the scan "
-            "lines.",
+            "beyond the transposition. 'Adapt to this image' follows it too (the adapted model "
+            "is then meant for this axis).",
         )
         self._make_run_controls("Restore", "" if self.cards else "no models found")
         wrap_labels(self.card, self.status)
