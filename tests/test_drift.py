@@ -462,3 +462,21 @@ def test_command_line_writes_the_aligned_stack_and_the_table(movie, tmp_path):
     assert emdenoise(["drift", *argv]) == 2
     assert emdenoise(["drift", *argv, "--overwrite"]) == 0
     np.testing.assert_array_equal(tifffile.imread(out), first)
+
+
+def test_fast_scan_axis_y_denoises_transposed_frames_and_keeps_the_frames_axes(movie):
+    """Frames scanned along their columns: with ``fast_scan_axis="y"`` the denoiser sees them
+    transposed, and the shifts come out in the frames' own axes (NCC is exactly transposable)."""
+    frames, _truth = movie
+    ref, mov = frames[0], frames[4]
+    plain = estimate_shift(ref, mov, method="ncc", denoise="lrstem")
+    swapped = estimate_shift(ref.T, mov.T, method="ncc", denoise="lrstem", fast_scan_axis="y")
+    assert tuple(swapped) == pytest.approx(tuple(plain)[::-1], abs=1e-6)
+    stack = np.ascontiguousarray(np.swapaxes(frames[:4], -1, -2))
+    _aligned, shifts = align_stack(stack, method="ncc", denoise="lrstem", fast_scan_axis="y")
+    _aligned, expected = align_stack(frames[:4], method="ncc", denoise="lrstem")
+    np.testing.assert_allclose(shifts, expected[:, ::-1], atol=1e-6)
+    with pytest.raises(ValueError, match="fast_scan_axis"):
+        estimate_shift(ref, mov, method="ncc", denoise=False, fast_scan_axis="z")
+    with pytest.raises(ValueError, match="fast_scan_axis"):
+        align_stack(frames[:3], method="ncc", denoise=False, fast_scan_axis="rows")

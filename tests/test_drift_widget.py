@@ -165,3 +165,20 @@ def test_run_state_drives_the_buttons_through_run_error_cancel_and_close(drift_d
     viewer.add_image(np.concatenate([frames] * 12), name="long movie")  # long enough to cancel
     widget.layer.value = "long movie"
     check_cancel_then_close(viewer, widget, qtbot, timeout_ms=120000)
+
+
+def test_widget_fast_scan_axis_reaches_the_engine(drift_dock, qtbot):
+    from napari_emdenoise.drift import align_stack
+
+    viewer, widget, frames, _ = drift_dock
+    widget.method.value = "ncc"
+    widget.denoiser.value = "lrstem"
+    widget.fast_scan_axis.value = "y"
+    run(widget, qtbot)
+    assert widget.last_error == ""
+    _, expected = align_stack(frames, method="ncc", denoise="lrstem", fast_scan_axis="y")
+    np.testing.assert_allclose(widget.info.shifts, expected, atol=1e-6)
+    _, plain = align_stack(frames, method="ncc", denoise="lrstem")
+    assert not np.allclose(plain, expected, atol=1e-6)  # the choice changes the denoising
+    widget.denoise.value = False
+    assert not widget.fast_scan_axis.enabled  # only the denoiser cares

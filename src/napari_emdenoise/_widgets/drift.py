@@ -144,6 +144,14 @@ class DriftWidget(StatefulRun, mw.Container):
         self.method = mw.ComboBox(label="method", choices=list(METHODS), value="cnn")
         self.denoise = mw.CheckBox(text="estimate on denoised copies", value=True)
         self.denoiser = mw.ComboBox(label="denoiser", choices=self._denoiser_choices)
+        self.fast_scan_axis = mw.ComboBox(
+            label="fast-scan axis",
+            choices=[("x (rows)", "x"), ("y (columns)", "y")],
+            value="x",
+            tooltip="The frames' fast-scan axis, for the S(T)EM/SEM denoisers, which correct "
+            "scan distortions along x as they were trained: choose y for frames scanned along "
+            "their columns or stored transposed. The shifts are always in the frames' own axes.",
+        )
         self._make_run_controls("Align")
         wrap_labels(self.status)
         self.reference.tooltip = (
@@ -161,6 +169,7 @@ class DriftWidget(StatefulRun, mw.Container):
                 self.method,
                 self.denoise,
                 self.denoiser,
+                self.fast_scan_axis,
                 self.run_button,
                 self.cancel_button,
                 self.progress,
@@ -211,6 +220,7 @@ class DriftWidget(StatefulRun, mw.Container):
 
     def _sync_denoiser(self, *_: object) -> None:
         self.denoiser.enabled = bool(self.denoise.value)
+        self.fast_scan_axis.enabled = bool(self.denoise.value)
 
     def _refresh_layers(self, *_: object) -> None:
         if self.host.closing:
@@ -263,6 +273,7 @@ class DriftWidget(StatefulRun, mw.Container):
             denoise=denoise,
             cancel=self._cancel.is_set,
             return_info=True,
+            fast_scan_axis=self.fast_scan_axis.value,
         )
 
     def _on_result(self, request: dict, aligned: Any, shifts: np.ndarray, info: Any) -> None:

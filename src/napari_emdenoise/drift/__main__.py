@@ -36,6 +36,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--denoiser", default=DEFAULT_DENOISER, help="restoration model for the shift estimate"
     )
     parser.add_argument("--no-denoise", action="store_true", help="correlate the raw frames")
+    parser.add_argument(
+        "--fast-scan-axis",
+        choices=("x", "y"),
+        default="x",
+        help="the frames' fast-scan axis, for the S(T)EM/SEM denoisers (y: scanned along the "
+        "columns or stored transposed)",
+    )
     parser.add_argument("--dataset", type=int, default=0, help="dataset index in the file")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     return parser
@@ -75,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
             denoise=False if args.no_denoise else args.denoiser,
             progress=progress,
             return_info=True,
+            fast_scan_axis=args.fast_scan_axis,
         )
         print(file=sys.stderr)
         aligned = np.asarray(aligned.compute() if hasattr(aligned, "compute") else aligned)

@@ -41,6 +41,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from .._validation import as_float_image, tensor_to_numpy
+from ..engine.scan_axis import check_fast_scan_axis
 from .correlation import (
     NEAR_EQUAL,
     NCCMap,
@@ -222,11 +223,16 @@ def _resolve_regressor(method: str, model: object, device: str | None) -> Any:
     )
 
 
-def _denoise(frame: np.ndarray, module: Any, cancel: CancelCallback | None = None) -> np.ndarray:
+def _denoise(
+    frame: np.ndarray,
+    module: Any,
+    cancel: CancelCallback | None = None,
+    fast_scan_axis: str = "x",
+) -> np.ndarray:
     from ..engine.predictor import restore
 
     # The network alone: the shift regressor was trained and measured on it.
-    return restore(frame, model=module, cancel=cancel, refine=False)
+    return restore(frame, model=module, cancel=cancel, refine=False, fast_scan_axis=fast_scan_axis)
 
 
 # --------------------------------------------------------------------------- one pair
@@ -311,6 +317,7 @@ def estimate_shift(
     max_shift: float | tuple[float, float] | None = None,
     sigma: float | None = None,
     device: str | None = None,
+    fast_scan_axis: str = "x",
 ) -> ShiftEstimate:
     """Sub-pixel shift that registers ``moving`` onto ``reference``, with its uncertainty.
 
@@ -344,6 +351,10 @@ def estimate_shift(
     device : str, optional
         Torch device for the networks (default: automatic for the
         denoiser, CPU for the small regressor).
+    fast_scan_axis : {"x", "y"}
+        The frames' fast-scan axis, for the S(T)EM/SEM denoisers (see
+        :func:`napari_emdenoise.engine.restore`); the shift is always in the
+        frames' own axes.
 
     Returns
     -------
@@ -371,6 +382,7 @@ def estimate_shift(
     """
     method = _check_choice(method, METHODS, "method")
     sigma = _check_sigma(sigma)
+    axis = check_fast_scan_axis(fast_scan_axis)
     ref = _check_frame(reference, "reference")
     mov = _check_frame(moving, "moving")
     if ref.shape != mov.shape:
@@ -383,7 +395,8 @@ def estimate_shift(
     if denoiser is None:
         a, b = Prepared(ref), Prepared(mov)
     else:
-        a, b = Prepared(ref, _denoise(ref, denoiser)), Prepared(mov, _denoise(mov, denoiser))
+        a = Prepared(ref, _denoise(ref, denoiser, fast_scan_axis=axis))
+        b = Prepared(mov, _denoise(mov, denoiser, fast_scan_axis=axis))
     return _estimate_prepared(a, b, method, sigma, max_shift, regressor)
 
 
@@ -583,10 +596,12 @@ class _Frames:
         denoiser: Any,
         cancel: CancelCallback | None,
         cache: bool,
+        fast_scan_axis: str = "x",
     ) -> None:
         self.frames = frames
         self.denoiser = denoiser
         self.cancel = cancel
+        self.fast_scan_axis = fast_scan_axis
         self.cache: dict[int, Prepared] | None = {} if cache else None
 
     def raw(self, i: int) -> np.ndarray:
@@ -599,7 +614,11 @@ class _Frames:
         if self.cache is not None and i in self.cache:
             return self.cache[i]
         frame = self.raw(i)
-        den = None if self.denoiser is None else _denoise(frame, self.denoiser, self.cancel)
+        den = (
+            None
+            if self.denoiser is None
+            else _denoise(frame, self.denoiser, self.cancel, self.fast_scan_axis)
+        )
         item = Prepared(frame, den)
         if self.cache is not None:
             self.cache[i] = item
@@ -665,6 +684,7 @@ def align_stack(
     progress: ProgressCallback | None = None,
     cancel: CancelCallback | None = None,
     return_info: bool = False,
+    fast_scan_axis: str = "x",
 ) -> tuple[Any, np.ndarray] | tuple[Any, np.ndarray, AlignmentInfo]:
     """Register every frame of a movie and apply the shifts to the raw frames.
 
@@ -708,6 +728,9 @@ def align_stack(
         :class:`napari_emdenoise.engine.Cancelled`.
     return_info : bool
         Also return an :class:`AlignmentInfo`.
+    fast_scan_axis : {"x", "y"}
+        The frames' fast-scan axis, for the S(T)EM/SEM denoisers (see
+        :func:`estimate_shift`).
 
     Returns
     -------
@@ -733,6 +756,7 @@ def align_stack(
     reference = _check_choice(reference, REFERENCES, "reference")
     method = _check_choice(method, METHODS, "method")
     sigma = _check_sigma(sigma)
+    axis = check_fast_scan_axis(fast_scan_axis)
     lazy = _is_lazy(frames)
     data, shape = _validate_stack(frames)
     n = shape[0]
@@ -740,7 +764,7 @@ def align_stack(
     regressor = _resolve_regressor(method, model, None)
     denoised = denoiser is not None
     need_cache = reference == "mean" and (denoised or lazy)
-    source = _Frames(data, denoiser, cancel, cache=need_cache and _fits_cache(shape))
+    source = _Frames(data, denoiser, cancel, need_cache and _fits_cache(shape), axis)
     total = {"first": n - 1, "previous": max(0, 2 * n - 3), "mean": 2 * n - 1}[reference]
     done = 0
 
