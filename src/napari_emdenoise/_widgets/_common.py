@@ -131,6 +131,22 @@ class _VerticalScrollArea(QScrollArea):
         return QSize(width, max(self._min_height, content.sizeHint().height()))
 
 
+def fast_scan_axis_box(tooltip: str) -> Any:
+    """A *fast-scan axis* drop-down (x, the rows, by default; or y, the columns).
+
+    Its value is what :func:`napari_emdenoise.engine.restore` and the drift
+    functions take as ``fast_scan_axis``.
+    """
+    from magicgui import widgets as mw
+
+    return mw.ComboBox(
+        label="fast-scan axis",
+        choices=[("x (rows)", "x"), ("y (columns)", "y")],
+        value="x",
+        tooltip=tooltip,
+    )
+
+
 def scrolling(widget: QWidget, min_height: int = 120) -> QScrollArea:
     """Put ``widget`` in a frameless vertical scroll area that may shrink to ``min_height``.
 

@@ -24,6 +24,7 @@ from ._common import (
     StatefulRun,
     WorkerHost,
     disconnect_quietly,
+    fast_scan_axis_box,
     is_grey_image,
     scrolling_with_view,
     wrap_labels,
@@ -144,13 +145,10 @@ class DriftWidget(StatefulRun, mw.Container):
         self.method = mw.ComboBox(label="method", choices=list(METHODS), value="cnn")
         self.denoise = mw.CheckBox(text="estimate on denoised copies", value=True)
         self.denoiser = mw.ComboBox(label="denoiser", choices=self._denoiser_choices)
-        self.fast_scan_axis = mw.ComboBox(
-            label="fast-scan axis",
-            choices=[("x (rows)", "x"), ("y (columns)", "y")],
-            value="x",
-            tooltip="The frames' fast-scan axis, for the S(T)EM/SEM denoisers, which correct "
+        self.fast_scan_axis = fast_scan_axis_box(
+            "The frames' fast-scan axis, for the S(T)EM/SEM denoisers, which correct "
             "scan distortions along x as they were trained: choose y for frames scanned along "
-            "their columns or stored transposed. The shifts are always in the frames' own axes.",
+            "their columns or stored transposed. The shifts are always in the frames' own axes."
         )
         self._make_run_controls("Align")
         wrap_labels(self.status)

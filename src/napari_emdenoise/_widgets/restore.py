@@ -19,6 +19,7 @@ from ._common import (
     StatefulRun,
     WorkerHost,
     disconnect_quietly,
+    fast_scan_axis_box,
     is_grey_image,
     run_in_thread,
     scrolling,
@@ -197,16 +198,13 @@ class RestoreWidget(StatefulRun, mw.Container):
             "S(T)EM images limited by counting noise (it turns scan distortions away from the "
             "fast-scan axis the S(T)EM models correct).",
         )
-        self.fast_scan_axis = mw.ComboBox(
-            label="fast-scan axis",
-            choices=[("x (rows)", "x"), ("y (columns)", "y")],
-            value="x",
-            tooltip="The image axis the beam was scanned fast along. The S(T)EM and SEM models "
+        self.fast_scan_axis = fast_scan_axis_box(
+            "The image axis the beam was scanned fast along. The S(T)EM and SEM models "
             "undo detector lag, fast-scan blur and line jitter along x, as they were trained; "
             "choose y for an image scanned rotated by 90° or stored transposed. The status line "
             "says when the image's noise points to the other axis. No effect on TEM models "
             "beyond the transposition. 'Adapt to this image' follows it too (the adapted model "
-            "is then meant for this axis).",
+            "is then meant for this axis)."
         )
         self._make_run_controls("Restore", "" if self.cards else "no models found")
         wrap_labels(self.card, self.status)
