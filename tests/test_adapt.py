@@ -339,3 +339,34 @@ def test_restore_with_adapted_on_a_stack_and_with_chosen_options(tiny_user_model
     assert all(o.shape == (1, 48, 48) for o in cropped.outputs.values())
     with pytest.raises(ValueError, match="candidates must be among"):
         restore_with_adapted(frames, result, rng=rng, candidates=("raw",))
+
+
+def test_cli_fast_scan_axis_y_adapts_to_the_transposed_frames(tiny_user_model, tmp_path, capsys):
+    """``emdenoise adapt`` and the quality mode of ``emdenoise restore`` with a vertical scan
+    work on the transposed frames, as ``restore(..., fast_scan_axis="y")`` does."""
+    from napari_emdenoise.cli import main
+    from napari_emdenoise.io.readers import read_em
+
+    image = lattice_probe(np.random.default_rng(6), size=64, spacing=9.0, width=1.5).noisy
+    tall = np.ascontiguousarray(image[:, :48])  # not square: a missed transposition shows
+    src = tmp_path / "scan.npy"
+    np.save(src, tall)
+    dst = tmp_path / "restored.tif"
+    args = ["restore", str(src), "-o", str(dst), "--model", tiny_user_model, "--device", "cpu"]
+    quality = ["--adapt-steps", "3", "--adapt-seed", "2", "--adapt-choice", "adapted"]
+    assert main([*args, *quality, "--fast-scan-axis", "y"]) == 0
+    ((out, _meta),) = read_em(dst)
+    result = adapt(tiny_user_model, tall.T.copy(), minutes=60, steps=3, config=AdaptConfig(seed=2))
+    expected = restore(tall, model=result.model, fast_scan_axis="y")
+    np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-3)
+    capsys.readouterr()
+    assert main(
+        ["adapt", str(src), "--model", tiny_user_model, "--minutes", "1", "--steps", "3",
+         "--anchor", "0", "--seed", "2", "--out", "vertical", "--fast-scan-axis", "y"]
+    ) == 0  # fmt: skip
+    assert "--model vertical --fast-scan-axis y" in capsys.readouterr().out
+    from napari_emdenoise.models.registry import list_models
+
+    card = list_models()["vertical"]  # adapted to the transposed frames
+    assert card.training["image_sha256"] == result.image_hash
+    assert card.training["image_shapes"] == [[48, 64]]

@@ -51,6 +51,9 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     data, meta = read_dataset(src, args.dataset)
     if meta.get("rgb"):
         raise ValueError(f"dataset {args.dataset} of {src} is a colour (RGB) image")
+    data = np.asarray(data)
+    if args.fast_scan_axis == "y":  # the network's view: scan lines along the rows
+        data = np.ascontiguousarray(np.swapaxes(data, -1, -2))
     cfg = AdaptConfig(threads=args.threads, device=args.device, seed=args.seed)
 
     def progress(event) -> None:
@@ -63,7 +66,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
 
     result = adapt(
         args.model,
-        np.asarray(data),
+        data,
         minutes=args.minutes,
         mask=args.mask,
         anchor=args.anchor,
@@ -79,9 +82,12 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     )
     for note in result.notes:
         print(f"  note: {note}")
-    print(f"saved {path}; restore with: emdenoise restore IMAGE -o OUT.tif --model {args.out}")
+    axis = " --fast-scan-axis y" if args.fast_scan_axis == "y" else ""
+    print(
+        f"saved {path}; restore with: emdenoise restore IMAGE -o OUT.tif --model {args.out}{axis}"
+    )
     if result.noise_fit is not None:
-        _compare_on_image(np.asarray(data), result, args)
+        _compare_on_image(data, result, args)
     return 0
 
 
@@ -141,5 +147,12 @@ def add_parser(sub) -> None:
     ad.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     add_device_arg(ad)
     ad.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random choices")
+    ad.add_argument(
+        "--fast-scan-axis",
+        choices=("x", "y"),
+        default="x",
+        help="the image's fast-scan axis: y adapts to the transposed frames (scan lines along "
+        "the columns); restore with --fast-scan-axis y afterwards",
+    )
     ad.add_argument("--overwrite", action="store_true", help="replace a model of that name")
     ad.set_defaults(func=_cmd_adapt)
