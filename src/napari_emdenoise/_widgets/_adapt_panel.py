@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from magicgui import widgets as mw
 
+from ..engine.scan_axis import scan_rows
 from ._common import CancellableRun, WorkerHost, run_in_thread, wrap_labels
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -98,11 +99,6 @@ def run_adapt(
             work, name="emdenoise-adapt", user_errors=(ValueError, MemoryError, OSError)
         )
     )
-
-
-def _swapped(array: np.ndarray) -> np.ndarray:
-    """``array`` with its two image axes exchanged (the last two), contiguous."""
-    return np.ascontiguousarray(np.swapaxes(array, -1, -2))
 
 
 class AdaptPanel(CancellableRun, mw.Container):
@@ -220,14 +216,14 @@ class AdaptPanel(CancellableRun, mw.Container):
         model = owner.model.value
         # The dock's fast-scan axis: adapt to (and restore) the frames as the network
         # sees them, the scan lines along the rows; results are transposed back.
-        swap = owner.fast_scan_axis.value == "y"
+        axis = owner.fast_scan_axis.value
         self.request = {
             "layer": layer.name,
             "model": model,
             "data": data,
             "geometry": _geometry(layer),
             "metadata": dict(layer.metadata),
-            "swap": swap,
+            "fast_scan_axis": axis,
         }
         self._cancel.clear()
         self._closing.clear()  # set by a quit worker; the viewer is not closing (checked above)
@@ -241,7 +237,7 @@ class AdaptPanel(CancellableRun, mw.Container):
         self._start_worker(
             run_adapt,
             model,
-            _swapped(data) if swap else data,
+            scan_rows(data, axis),
             layer.name,
             self._cancel,
             self._closing,
@@ -289,8 +285,7 @@ class AdaptPanel(CancellableRun, mw.Container):
 
     def _show_preview(self, preview: np.ndarray) -> None:
         req = self.request
-        if req.get("swap"):
-            preview = _swapped(preview)
+        preview = scan_rows(preview, req["fast_scan_axis"])
         name = f"{req['layer']} adapt preview"
         data = req["data"]
         frame = data if data.ndim == 2 else data[0]
@@ -334,8 +329,8 @@ class AdaptPanel(CancellableRun, mw.Container):
             owner.model.value = name
         layer, parent = req["layer"], result.parent
         data = req["data"].astype(np.float32)
-        if req.get("swap"):
-            value = {**value, **{k: _swapped(value[k]) for k in ("adapted", "parent")}}
+        axis = req["fast_scan_axis"]
+        value = {**value, **{k: scan_rows(value[k], axis) for k in ("adapted", "parent")}}
         meta = req["metadata"]
         outputs = [
             (f"{layer} restored", value["adapted"], name, {}),
@@ -357,8 +352,8 @@ class AdaptPanel(CancellableRun, mw.Container):
         self.outputs = []
         for title, image, model, style in outputs:
             metadata = {**meta, "emdenoise_model": model}
-            if req.get("swap"):
-                metadata["emdenoise_fast_scan_axis"] = "y"
+            if axis != "x":
+                metadata["emdenoise_fast_scan_axis"] = axis
             if title in names:  # the restored layer is updated, not duplicated
                 target = owner.viewer.layers[title]
                 target.data = image

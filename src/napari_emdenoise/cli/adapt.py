@@ -23,6 +23,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     """``emdenoise adapt``: self-supervised fine-tuning of a model on one micrograph."""
     import numpy as np
 
+    from ..engine.scan_axis import scan_rows
     from ..models.registry import (
         bundled_weights_dir,
         check_model_name,
@@ -51,9 +52,7 @@ def _cmd_adapt(args: argparse.Namespace) -> int:
     data, meta = read_dataset(src, args.dataset)
     if meta.get("rgb"):
         raise ValueError(f"dataset {args.dataset} of {src} is a colour (RGB) image")
-    data = np.asarray(data)
-    if args.fast_scan_axis == "y":  # the network's view: scan lines along the rows
-        data = np.ascontiguousarray(np.swapaxes(data, -1, -2))
+    data = scan_rows(np.asarray(data), args.fast_scan_axis)  # scan lines along the rows
     cfg = AdaptConfig(threads=args.threads, device=args.device, seed=args.seed)
 
     def progress(event) -> None:

@@ -31,6 +31,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     from ..engine.device import resolve_device
     from ..engine.lattice import WORKING_BYTES_PER_PIXEL as LATTICE_BYTES
     from ..engine.predictor import _check_tiling_args, restore
+    from ..engine.scan_axis import scan_rows
     from ..engine.wiener import WORKING_BYTES_PER_PIXEL as WIENER_BYTES
     from ..io.writers import write_tif
     from ..models.registry import load_model
@@ -76,10 +77,8 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     if args.adapt_steps is not None:
         # The adaptation and its risk estimate treat the rows as the scan lines too:
         # hand them the transposed frames when the fast-scan axis is y.
-        swap = args.fast_scan_axis == "y"
-        view = np.ascontiguousarray(np.swapaxes(data, -1, -2)) if swap else data
-        out = _quality_mode(args, view, module, device, options)
-        out = np.ascontiguousarray(np.swapaxes(out, -1, -2)) if swap else out
+        view = scan_rows(data, args.fast_scan_axis)
+        out = scan_rows(_quality_mode(args, view, module, device, options), args.fast_scan_axis)
     else:
         out = restore(
             data,

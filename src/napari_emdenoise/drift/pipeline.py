@@ -194,10 +194,10 @@ def _resolve_denoiser(denoise: object, device: str | None) -> tuple[Any, str]:
     if denoise is True:
         denoise = DEFAULT_DENOISER
     if isinstance(denoise, torch.nn.Module):
-        module, _dev, _modality = _resolve_model(denoise, device)
+        module, _dev = _resolve_model(denoise, device)
         return module, type(denoise).__name__
     if isinstance(denoise, (str, Path)):
-        module, _dev, _modality = _resolve_model(denoise, device)
+        module, _dev = _resolve_model(denoise, device)
         return module, str(denoise)
     raise ValueError(
         "denoise must be True, False, a restoration model name (e.g. 'hrstem'), a checkpoint "

@@ -52,7 +52,12 @@ from .grid_pattern import MIN_SIDE as GRID_PATTERN_MIN_SIDE
 from .grid_pattern import remove_grid_pattern
 from .lattice import LATTICE_SHARE_WARNING, lattice_share, restore_lattice
 from .safeguard import BlendResult, sure_blend
-from .scan_axis import SCANNED_MODALITIES, check_fast_scan_axis, scan_axis_mismatch
+from .scan_axis import (
+    SCANNED_MODALITIES,
+    check_fast_scan_axis,
+    scan_axis_mismatch,
+    scan_rows,
+)
 from .self_ensemble import check_ensemble, ensemble_transforms, output_shapes
 from .tiling import TileBlender, TileGrid, balanced_tile
 from .wiener import wiener_refine
@@ -531,22 +536,20 @@ class TiledPredictor:
 
 def _resolve_model(
     model: str | Path | torch.nn.Module, device: str | torch.device | None
-) -> tuple[torch.nn.Module, torch.device, str | None]:
-    """The network, its device and its card's modality (None for a network without one)."""
+) -> tuple[torch.nn.Module, torch.device]:
     if isinstance(model, torch.nn.Module):
         if device is None:
             current = _module_device(model)
             dev = resolve_device(current) if current is not None else resolve_device(None)
         else:
             dev = resolve_device(device)
-        modality = getattr(model, "emdenoise_modality", None)  # set by load_model
-        return model, dev, modality if isinstance(modality, str) else None
+        return model, dev
     if isinstance(model, (str, Path)):
         dev = resolve_device(device)
         from ..models.registry import load_model
 
-        module, card = load_model(model if isinstance(model, str) else str(model), device=dev)
-        return module, dev, getattr(card, "modality", None)
+        module, _card = load_model(model if isinstance(model, str) else str(model), device=dev)
+        return module, dev
     raise ValueError(
         f"model must be a model name, a checkpoint path or a torch.nn.Module, "
         f"got {type(model).__name__}"
@@ -765,7 +768,9 @@ def restore(
     data, ndim, lazy = _checked_image(image)
     shape = tuple(int(s) for s in data.shape)  # type: ignore[union-attr]
 
-    module, dev, modality = _resolve_model(model, device)
+    module, dev = _resolve_model(model, device)
+    # The card's modality, which load_model tags its networks with (None for others).
+    modality = getattr(module, "emdenoise_modality", None)
     from ..models.pix2pix import Pix2PixGenerator
 
     if isinstance(module, Pix2PixGenerator):
@@ -824,13 +829,8 @@ def restore(
                 # Without the numbers: one warning for a series restored frame by frame.
                 text = mismatch.describe(numbers=False) + advice
                 warnings.warn(text, RuntimeWarning, stacklevel=2)
-        if transpose:
-            restored, was_rebuilt = steps(
-                index, np.ascontiguousarray(frame.T), counter.frame_hook()
-            )
-            out[index] = restored.T
-        else:
-            out[index], was_rebuilt = steps(index, frame, counter.frame_hook())
+        restored, was_rebuilt = steps(index, scan_rows(frame, fast_scan_axis), counter.frame_hook())
+        out[index] = scan_rows(restored, fast_scan_axis)
         if was_rebuilt:
             rebuilt.append(index)
         counter.frame_finished()
@@ -1101,7 +1101,7 @@ def _make_predictor(
 @functools.lru_cache(maxsize=4)
 def _cached_model(model: str, device: str) -> torch.nn.Module:
     """One loaded copy of a named model per process (dask workers reuse it)."""
-    module, _dev, _modality = _resolve_model(model, device)
+    module, _dev = _resolve_model(model, device)
     return module
 
 

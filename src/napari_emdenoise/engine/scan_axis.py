@@ -38,6 +38,7 @@ __all__ = [
     "check_fast_scan_axis",
     "scan_axis_mismatch",
     "scan_correlations",
+    "scan_rows",
 ]
 
 #: Accepted values of ``fast_scan_axis``: the image's x axis (rows, the last
@@ -67,6 +68,18 @@ def check_fast_scan_axis(value: object) -> str:
             f"fast_scan_axis must be 'x' (along the rows) or 'y' (along the columns), got {value!r}"
         )
     return str(value)
+
+
+def scan_rows(array: np.ndarray, fast_scan_axis: str) -> np.ndarray:
+    """``array`` as the S(T)EM/SEM models see it: the scan lines along the rows.
+
+    For ``fast_scan_axis="y"`` the last two axes (an image's, or each frame's of
+    a stack) are exchanged, contiguously; for ``"x"`` ``array`` is returned as
+    it is. Its own inverse: apply it again to a result to get the image's axes back.
+    """
+    if check_fast_scan_axis(fast_scan_axis) == "x":
+        return array
+    return np.ascontiguousarray(np.swapaxes(array, -1, -2))
 
 
 def scan_correlations(frame: np.ndarray) -> tuple[float, float]:
