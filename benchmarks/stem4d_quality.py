@@ -20,8 +20,10 @@ dose and data set (an oracle choice); PCA/SVD denoising in the hyperspy style
 (Poisson-normalised, number of components at the elbow of the scree plot);
 the bundled ``pix2pix-4dstem`` model (or ``--model``) as ``restore_4dstem``
 runs it by default (``pix2pix``: with the raw counts put back above 1 detector
-pixel, see ``local_counts_sigma``) and the network output alone
-(``pix2pix-net``).
+pixel, see ``local_counts_sigma``, then the residuals that neighbouring scan
+positions share put back, see ``neighbour_residuals``), the same without the
+neighbour stage (``pix2pix-pattern``: each pattern on its own, the default
+before that stage) and the network output alone (``pix2pix-net``).
 
 Metrics, averaged over the patterns: PSNR and SSIM after the Anscombe
 transform 2·sqrt(x + 3/8) (data range of the clean pattern); Bragg-disk
@@ -429,6 +431,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from napari_emdenoise.engine.neighbour_residuals import correct_in_memory
     from napari_emdenoise.models.registry import load_model
 
     torch.set_num_threads(args.threads)
@@ -452,7 +455,8 @@ def main(argv: list[str] | None = None) -> int:
             s.setdefault("gauss", {})[sigma] = g
         est["pca"], s["pca_k"] = pca(s["noisy"])
         est["pix2pix-net"] = run_model(model, s["noisy"])
-        est["pix2pix"] = local_counts(s["noisy"], est["pix2pix-net"])
+        est["pix2pix-pattern"] = local_counts(s["noisy"], est["pix2pix-net"])
+        est["pix2pix"] = correct_in_memory(s["noisy"], est["pix2pix-pattern"])[0]
         s["est"] = est
         if dose == 1000.0 and len([e for e in examples if e[0].startswith(group)]) < 2:
             i = len(examples) % s["noisy"].shape[0]
@@ -472,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
         for method, e in s["est"].items():
             results.setdefault((group, s["dose"], method), []).append(evaluate(e, s))
 
-    methods = ("raw", "gaussian", "pca", "pix2pix-net", "pix2pix")
+    methods = ("raw", "gaussian", "pca", "pix2pix-net", "pix2pix-pattern", "pix2pix")
     keys = (
         "psnr_anscombe", "ssim_anscombe", "disk_position_error_px", "disk_intensity_error",
         "disk_intensity_bias", "vbf_snr_db", "vadf_snr_db", "total_error_vs_clean",

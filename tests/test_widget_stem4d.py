@@ -245,6 +245,34 @@ def test_local_counts_setting_reaches_the_engine(dock, qtbot):
     assert not np.allclose(got[0.0], got[1.0])
 
 
+def test_neighbour_pooling_setting_reaches_the_engine(dock, qtbot):
+    from napari_emdenoise import restore_4dstem
+
+    viewer, widget, data = dock
+    widget.whole_scan.value = False
+    widget.region.value = "1:5,2:7"
+    got = {}
+    for pooled in (False, True):
+        widget.neighbours.value = pooled
+        widget.start()
+        qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
+        assert widget.last_error == ""
+        layer = viewer.layers["scan denoised"]
+        assert layer.metadata["emdenoise_neighbour_residuals"] is pooled
+        got[pooled] = np.asarray(layer.data)
+        viewer.layers.remove(layer)
+        for name in [
+            n.name for n in viewer.layers if n.name.startswith("scan ") and "virtual" in n.name
+        ]:
+            viewer.layers.remove(name)
+    for pooled in (False, True):
+        want = restore_4dstem(
+            data, model=widget.model_override, region="1:5,2:7", neighbour_residuals=pooled
+        )
+        np.testing.assert_allclose(got[pooled], want, rtol=1e-5, atol=1e-4)
+    assert np.abs(got[True] - got[False]).max() > 1e-3  # the stage did something here
+
+
 def test_run_state_drives_the_buttons_through_run_cancel_and_close(dock, qtbot):
     from napari_emdenoise._widgets._run_state import RunState
 

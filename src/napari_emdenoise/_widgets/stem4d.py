@@ -156,6 +156,7 @@ def _run(
     progress: Any,
     cancel: Any,
     local_counts_sigma: float | None = None,
+    neighbour_residuals: bool = True,
 ) -> dict[str, Any]:
     """Denoise the region, then the raw/denoised virtual images and their Poisson residuals."""
     from ..engine import virtual_detectors as vd
@@ -168,6 +169,7 @@ def _run(
         progress=progress,
         cancel=cancel,
         local_counts_sigma=local_counts_sigma,
+        neighbour_residuals=neighbour_residuals,
     )
     raw = data if region is None else data[region]
     shape = vd.check_4d(data)
@@ -243,6 +245,14 @@ class Stem4DWidget(StatefulRun, mw.Container):
             "disk and virtual-detector intensities stay unbiased (the network alone dims weak "
             "disks). 0: the network's output as it is (smoother, biased intensities)."
         )
+        self.neighbours = mw.CheckBox(text="pool neighbouring positions' residuals", value=True)
+        self.neighbours.tooltip = (
+            "After every pattern is denoised, put back what the network got wrong alike at "
+            "neighbouring scan positions (a 3×3 or 5×5 window, or the whole scan: chosen, per "
+            "detector pixel, by an unbiased estimate of the error it removes). Helps most on "
+            "nano-beam patterns of one crystal; leaves patterns that differ from their "
+            "neighbours nearly alone. The one-pattern preview cannot show it."
+        )
         self.whole_scan = mw.CheckBox(text="whole scan", value=True)
         self.region = mw.LineEdit(label="scan region y0:y1,x0:x1", value="", enabled=False)
         self._make_run_controls("Denoise")
@@ -261,6 +271,7 @@ class Stem4DWidget(StatefulRun, mw.Container):
                 self.find_button,
                 self.detector_info,
                 self.local_counts,
+                self.neighbours,
                 self.whole_scan,
                 self.region,
                 self.run_button,
@@ -789,6 +800,7 @@ class Stem4DWidget(StatefulRun, mw.Container):
             "model": self._model_label(model),
             "out": out,
             "local_counts_sigma": self._local_counts_sigma(),
+            "neighbour_residuals": bool(self.neighbours.value),
         }
         where = "the whole scan" if region is None else f"region {format_region(region)}"
         self._begin(f"denoising {ry * rx} patterns of {source['name']} ({where})…")
@@ -803,6 +815,7 @@ class Stem4DWidget(StatefulRun, mw.Container):
             out,
             cancel=self._cancel.is_set,
             local_counts_sigma=request["local_counts_sigma"],
+            neighbour_residuals=request["neighbour_residuals"],
         )
 
     def _local_counts_sigma(self) -> float | None:
@@ -817,6 +830,7 @@ class Stem4DWidget(StatefulRun, mw.Container):
         record = {
             "emdenoise_model": request["model"],
             "emdenoise_local_counts_sigma_px": request["local_counts_sigma"],
+            "emdenoise_neighbour_residuals": request["neighbour_residuals"],
             "emdenoise_region": None
             if region is None
             else [[region[0].start, region[0].stop], [region[1].start, region[1].stop]],

@@ -53,6 +53,7 @@ def _cmd_restore_4d(args: argparse.Namespace) -> int:
         "calibration": calibration,
         "overwrite": args.overwrite,
         "local_counts_sigma": args.local_counts_sigma or None,
+        "neighbour_residuals": not args.no_neighbour_residuals,
     }
     try:
         if args.scheduler is None and args.workers == 0:
@@ -142,6 +143,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="PX",
         help="put the raw counts back at scales above this many detector pixels, so Bragg-disk "
         "and virtual-detector intensities stay unbiased (default 1; 0: the network output as is)",
+    )
+    r4.add_argument(
+        "--no-neighbour-residuals",
+        action="store_true",
+        help="restore each pattern on its own; by default what the network got wrong alike at "
+        "neighbouring scan positions (3x3, 5x5 or the whole scan, chosen by an unbiased "
+        "error estimate) is put back afterwards",
     )
     add_device_arg(r4)
     add_dataset_arg(r4)

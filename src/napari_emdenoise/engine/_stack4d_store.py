@@ -66,6 +66,11 @@ class OutputStore:
         self._done.add(int(index))
         self._save()
 
+    def save_stage(self, key: str, state: dict[str, Any]) -> None:
+        """Keep a later stage's state (JSON-able) in the run record, for resuming."""
+        self.record[key] = state
+        self._save()
+
     def mark_complete(self) -> None:
         """Record that every block is written."""
         self.record["complete"] = True
@@ -77,7 +82,14 @@ class OutputStore:
 
 
 def _fingerprint(record: Mapping[str, Any]) -> dict[str, Any]:
-    keys = ("input_shape", "input_dtype", "region", "model", "local_counts_sigma")
+    keys = (
+        "input_shape",
+        "input_dtype",
+        "region",
+        "model",
+        "local_counts_sigma",
+        "neighbour_residuals",
+    )
     return {k: record.get(k) for k in keys}
 
 

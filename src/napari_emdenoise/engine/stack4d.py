@@ -12,6 +12,9 @@ float32), and interchangeable executors (:mod:`._stack4d_exec`): inline, a
 thread pool, or dask (its threads or a ``dask.distributed`` cluster). The
 driver here cuts the scan into blocks, hands them to the executor and merges
 the results (into memory, or by recording blocks written to a zarr store).
+A last stage (:mod:`._stack4d_neighbours`, on by default) then puts back the
+residuals that neighbouring scan positions share
+(:mod:`.neighbour_residuals`), in bands of scan rows.
 
 Memory budget
 -------------
@@ -31,7 +34,10 @@ Resuming
 With ``out=`` a zarr store path, each block is written to the store and then
 recorded as done in the store's attributes (:mod:`._stack4d_store`). Running
 the same call again skips the blocks already done, so an interrupted,
-cancelled or failed run continues where it stopped.
+cancelled or failed run continues where it stopped. The neighbour stage
+records its chosen correction and the rows it has corrected in the same
+record; a resumed stage restores the one band that may be half written with
+the network again and continues.
 """
 
 from __future__ import annotations
@@ -457,6 +463,7 @@ def restore_4dstem(
     torch_threads: int | None = None,
     backend: str = "auto",
     local_counts_sigma: float | None = LOCAL_COUNTS_SIGMA,
+    neighbour_residuals: bool = True,
 ) -> Any:
     """Denoise every diffraction pattern of a 4D-STEM dataset.
 
@@ -534,6 +541,16 @@ def restore_4dstem(
         unbiased: the bundled network alone dims weak disks by 13–33 % at
         300–1000 counts per pattern. Default 1 px; None or 0 returns the
         network's output as it is (smoother, biased disk intensities).
+    neighbour_residuals : bool
+        After every pattern is restored, put back the part of ``raw −
+        restored`` that the patterns of a scan window share (3×3, 5×5 or the
+        whole region), weighted per detector pixel by an unbiased estimate
+        of the error it removes; nothing where no window helps
+        (:mod:`~.neighbour_residuals`). It takes the network's systematic
+        error out of region-averaged patterns (nano-beam diffraction of a
+        crystal: +0.8 to +3.4 dB); each pattern keeps its total counts.
+        Costs two more passes over the input and the output, in bands of
+        scan rows. False: each pattern is restored on its own.
 
     Returns
     -------
@@ -596,6 +613,8 @@ def restore_4dstem(
             calibration=calibration,
             overwrite=overwrite,
             backend=backend,
+            neighbour_residuals=bool(neighbour_residuals),
+            budget=budget,
         )
     finally:
         if was_training:
@@ -621,6 +640,8 @@ def _run(
     calibration: Mapping[str, Any] | None,
     overwrite: bool,
     backend: str,
+    neighbour_residuals: bool,
+    budget: int,
 ) -> Any:
     """The driver of :func:`restore_4dstem`: open the output, run the blocks, merge."""
     from .._validation import check_fits_in_memory
@@ -653,6 +674,7 @@ def _run(
                 "region": [[ry.start, ry.stop], [rx.start, rx.stop]],
                 "model": _model_identity(model),
                 "local_counts_sigma": job.local_counts_sigma,
+                "neighbour_residuals": neighbour_residuals,
             },
             calibration=_calibration(calibration, data, (ry, rx)),
             raw_calibration=calibration,
@@ -682,10 +704,46 @@ def _run(
         if store is not None:
             store.mark_done(task.index)
         counter.block_finished(task.n_patterns)
+    if neighbour_residuals:
+        _pool_neighbours(plan, region, result, store, budget, cancel)
     if store is not None:
         store.mark_complete()
         return store.array
     return result
+
+
+def _pool_neighbours(
+    plan: _Plan,
+    region: tuple[slice, slice],
+    result: np.ndarray | None,
+    store: OutputStore | None,
+    budget: int,
+    cancel: CancelCallback | None,
+) -> None:
+    """Run the neighbour-residual stage (:mod:`._stack4d_neighbours`) on the result."""
+    from ._stack4d_neighbours import band_rows_for, run_stage
+
+    ry, rx = region
+    scan = (ry.stop - ry.start, rx.stop - rx.start)
+    pattern = tuple(int(n) for n in plan.data.shape[2:])
+    rows_task = lambda a, b: BlockTask(  # noqa: E731
+        index=-1,
+        rows=slice(a, b),
+        cols=slice(0, scan[1]),
+        in_rows=slice(ry.start + a, ry.start + b),
+        in_cols=rx,
+    )
+    fresh = _Plan(data=plan.data, job=plan.job, sink=None, lazy=plan.lazy)
+    run_stage(
+        lambda a, b: plan.read(rows_task(a, b)),
+        lambda a, b: fresh.local(rows_task(a, b), None, None),
+        result if result is not None else store.array,  # type: ignore[union-attr]
+        store,
+        scan,
+        pattern,  # type: ignore[arg-type]
+        band_rows_for(scan[1], pattern, budget),  # type: ignore[arg-type]
+        cancel,
+    )
 
 
 class _Progress:
