@@ -3,7 +3,9 @@
 Rows: pattern size (64², 128²) × back end (torch, ONNX Runtime) × how the
 blocks run: inline in one process with one thread, and on a dask
 ``LocalCluster`` of 1 … N single-threaded worker processes (scaling), plus a
-CUDA row when a GPU is present. The model is the bundled ``pix2pix-4dstem``
+CUDA row when a GPU is present. The inline rows are timed with and without
+the neighbour-residual stage (``neighbour_residuals``, on by default), which
+runs in the calling process after the blocks. The model is the bundled ``pix2pix-4dstem``
 when it is installed, else an untrained ``build_model("pix2pix", "small")``
 (same architecture, so the same speed). Each timing restores the whole scan
 after one warm-up call (which also exports the ONNX graph and starts the
@@ -106,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
         for backend in args.backends:
             inline = partial(restore_4dstem, data, model=model, device="cpu", backend=backend)
             record(size, backend, "inline, 1 thread", _time(inline, args.repeats), n)
+            # the same without the neighbour-residual stage: what that stage costs
+            alone = partial(inline, neighbour_residuals=False)
+            how = "inline, 1 thread, no pooling"
+            record(size, backend, how, _time(alone, args.repeats), n)
         if not args.no_cluster:
             from distributed import Client, LocalCluster
 
