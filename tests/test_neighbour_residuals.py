@@ -203,3 +203,18 @@ def test_the_engine_applies_it_and_an_interrupted_store_resumes(tmp_path, monkey
     got = restore_4dstem(data, model=Softener(), out=store, max_block_bytes=block)
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
     assert zarr.open_array(str(store), mode="r").attrs[RECORD_KEY][RECORD_FIELD]["finished"]
+
+
+def test_two_grains_choose_a_local_window_and_no_position_gets_worse():
+    rng = np.random.default_rng(6)
+    a, b = _disks(), np.roll(_disks(), (4, 7), axis=(0, 1))
+    clean = np.empty((10, 10, 24, 24))
+    clean[:, :5], clean[:, 5:] = a, b  # a grain boundary between columns 4 and 5
+    raw = rng.poisson(clean).astype(np.float32)
+    restored = _soften(clean)
+    out, corr = nr.correct_in_memory(raw, restored)
+    assert corr is not None and corr.window in (3, 5)  # the whole scan would mix the grains
+    before = ((restored - clean) ** 2).sum((2, 3))
+    after = ((out - clean) ** 2).sum((2, 3))
+    assert (after < before).mean() > 0.9
+    assert (after <= 1.1 * before).all()
