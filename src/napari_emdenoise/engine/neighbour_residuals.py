@@ -144,15 +144,15 @@ def _saturated(raw: np.ndarray) -> np.ndarray:
 
 
 def _residual(raw: np.ndarray, restored: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """``raw − restored``, 0 where the detector saturated, and that mask.
+    """``raw − restored`` (float32), 0 where the detector saturated, and that mask.
 
     The mask depends on the raw pattern only through its ceiling, not its
     noise, so the risk estimate stays unbiased elsewhere. (A noise threshold
     on the residual would not: it would also mask the large, systematic
     errors the correction is for.)
     """
-    raw = np.asarray(raw, np.float64)
-    e = raw - np.asarray(restored, np.float64)
+    raw = np.asarray(raw, np.float32)
+    e = raw - np.asarray(restored, np.float32)
     saturated = _saturated(raw)
     e[saturated] = 0.0
     return e, saturated
@@ -193,21 +193,74 @@ def bands(n_rows: int, band_rows: int, halo: int) -> Iterator[tuple[int, int, in
         yield y0, y1, max(0, y0 - halo), min(n_rows, y1 + halo)
 
 
-def _window_mean(e: np.ndarray, lo: int, y0: int, y1: int, window: int, n_rows: int) -> np.ndarray:
-    """Mean of ``e`` over the other positions of a ``window``² scan window, rows ``y0:y1``.
+def _box_sums(e: np.ndarray, first: int, last: int, axis: int, halves: list[int]) -> dict:
+    """Sums of ``e`` over ``±h`` neighbours along ``axis`` for each ``h`` in ``halves``.
 
-    ``e`` holds scan rows ``lo:lo + len(e)``, including the halo the window
-    needs; positions outside the scan do not count.
+    Only indices ``first:last`` of ``axis`` are returned; neighbours outside
+    ``e`` count as 0. Nested windows share their partial sums (a 5-wide sum
+    is the 3-wide one plus two slices), all contiguous slice additions.
     """
-    half = window // 2
-    box = ndimage.uniform_filter1d(e, window, axis=0, mode="constant")[y0 - lo : y1 - lo]
-    box = ndimage.uniform_filter1d(box, window, axis=1, mode="constant") * (window * window)
-    rows = np.arange(y0, y1)
-    cols = np.arange(e.shape[1])
-    n_r = np.minimum(rows + half + 1, n_rows) - np.maximum(rows - half, 0)
-    n_c = np.minimum(cols + half + 1, e.shape[1]) - np.maximum(cols - half, 0)
-    count = np.outer(n_r, n_c)[:, :, None, None]
-    return (box - e[y0 - lo : y1 - lo]) / np.maximum(count - 1, 1)
+    n = e.shape[axis]
+
+    def part(offset: int) -> np.ndarray:
+        # e shifted by ``offset`` along ``axis`` over first:last, zero outside
+        out = np.zeros_like(np.take(e, range(first, last), axis=axis))
+        src0, src1 = max(first + offset, 0), min(last + offset, n)
+        if src1 > src0:
+            dst = [slice(None)] * e.ndim
+            src = [slice(None)] * e.ndim
+            dst[axis] = slice(src0 - offset - first, src1 - offset - first)
+            src[axis] = slice(src0, src1)
+            out[tuple(dst)] = e[tuple(src)]
+        return out
+
+    sums, total, done = {}, np.take(e, range(first, last), axis=axis).copy(), 0
+    for h in sorted(halves):
+        for k in range(done + 1, h + 1):
+            total += part(k)
+            total += part(-k)
+        done = h
+        sums[h] = total.copy()
+    return sums
+
+
+def _window_means(
+    e: np.ndarray, lo: int, y0: int, y1: int, windows: list[int], n_rows: int
+) -> dict[int, np.ndarray]:
+    """Mean of ``e`` over the other positions of each ``window``² scan window, rows ``y0:y1``.
+
+    ``e`` holds scan rows ``lo:lo + len(e)``, including the halo the windows
+    need; positions outside the scan do not count.
+    """
+    halves = [w // 2 for w in windows]
+    by_rows = _box_sums(e, y0 - lo, y1 - lo, 0, halves)
+    centre = e[y0 - lo : y1 - lo]
+    rows, cols = np.arange(y0, y1), np.arange(e.shape[1])
+    out = {}
+    for w, h in zip(windows, halves, strict=True):
+        box = _box_sums(by_rows[h], 0, e.shape[1], 1, [h])[h]
+        n_r = np.minimum(rows + h + 1, n_rows) - np.maximum(rows - h, 0)
+        n_c = np.minimum(cols + h + 1, e.shape[1]) - np.maximum(cols - h, 0)
+        others = np.maximum(np.outer(n_r, n_c) - 1, 1).astype(np.float32)
+        box -= centre
+        box /= others[:, :, None, None]
+        out[w] = box
+    return out
+
+
+def _window_mean(e: np.ndarray, lo: int, y0: int, y1: int, window: int, n_rows: int) -> np.ndarray:
+    """:func:`_window_means` for one window."""
+    return _window_means(e, lo, y0, y1, [window], n_rows)[window]
+
+
+def _sum_of_products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``Σ a·b`` over the two scan axes, per detector pixel, accumulated in float64."""
+    flat_a = a.reshape(-1, *a.shape[2:])
+    flat_b = b.reshape(-1, *b.shape[2:])
+    out = np.zeros(a.shape[2:], np.float64)
+    for i in range(0, len(flat_a), 256):  # float32 products, float64 running sum
+        out += np.einsum("i...,i...->...", flat_a[i : i + 256], flat_b[i : i + 256])
+    return out
 
 
 @dataclass
@@ -266,13 +319,13 @@ def residual_statistics(
         centre = e[y0 - lo : y1 - lo]
         kept = ~masked[y0 - lo : y1 - lo]  # where apply_band may add the correction
         sums.raw += raw[y0 - lo : y1 - lo].sum(axis=(0, 1), dtype=np.float64)
-        sums.e += centre.sum(axis=(0, 1))
-        sums.e2 += (centre * centre).sum(axis=(0, 1))
+        sums.e += centre.sum(axis=(0, 1), dtype=np.float64)
+        sums.e2 += _sum_of_products(centre, centre)
         sums.n += centre.shape[0] * centre.shape[1]
-        for w in local:
-            b = _window_mean(e, lo, y0, y1, w, n_rows) * kept
-            sums.be[w] += (b * centre).sum(axis=(0, 1))
-            sums.bb[w] += (b * b).sum(axis=(0, 1))
+        for w, b in _window_means(e, lo, y0, y1, local, n_rows).items():
+            b[~kept] = 0.0
+            sums.be[w] += _sum_of_products(b, centre)
+            sums.bb[w] += _sum_of_products(b, b)
     return sums
 
 
@@ -351,17 +404,20 @@ def apply_band(
         restored pattern's total counts.
     """
     e, masked = _residual(raw, restored)
-    base = np.asarray(restored[y0 - lo : y1 - lo], np.float64)
+    base = np.asarray(restored[y0 - lo : y1 - lo], np.float32)
     if correction.window is None:
-        b = (correction.residual_sum - e[y0 - lo : y1 - lo]) / (correction.n_positions - 1)
+        total = correction.residual_sum.astype(np.float32)
+        b = (total - e[y0 - lo : y1 - lo]) / np.float32(correction.n_positions - 1)
     else:
         b = _window_mean(e, lo, y0, y1, correction.window, n_rows)
     b[masked[y0 - lo : y1 - lo]] = 0.0
-    out = np.maximum(base + correction.weights * b, 0.0)
-    want = base.sum(axis=(2, 3), keepdims=True)
-    got = out.sum(axis=(2, 3), keepdims=True)
-    out *= np.divide(want, got, out=np.ones_like(got), where=got > 0)
-    return out.astype(np.float32)
+    b *= correction.weights.astype(np.float32)
+    b += base
+    out = np.maximum(b, 0.0, out=b)
+    want = base.sum(axis=(2, 3), keepdims=True, dtype=np.float64)
+    got = out.sum(axis=(2, 3), keepdims=True, dtype=np.float64)
+    out *= np.divide(want, got, out=np.ones_like(got), where=got > 0).astype(np.float32)
+    return out
 
 
 def correct_in_memory(
