@@ -170,39 +170,47 @@ class Softener(torch.nn.Module):
 
 
 def test_the_engine_applies_it_and_an_interrupted_store_resumes(tmp_path, monkeypatch):
+    from napari_emdenoise.engine import _stack4d_neighbours as stage
+    from napari_emdenoise.engine._stack4d_store import RECORD_KEY
+
     rng = np.random.default_rng(5)
-    clean = np.broadcast_to(_disks(), (9, 4, 24, 24)) * rng.uniform(0.8, 1.2, (9, 4, 1, 1))
+    clean = np.empty((9, 6, 24, 24))
+    clean[:, :3], clean[:, 3:] = _disks(), np.roll(_disks(), (4, 7), axis=(0, 1))  # two grains
+    clean *= rng.uniform(0.8, 1.2, (9, 6, 1, 1))
     data = rng.poisson(clean).astype(np.uint16)
     plain = restore_4dstem(data, model=Softener(), neighbour_residuals=False)
     want = restore_4dstem(data, model=Softener())
     assert np.abs(want - plain).max() > 0.1  # the stage changed the output
     assert np.mean((want - clean) ** 2) < np.mean((plain - clean) ** 2)
-    np.testing.assert_allclose(want, nr.correct_in_memory(data, plain)[0], atol=1e-5)
+    reference, corr = nr.correct_in_memory(data, plain)
+    np.testing.assert_allclose(want, reference, atol=1e-5)
+    assert corr.halo > 0  # a local window: bands need the uncorrected rows above them
 
-    # one scan row per block; the process dies while the 5th band is corrected
+    # one scan row per block and per band, the record updated every 2 bands; the
+    # process dies after the 5th band is written but before the record says so
     calls = {"n": 0}
     original = nr.apply_band
 
     def dying(*args, **kwargs):
         calls["n"] += 1
-        if calls["n"] == 5:
+        if calls["n"] == 6:
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    block = 4 * 24 * 24 * 4
+    block = 6 * 24 * 24 * 4
     store = tmp_path / "out.zarr"
+    monkeypatch.setattr(stage, "BANDS_PER_CLAIM", 2)
     monkeypatch.setattr(nr, "apply_band", dying)
     with pytest.raises(KeyboardInterrupt):
         restore_4dstem(data, model=Softener(), out=store, max_block_bytes=block)
     monkeypatch.setattr(nr, "apply_band", original)
-    from napari_emdenoise.engine._stack4d_neighbours import RECORD_FIELD
-    from napari_emdenoise.engine._stack4d_store import RECORD_KEY
-
-    state = zarr.open_array(str(store), mode="r").attrs[RECORD_KEY][RECORD_FIELD]
-    assert 0 < state["rows_done"] < 9 and not state["finished"]
+    state = zarr.open_array(str(store), mode="r").attrs[RECORD_KEY][stage.RECORD_FIELD]
+    assert (state["rows_done"], state["rows_claimed"], state["finished"]) == (4, 6, False)
+    half = zarr.open_array(str(store), mode="r")[4]
+    assert not np.allclose(half, plain[4], atol=1e-5)  # row 4 was corrected already
     got = restore_4dstem(data, model=Softener(), out=store, max_block_bytes=block)
-    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
-    assert zarr.open_array(str(store), mode="r").attrs[RECORD_KEY][RECORD_FIELD]["finished"]
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)  # not corrected twice
+    assert zarr.open_array(str(store), mode="r").attrs[RECORD_KEY][stage.RECORD_FIELD]["finished"]
 
 
 def test_two_grains_choose_a_local_window_and_no_position_gets_worse():

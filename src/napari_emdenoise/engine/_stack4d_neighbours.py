@@ -2,10 +2,12 @@
 
 Runs in the driver after every block is restored, on the in-memory result or
 on the zarr store (see :mod:`.neighbour_residuals` for the method). With a
-store the stage is resumable: the chosen correction and the rows already
-corrected are kept in the store's run record; a resumed run re-restores the
-one band that may have been half written (and the halo rows above it) with
-the network, then continues.
+store the stage is resumable: the chosen correction, the rows corrected
+(``rows_done``) and the rows that may have been written (``rows_claimed``,
+claimed :data:`BANDS_PER_CLAIM` bands at a time so that the record is not
+rewritten after every band) are kept in the store's run record. A resumed
+run restores the claimed rows (and the halo rows above them) with the
+network again, then continues.
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ __all__ = ["RECORD_FIELD", "band_rows_for", "run_stage"]
 RECORD_FIELD = "neighbour_stage"
 #: float64 working copies of a scan row that the stage holds per band row.
 _COPIES = 8
+#: Bands corrected between two updates of the store's record.
+BANDS_PER_CLAIM = 16
 
 
 def band_rows_for(scan_x: int, pattern: tuple[int, int], budget_bytes: int) -> int:
@@ -87,10 +91,12 @@ def run_stage(
         )
         band_rows = int(state["band_rows"])
         start = int(state["rows_done"])
+        claimed = max(start, int(state.get("rows_claimed", start)))
         if correction is not None and start < n_rows:
-            lo, hi = max(0, start - correction.halo), min(n_rows, start + band_rows)
-            fresh = np.asarray(recompute(lo, hi), dtype=np.float32)
-            write(start, hi, fresh[start - lo :])  # undo a band that may be half written
+            lo = max(0, start - correction.halo)
+            fresh = np.asarray(recompute(lo, claimed), dtype=np.float32)
+            if claimed > start:
+                write(start, claimed, fresh[start - lo :])  # undo what may be half written
             carried = fresh[: start - lo]
     else:
         sums = nr.residual_statistics(
@@ -101,6 +107,7 @@ def run_stage(
             "correction": None if correction is None else correction.to_record(),
             "band_rows": int(band_rows),
             "rows_done": 0,
+            "rows_claimed": 0,
             "finished": correction is None,
         }
         if store is not None:
@@ -108,8 +115,13 @@ def run_stage(
     if correction is None:
         return None
 
+    def before_write(end: int) -> None:
+        if store is not None and end > state["rows_claimed"]:
+            state["rows_claimed"] = min(n_rows, end + (BANDS_PER_CLAIM - 1) * band_rows)
+            store.save_stage(RECORD_FIELD, state)
+
     def on_band(done: int) -> None:
-        if store is not None:
+        if store is not None and done in (state["rows_claimed"], n_rows):
             state["rows_done"] = int(done)
             store.save_stage(RECORD_FIELD, state)
 
@@ -122,6 +134,7 @@ def run_stage(
         correction,
         start_row=start,
         carried=carried,
+        before_write=before_write,
         on_band=on_band,
         cancel=cancel,
     )

@@ -254,13 +254,14 @@ def _window_mean(e: np.ndarray, lo: int, y0: int, y1: int, window: int, n_rows: 
 
 
 def _sum_of_products(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``Σ a·b`` over the two scan axes, per detector pixel, accumulated in float64."""
+    """``Σ a·b`` over the two scan axes, per detector pixel, in float64.
+
+    float64 throughout, so the result does not depend (beyond float64
+    rounding) on how the scan was cut into bands.
+    """
     flat_a = a.reshape(-1, *a.shape[2:])
     flat_b = b.reshape(-1, *b.shape[2:])
-    out = np.zeros(a.shape[2:], np.float64)
-    for i in range(0, len(flat_a), 256):  # float32 products, float64 running sum
-        out += np.einsum("i...,i...->...", flat_a[i : i + 256], flat_b[i : i + 256])
-    return out
+    return np.einsum("i...,i...->...", flat_a, flat_b, dtype=np.float64)
 
 
 @dataclass
@@ -465,6 +466,7 @@ def apply_in_bands(
     *,
     start_row: int = 0,
     carried: np.ndarray | None = None,
+    before_write: Callable[[int], None] | None = None,
     on_band: Callable[[int], None] | None = None,
     cancel: Callable[[], bool] | None = None,
 ) -> None:
@@ -490,6 +492,8 @@ def apply_in_bands(
     carried : numpy.ndarray, optional
         The uncorrected rows ``start_row − halo:start_row`` (needed when
         ``start_row > 0`` and the window is local).
+    before_write : callable, optional
+        ``before_write(y1)`` just before rows ``:y1`` are written.
     on_band : callable, optional
         ``on_band(y1)`` after each band is written (rows ``:y1`` done).
     cancel : callable, optional
@@ -515,6 +519,8 @@ def apply_in_bands(
             len(restored) - (hi - y1) - min(halo, y1 - lo) : len(restored) - (hi - y1)
         ]
         carried = carried.copy()
+        if before_write is not None:
+            before_write(y1)
         write(y0, y1, out)
         if on_band is not None:
             on_band(y1)
