@@ -226,3 +226,17 @@ def test_two_grains_choose_a_local_window_and_no_position_gets_worse():
     after = ((out - clean) ** 2).sum((2, 3))
     assert (after < before).mean() > 0.9
     assert (after <= 1.1 * before).all()
+
+
+def test_a_restoration_without_shared_error_is_left_alone():
+    """Few positions, many pixels, nothing shared to put back (a flat scene, an unbiased
+    blur): weights fitted per pixel follow the noise, and only the optimism
+    correction keeps the estimate from calling that a gain."""
+    from scipy import ndimage
+
+    rng = np.random.default_rng(0)
+    clean = np.full((8, 1, 96, 96), 5.0)  # e.g. 8 frames of a movie
+    raw = rng.poisson(clean).astype(np.float32)
+    restored = ndimage.gaussian_filter(raw, (0, 0, 1.5, 1.5)).astype(np.float32)
+    out, corr = nr.correct_in_memory(raw, restored)
+    assert corr is None and np.array_equal(out, restored)
