@@ -22,7 +22,10 @@ estimate)::
 minimised by ``λ = Σ_r b·e / Σ_r b²``, clipped to [0, 1]. The sums are smoothed
 over 2 detector pixels before the ratio (a λ from a few dozen positions is
 noisy), and the scan window — 3×3, 5×5 or the whole scan — with the lowest
-estimated ``ΔR`` is used; where none lowers it, nothing is changed. The corrected
+estimated ``ΔR``, after the fit's own optimism is charged (see
+:func:`choose_correction`), is used; where none lowers it, nothing is changed.
+Hot and dead detector pixels (:func:`defect_pixels`) and saturated plateaus
+are neither pooled nor corrected: the network removes them on purpose. The corrected
 patterns are clipped at 0 and rescaled to the restored patterns' totals, so
 each pattern keeps its measured total counts.
 
@@ -31,8 +34,9 @@ the correction cannot take it further from the truth than raw's on average.
 
 Measured with ``benchmarks/stem4d_quality.py`` (the bundled model, 300–3,000
 counts per pattern; ``docs/stem4d.md``): +0.8 / +1.9 / +3.4 dB on abTEM
-SrTiO₃ nano-beam patterns, +0.5 / +1.0 / +1.7 dB on Au, −0.05…+0.2 dB on the
-synthetic scans and within ±0.05 dB on the convergent-beam simulations.
+SrTiO₃ nano-beam patterns, +0.5 / +1.0 / +1.7 dB on Au, +1.0 / +0.8 / +0.4 dB
+on the synthetic scans; the convergent-beam simulations are left unchanged
+(no window passes the estimate).
 
 Everything here is numpy; the scan is read in bands of rows (with a halo of
 the largest window's half width), so memory stays bounded for stacks that are
