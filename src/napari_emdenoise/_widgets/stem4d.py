@@ -803,7 +803,8 @@ class Stem4DWidget(StatefulRun, mw.Container):
             "neighbour_residuals": bool(self.neighbours.value),
         }
         where = "the whole scan" if region is None else f"region {format_region(region)}"
-        self._begin(f"denoising {ry * rx} patterns of {source['name']} ({where})…")
+        then = ", then pooling neighbouring residuals" if request["neighbour_residuals"] else ""
+        self._begin(f"denoising {ry * rx} patterns of {source['name']} ({where}){then}…")
         self._launch(
             lambda result: self._on_result(request, result),
             run_with_progress,
