@@ -52,11 +52,15 @@ import numpy as np
 from scipy import ndimage
 
 __all__ = [
+    "OPTIMISM_FACTOR",
     "WINDOWS",
     "NeighbourCorrection",
     "apply_band",
+    "apply_in_bands",
+    "bands",
     "choose_correction",
     "correct_in_memory",
+    "defect_pixels",
     "residual_statistics",
 ]
 
