@@ -375,8 +375,8 @@ def choose_correction(
     :data:`OPTIMISM_FACTOR` times that is charged before the windows are
     compared; the factor was set on a scratch test outside the 4D-STEM
     benchmark (ten noisy frames of one multislice image, pooled over frames:
-    with 2 the estimate still called a loss of 0.1–0.3 dB a gain, with 6 it
-    left every such movie alone), and it changed none of the 4D-STEM
+    with 2 the estimate still called losses of 0.1–0.3 dB gains, with 6 it
+    left all 29 such movies checked alone), and it changed none of the 4D-STEM
     benchmark's choices on nano-beam and synthetic scans. A restoration
     without a shared error is left alone (tested).
     """
