@@ -36,8 +36,8 @@ recorded as done in the store's attributes (:mod:`._stack4d_store`). Running
 the same call again skips the blocks already done, so an interrupted,
 cancelled or failed run continues where it stopped. The neighbour stage
 records its chosen correction and the rows it has corrected in the same
-record; a resumed stage restores the one band that may be half written with
-the network again and continues.
+record; a resumed stage restores the rows it may have half written (at most
+16 bands, :mod:`._stack4d_neighbours`) with the network again and continues.
 """
 
 from __future__ import annotations
