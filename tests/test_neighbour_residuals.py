@@ -185,6 +185,15 @@ def test_the_engine_applies_it_and_an_interrupted_store_resumes(tmp_path, monkey
     reference, corr = nr.correct_in_memory(data, plain)
     np.testing.assert_allclose(want, reference, atol=1e-5)
     assert corr.halo > 0  # a local window: bands need the uncorrected rows above them
+    reported = []
+    restore_4dstem(data, model=Softener(), report=reported.append)
+    assert len(reported) == 1 and reported[0].window == corr.window
+    np.testing.assert_array_equal(reported[0].weights, corr.weights)
+    restore_4dstem(data, model=Softener(), report=reported.append, neighbour_residuals=False)
+    assert len(reported) == 1  # no stage, no report
+    flat = np.random.default_rng(9).poisson(5.0, (4, 4, 16, 16)).astype(np.float32)
+    restore_4dstem(flat, model=Softener(), report=reported.append)
+    assert reported[-1] is None  # an unbiased blur of a flat scene: nothing to pool
 
     # one scan row per block and per band, the record updated every 2 bands; the
     # process dies after the 5th band is written but before the record says so

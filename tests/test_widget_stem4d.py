@@ -259,6 +259,9 @@ def test_neighbour_pooling_setting_reaches_the_engine(dock, qtbot):
         assert widget.last_error == ""
         layer = viewer.layers["scan denoised"]
         assert layer.metadata["emdenoise_neighbour_residuals"] is pooled
+        said = layer.metadata["emdenoise_pooling"]
+        assert said in widget.status.value
+        assert ("window" in said or "none added" in said) if pooled else "on its own" in said
         got[pooled] = np.asarray(layer.data)
         viewer.layers.remove(layer)
         for name in [

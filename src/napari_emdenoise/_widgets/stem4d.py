@@ -161,6 +161,7 @@ def _run(
     """Denoise the region, then the raw/denoised virtual images and their Poisson residuals."""
     from ..engine import virtual_detectors as vd
 
+    pooled: list[Any] = []
     denoised = _denoise(
         data,
         model,
@@ -170,6 +171,7 @@ def _run(
         cancel=cancel,
         local_counts_sigma=local_counts_sigma,
         neighbour_residuals=neighbour_residuals,
+        report=pooled.append,
     )
     raw = data if region is None else data[region]
     shape = vd.check_4d(data)
@@ -181,7 +183,13 @@ def _run(
     virtual = {}
     for i, d in enumerate(DETECTORS):
         virtual[d] = (before[i], after[i], vd.poisson_residual(before[i], after[i]))
-    return {"denoised": denoised, "virtual": virtual}
+    if not neighbour_residuals:
+        pooling = "each pattern on its own"
+    elif pooled and pooled[0] is not None:
+        pooling = pooled[0].describe()
+    else:
+        pooling = "neighbour residuals: no window estimated to help, none added"
+    return {"denoised": denoised, "virtual": virtual, "pooling": pooling}
 
 
 class Stem4DWidget(StatefulRun, mw.Container):
@@ -832,6 +840,7 @@ class Stem4DWidget(StatefulRun, mw.Container):
             "emdenoise_model": request["model"],
             "emdenoise_local_counts_sigma_px": request["local_counts_sigma"],
             "emdenoise_neighbour_residuals": request["neighbour_residuals"],
+            "emdenoise_pooling": result["pooling"],
             "emdenoise_region": None
             if region is None
             else [[region[0].start, region[0].stop], [region[1].start, region[1].stop]],
@@ -877,7 +886,7 @@ class Stem4DWidget(StatefulRun, mw.Container):
         self.status.value = (
             f"{name} denoised with {request['model']}; virtual BF residual "
             f"{float(np.mean(res)):+.2f} ± {float(np.std(res)):.2f} σ (0 ± ~1 when only noise "
-            "was removed)"
+            f"was removed); {result['pooling']}"
         )
         self.progress.value = self.progress.max
         self._finish()

@@ -464,6 +464,7 @@ def restore_4dstem(
     backend: str = "auto",
     local_counts_sigma: float | None = LOCAL_COUNTS_SIGMA,
     neighbour_residuals: bool = True,
+    report: Callable[[Any], None] | None = None,
 ) -> Any:
     """Denoise every diffraction pattern of a 4D-STEM dataset.
 
@@ -551,6 +552,11 @@ def restore_4dstem(
         crystal: +0.8 to +3.4 dB); each pattern keeps its total counts.
         Costs two more passes over the input and the output, in bands of
         scan rows. False: each pattern is restored on its own.
+    report : callable, optional
+        ``report(correction)`` once the neighbour stage has run: the
+        :class:`~.neighbour_residuals.NeighbourCorrection` applied (its
+        ``describe()`` is one line for a log), or None when no window was
+        estimated to help.
 
     Returns
     -------
@@ -615,6 +621,7 @@ def restore_4dstem(
             backend=backend,
             neighbour_residuals=bool(neighbour_residuals),
             budget=budget,
+            report=report,
         )
     finally:
         if was_training:
@@ -642,6 +649,7 @@ def _run(
     backend: str,
     neighbour_residuals: bool,
     budget: int,
+    report: Callable[[Any], None] | None = None,
 ) -> Any:
     """The driver of :func:`restore_4dstem`: open the output, run the blocks, merge."""
     from .._validation import check_fits_in_memory
@@ -705,7 +713,9 @@ def _run(
             store.mark_done(task.index)
         counter.block_finished(task.n_patterns)
     if neighbour_residuals:
-        _pool_neighbours(plan, region, result, store, budget, cancel)
+        correction = _pool_neighbours(plan, region, result, store, budget, cancel)
+        if report is not None:
+            report(correction)
     if store is not None:
         store.mark_complete()
         return store.array
@@ -719,8 +729,8 @@ def _pool_neighbours(
     store: OutputStore | None,
     budget: int,
     cancel: CancelCallback | None,
-) -> None:
-    """Run the neighbour-residual stage (:mod:`._stack4d_neighbours`) on the result."""
+) -> Any:
+    """Run the neighbour-residual stage (:mod:`._stack4d_neighbours`); what it applied."""
     from ._stack4d_neighbours import band_rows_for, run_stage
 
     ry, rx = region
@@ -734,7 +744,7 @@ def _pool_neighbours(
         in_cols=rx,
     )
     fresh = _Plan(data=plan.data, job=plan.job, sink=None, lazy=plan.lazy)
-    run_stage(
+    return run_stage(
         lambda a, b: plan.read(rows_task(a, b)),
         lambda a, b: fresh.local(rows_task(a, b), None, None),
         result if result is not None else store.array,  # type: ignore[union-attr]
