@@ -214,6 +214,13 @@ def add_device_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="cpu, cuda or mps (None: the fastest found)")
 
 
+def add_fast_scan_axis_arg(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--fast-scan-axis {x,y}`` (default x), as the engine's ``fast_scan_axis`` takes it."""
+    from ..engine.scan_axis import FAST_SCAN_AXES
+
+    parser.add_argument("--fast-scan-axis", choices=FAST_SCAN_AXES, default="x", help=help)
+
+
 def add_dataset_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dataset", type=non_negative_int, default=0, help="dataset index in multi-dataset files"

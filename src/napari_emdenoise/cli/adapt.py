@@ -8,6 +8,7 @@ from pathlib import Path
 from ._common import (
     add_dataset_arg,
     add_device_arg,
+    add_fast_scan_axis_arg,
     check_output_dir,
     check_outputs,
     float_in,
@@ -146,11 +147,9 @@ def add_parser(sub) -> None:
     ad.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads")
     add_device_arg(ad)
     ad.add_argument("--seed", type=non_negative_int, default=0, help="seed of the random choices")
-    ad.add_argument(
-        "--fast-scan-axis",
-        choices=("x", "y"),
-        default="x",
-        help="the image's fast-scan axis: y adapts to the transposed frames (scan lines along "
+    add_fast_scan_axis_arg(
+        ad,
+        "the image's fast-scan axis: y adapts to the transposed frames (scan lines along "
         "the columns); restore with --fast-scan-axis y afterwards",
     )
     ad.add_argument("--overwrite", action="store_true", help="replace a model of that name")

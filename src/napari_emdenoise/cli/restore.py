@@ -10,6 +10,7 @@ from pathlib import Path
 from ._common import (
     add_dataset_arg,
     add_device_arg,
+    add_fast_scan_axis_arg,
     check_image_memory,
     check_outputs,
     model_files,
@@ -228,11 +229,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "estimated error (SURE); for counting-noise-limited images: it assumes pixel-independent "
         "noise and gives back corrections of scan distortions",
     )
-    rs.add_argument(
-        "--fast-scan-axis",
-        choices=("x", "y"),
-        default="x",
-        help="the image axis the beam was scanned fast along: x (the rows, as the S(T)EM/SEM "
+    add_fast_scan_axis_arg(
+        rs,
+        "the image axis the beam was scanned fast along: x (the rows, as the S(T)EM/SEM "
         "models were trained) or y (the columns: an image scanned rotated by 90 degrees or "
         "stored transposed); a warning says when the image's noise points to the other axis",
     )

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..cli._common import add_fast_scan_axis_arg
 from .pipeline import DEFAULT_DENOISER, METHODS, REFERENCES
 
 __all__ = ["build_parser", "main", "run"]
@@ -36,11 +37,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         "--denoiser", default=DEFAULT_DENOISER, help="restoration model for the shift estimate"
     )
     parser.add_argument("--no-denoise", action="store_true", help="correlate the raw frames")
-    parser.add_argument(
-        "--fast-scan-axis",
-        choices=("x", "y"),
-        default="x",
-        help="the frames' fast-scan axis, for the S(T)EM/SEM denoisers (y: scanned along the "
+    add_fast_scan_axis_arg(
+        parser,
+        "the frames' fast-scan axis, for the S(T)EM/SEM denoisers (y: scanned along the "
         "columns or stored transposed)",
     )
     parser.add_argument("--dataset", type=int, default=0, help="dataset index in the file")

@@ -264,7 +264,8 @@ def bm3d_gat(
         # image: BM3D computes in float32, which then keeps nothing of the image
         # (at 10⁹ its spacing is 128 noise deviations). It is translation-
         # equivariant up to its thresholds, so such data is centred first.
-        shift = float(np.mean(x)) if abs(float(np.mean(x))) > _BM3D_CENTRE_ABOVE else 0.0
+        mean = float(np.mean(x))
+        shift = mean if abs(mean) > _BM3D_CENTRE_ABOVE else 0.0
         out = bm3d.bm3d(x - shift, sigma_psd=1.0, profile=profile)
         return np.asarray(out, dtype=np.float64) + shift
 
