@@ -214,23 +214,21 @@ def _box_sums(e: np.ndarray, first: int, last: int, axis: int, halves: list[int]
     """
     n = e.shape[axis]
 
-    def part(offset: int) -> np.ndarray:
-        # e shifted by ``offset`` along ``axis`` over first:last, zero outside
-        out = np.zeros_like(np.take(e, range(first, last), axis=axis))
+    def add_shifted(total: np.ndarray, offset: int) -> None:
+        # total[i] += e[first + i + offset] where that index lies inside e
         src0, src1 = max(first + offset, 0), min(last + offset, n)
         if src1 > src0:
             dst = [slice(None)] * e.ndim
             src = [slice(None)] * e.ndim
             dst[axis] = slice(src0 - offset - first, src1 - offset - first)
             src[axis] = slice(src0, src1)
-            out[tuple(dst)] = e[tuple(src)]
-        return out
+            total[tuple(dst)] += e[tuple(src)]
 
-    sums, total, done = {}, np.take(e, range(first, last), axis=axis).copy(), 0
+    sums, total, done = {}, np.take(e, range(first, last), axis=axis), 0
     for h in sorted(halves):
         for k in range(done + 1, h + 1):
-            total += part(k)
-            total += part(-k)
+            add_shifted(total, k)
+            add_shifted(total, -k)
         done = h
         sums[h] = total.copy()
     return sums
