@@ -509,8 +509,11 @@ def correct_in_memory(
     out = restored.copy()
     if correction is None:
         return out, None
-    for y0, y1, lo, hi in bands(scan[0], band_rows, correction.halo):
-        out[y0:y1] = apply_band(raw[lo:hi], restored[lo:hi], lo, y0, y1, scan[0], correction)
+
+    def write(a: int, b: int, rows: np.ndarray) -> None:
+        out[a:b] = rows
+
+    apply_in_bands(read_raw, read_restored, write, scan[0], band_rows, correction)
     return out, correction
 
 
@@ -573,10 +576,8 @@ def apply_in_bands(
         else:
             restored = below
         out = apply_band(read_raw(lo, hi), restored, lo, y0, y1, n_rows, correction)
-        carried = restored[
-            len(restored) - (hi - y1) - min(halo, y1 - lo) : len(restored) - (hi - y1)
-        ]
-        carried = carried.copy()
+        # the band's last uncorrected rows: the next band's halo above it
+        carried = restored[y1 - lo - min(halo, y1 - lo) : y1 - lo].copy()
         if before_write is not None:
             before_write(y1)
         write(y0, y1, out)
