@@ -249,3 +249,38 @@ def test_a_restoration_without_shared_error_is_left_alone():
     restored = ndimage.gaussian_filter(raw, (0, 0, 1.5, 1.5)).astype(np.float32)
     out, corr = nr.correct_in_memory(raw, restored)
     assert corr is None and np.array_equal(out, restored)
+
+
+def test_a_whole_scan_stage_stopped_between_two_claims_resumes(tmp_path, monkeypatch):
+    """The record says rows 0:4 done and nothing more claimed: no row to restore
+    and no halo to carry (the whole-scan window needs none)."""
+    from napari_emdenoise.engine import _stack4d_neighbours as stage
+    from napari_emdenoise.engine._stack4d_store import RECORD_KEY
+
+    rng = np.random.default_rng(5)
+    clean = np.broadcast_to(_disks(), (9, 4, 24, 24)) * rng.uniform(0.9, 1.1, (9, 4, 1, 1))
+    data = rng.poisson(clean).astype(np.uint16)
+    reported = []
+    want = restore_4dstem(data, model=Softener(), report=reported.append)
+    assert reported[0] is not None and reported[0].window is None  # one crystal
+
+    calls = {"n": 0}
+    original = nr.apply_band
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:  # after 4 one-row bands, i.e. two claims of 2, were recorded
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    block = 4 * 24 * 24 * 4
+    store = tmp_path / "out.zarr"
+    monkeypatch.setattr(stage, "BANDS_PER_CLAIM", 2)
+    monkeypatch.setattr(nr, "apply_band", dying)
+    with pytest.raises(KeyboardInterrupt):
+        restore_4dstem(data, model=Softener(), out=store, max_block_bytes=block)
+    monkeypatch.setattr(nr, "apply_band", original)
+    state = zarr.open_array(str(store), mode="r").attrs[RECORD_KEY][stage.RECORD_FIELD]
+    assert (state["rows_done"], state["rows_claimed"]) == (4, 4)
+    got = restore_4dstem(data, model=Softener(), out=store, max_block_bytes=block)
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)

@@ -92,8 +92,11 @@ def run_stage(
         band_rows = int(state["band_rows"])
         start = int(state["rows_done"])
         claimed = max(start, int(state.get("rows_claimed", start)))
-        if correction is not None and start < n_rows:
-            lo = max(0, start - correction.halo)
+        lo = start if correction is None else max(0, start - correction.halo)
+        # Rows start:claimed may be half written and rows lo:start are the
+        # uncorrected halo above the next band: both are restored again. (A
+        # whole-scan window stopped between two claims needs neither.)
+        if start < n_rows and lo < claimed:
             fresh = np.asarray(recompute(lo, claimed), dtype=np.float32)
             if claimed > start:
                 write(start, claimed, fresh[start - lo :])  # undo what may be half written
