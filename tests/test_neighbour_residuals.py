@@ -169,6 +169,30 @@ class Softener(torch.nn.Module):
         return y * x.sum((-2, -1), keepdim=True) / y.sum((-2, -1), keepdim=True).clamp_min(1e-6)
 
 
+def _killed_in_band(monkeypatch, data, store, block: int, band: int) -> dict:
+    """Run the engine into ``store`` with the record updated every 2 bands and
+    "kill the process" (KeyboardInterrupt) when band ``band`` is being corrected;
+    returns the stage's record as left behind."""
+    from napari_emdenoise.engine import _stack4d_neighbours as stage
+    from napari_emdenoise.engine._stack4d_store import RECORD_KEY
+
+    calls = {"n": 0}
+    original = nr.apply_band
+
+    def dying(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == band:
+            raise KeyboardInterrupt
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(stage, "BANDS_PER_CLAIM", 2)
+    monkeypatch.setattr(nr, "apply_band", dying)
+    with pytest.raises(KeyboardInterrupt):
+        restore_4dstem(data, model=Softener(), out=store, max_block_bytes=block)
+    monkeypatch.setattr(nr, "apply_band", original)
+    return zarr.open_array(str(store), mode="r").attrs[RECORD_KEY][stage.RECORD_FIELD]
+
+
 def test_the_engine_applies_it_and_an_interrupted_store_resumes(tmp_path, monkeypatch):
     from napari_emdenoise.engine import _stack4d_neighbours as stage
     from napari_emdenoise.engine._stack4d_store import RECORD_KEY
@@ -197,23 +221,9 @@ def test_the_engine_applies_it_and_an_interrupted_store_resumes(tmp_path, monkey
 
     # one scan row per block and per band, the record updated every 2 bands; the
     # process dies after the 5th band is written but before the record says so
-    calls = {"n": 0}
-    original = nr.apply_band
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 6:
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
     block = 6 * 24 * 24 * 4
     store = tmp_path / "out.zarr"
-    monkeypatch.setattr(stage, "BANDS_PER_CLAIM", 2)
-    monkeypatch.setattr(nr, "apply_band", dying)
-    with pytest.raises(KeyboardInterrupt):
-        restore_4dstem(data, model=Softener(), out=store, max_block_bytes=block)
-    monkeypatch.setattr(nr, "apply_band", original)
-    state = zarr.open_array(str(store), mode="r").attrs[RECORD_KEY][stage.RECORD_FIELD]
+    state = _killed_in_band(monkeypatch, data, store, block, band=6)
     assert (state["rows_done"], state["rows_claimed"], state["finished"]) == (4, 6, False)
     half = zarr.open_array(str(store), mode="r")[4]
     assert not np.allclose(half, plain[4], atol=1e-5)  # row 4 was corrected already
@@ -254,8 +264,6 @@ def test_a_restoration_without_shared_error_is_left_alone():
 def test_a_whole_scan_stage_stopped_between_two_claims_resumes(tmp_path, monkeypatch):
     """The record says rows 0:4 done and nothing more claimed: no row to restore
     and no halo to carry (the whole-scan window needs none)."""
-    from napari_emdenoise.engine import _stack4d_neighbours as stage
-    from napari_emdenoise.engine._stack4d_store import RECORD_KEY
 
     rng = np.random.default_rng(5)
     clean = np.broadcast_to(_disks(), (9, 4, 24, 24)) * rng.uniform(0.9, 1.1, (9, 4, 1, 1))
@@ -264,23 +272,10 @@ def test_a_whole_scan_stage_stopped_between_two_claims_resumes(tmp_path, monkeyp
     want = restore_4dstem(data, model=Softener(), report=reported.append)
     assert reported[0] is not None and reported[0].window is None  # one crystal
 
-    calls = {"n": 0}
-    original = nr.apply_band
-
-    def dying(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # after 4 one-row bands, i.e. two claims of 2, were recorded
-            raise KeyboardInterrupt
-        return original(*args, **kwargs)
-
+    # after 4 one-row bands, i.e. two claims of 2, were recorded
     block = 4 * 24 * 24 * 4
     store = tmp_path / "out.zarr"
-    monkeypatch.setattr(stage, "BANDS_PER_CLAIM", 2)
-    monkeypatch.setattr(nr, "apply_band", dying)
-    with pytest.raises(KeyboardInterrupt):
-        restore_4dstem(data, model=Softener(), out=store, max_block_bytes=block)
-    monkeypatch.setattr(nr, "apply_band", original)
-    state = zarr.open_array(str(store), mode="r").attrs[RECORD_KEY][stage.RECORD_FIELD]
+    state = _killed_in_band(monkeypatch, data, store, block, band=5)
     assert (state["rows_done"], state["rows_claimed"]) == (4, 4)
     got = restore_4dstem(data, model=Softener(), out=store, max_block_bytes=block)
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
