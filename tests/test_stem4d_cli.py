@@ -86,6 +86,23 @@ def test_restore_4d_reports_bad_input_without_traceback(tmp_path, tiny_model, ca
     assert (foreign / "notes.txt").read_text() == "mine"
 
 
+def test_restore_4d_count_correction_options_reach_the_engine(tmp_path, tiny_model, capsys):
+    data = np.random.default_rng(1).poisson(3.0, (2, 3, 32, 32)).astype(np.uint16)
+    src = tmp_path / "scan.npy"
+    np.save(src, data)
+    dst = tmp_path / "out.zarr"
+    argv = ["restore-4d", str(src), "-o", str(dst), "--model", str(tiny_model), "--workers", "0"]
+    assert main([*argv, "--local-counts-sigma", "1", "--local-counts-passes", "2"]) == 0
+    want = restore_4dstem(data, model=_load(tiny_model), local_counts_sigma=1.0,
+                          local_counts_passes=2)  # fmt: skip
+    np.testing.assert_allclose(zarr.open_array(str(dst))[...], want, rtol=1e-5, atol=1e-4)
+    default = restore_4dstem(data, model=_load(tiny_model))
+    assert np.abs(want - default).max() > 1e-3  # the options changed something
+    for bad in ("0", "17", "two"):
+        assert main([*argv, "--overwrite", "--local-counts-passes", bad]) == 2
+        assert "--local-counts-passes" in capsys.readouterr().err
+
+
 def _write_empad(folder: Path, scan: tuple[int, int]) -> tuple[Path, np.ndarray]:
     """A small EMPAD acquisition: (scan_y·scan_x) frames of 130×128 float32 (2 footer rows)."""
     rng = np.random.default_rng(2)

@@ -7,6 +7,7 @@ import pytest
 from conftest import check_cancel_then_close, run_buttons
 
 from napari_emdenoise.engine import virtual_detectors as vd
+from napari_emdenoise.engine.stack4d import LOCAL_COUNTS_PASSES
 
 DISPLAY_NAME = "4D-STEM"
 SCALE = (5.0, 5.0, 0.8, 0.8)
@@ -259,6 +260,8 @@ def test_neighbour_pooling_setting_reaches_the_engine(dock, qtbot):
         assert widget.last_error == ""
         layer = viewer.layers["scan denoised"]
         assert layer.metadata["emdenoise_neighbour_residuals"] is pooled
+        assert layer.metadata["emdenoise_local_counts_sigma_px"] == widget.local_counts.value
+        assert layer.metadata["emdenoise_local_counts_passes"] == LOCAL_COUNTS_PASSES
         said = layer.metadata["emdenoise_pooling"]
         assert said in widget.status.value
         assert ("window" in said or "none added" in said) if pooled else "on its own" in said

@@ -36,6 +36,7 @@ import numpy as np
 from magicgui import widgets as mw
 from qtpy.QtCore import QTimer
 
+from ..engine.stack4d import LOCAL_COUNTS_PASSES, LOCAL_COUNTS_SIGMA
 from ._common import (
     StatefulRun,
     WorkerHost,
@@ -243,15 +244,14 @@ class Stem4DWidget(StatefulRun, mw.Container):
         self.shown = mw.ComboBox(label="virtual image", choices=list(DETECTORS), value="BF")
         self.find_button = mw.PushButton(text="find central disk (reset detectors)")
         self.detector_info = mw.Label(value="")
-        from ..engine.stack4d import LOCAL_COUNTS_SIGMA
-
         self.local_counts = mw.FloatSpinBox(
             label="raw counts above [px]", value=LOCAL_COUNTS_SIGMA, min=0.0, max=16.0, step=0.5
         )
         self.local_counts.tooltip = (
             "Put the measured counts back at scales above this many detector pixels, so Bragg-"
             "disk and virtual-detector intensities stay unbiased (the network alone dims weak "
-            "disks). 0: the network's output as it is (smoother, biased intensities)."
+            f"disks; {LOCAL_COUNTS_PASSES} passes, as restore_4dstem by default). 0: the network's "
+            "output as it is (smoother, biased intensities)."
         )
         self.neighbours = mw.CheckBox(text="pool neighbouring positions' residuals", value=True)
         self.neighbours.tooltip = (
@@ -839,6 +839,9 @@ class Stem4DWidget(StatefulRun, mw.Container):
         record = {
             "emdenoise_model": request["model"],
             "emdenoise_local_counts_sigma_px": request["local_counts_sigma"],
+            "emdenoise_local_counts_passes": LOCAL_COUNTS_PASSES
+            if request["local_counts_sigma"]
+            else None,
             "emdenoise_neighbour_residuals": request["neighbour_residuals"],
             "emdenoise_pooling": result["pooling"],
             "emdenoise_region": None

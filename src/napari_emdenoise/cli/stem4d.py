@@ -11,6 +11,7 @@ from pathlib import Path
 from ._common import (
     add_dataset_arg,
     add_device_arg,
+    int_at_least,
     non_negative_float,
     non_negative_int,
     positive_int,
@@ -53,6 +54,7 @@ def _cmd_restore_4d(args: argparse.Namespace) -> int:
         "calibration": calibration,
         "overwrite": args.overwrite,
         "local_counts_sigma": args.local_counts_sigma or None,
+        "local_counts_passes": args.local_counts_passes,
         "neighbour_residuals": not args.no_neighbour_residuals,
     }
     try:
@@ -100,6 +102,8 @@ def _restore_4d_on_cluster(run: Callable, data: object, args: argparse.Namespace
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..engine.stack4d import LOCAL_COUNTS_PASSES, LOCAL_COUNTS_SIGMA
+
     r4 = sub.add_parser(
         "restore-4d",
         help="denoise a 4D-STEM dataset (mib, blo, EMPAD xml/raw, emd/hdf5, zarr, npy) into a "
@@ -139,10 +143,18 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r4.add_argument(
         "--local-counts-sigma",
         type=non_negative_float,
-        default=1.0,
+        default=LOCAL_COUNTS_SIGMA,
         metavar="PX",
         help="put the raw counts back at scales above this many detector pixels, so Bragg-disk "
-        "and virtual-detector intensities stay unbiased (default 1; 0: the network output as is)",
+        "and virtual-detector intensities stay unbiased (0: the network output as is)",
+    )
+    r4.add_argument(
+        "--local-counts-passes",
+        type=int_at_least(1, 16),
+        default=LOCAL_COUNTS_PASSES,
+        metavar="N",
+        help="passes of that correction, 1-16: more cut more sharply between the network's fine "
+        "scales and the raw coarse ones",
     )
     r4.add_argument(
         "--no-neighbour-residuals",

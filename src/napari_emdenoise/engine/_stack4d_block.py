@@ -49,6 +49,8 @@ class BlockJob:
         of torch; the module still gives the ``size_multiple``.
     local_counts_sigma : float or None
         Width (detector pixels) of :func:`restore_local_counts`; None: off.
+    local_counts_passes : int
+        Its number of passes.
     """
 
     model: Any
@@ -58,6 +60,7 @@ class BlockJob:
     amp: bool = False
     onnx_path: str | None = None
     local_counts_sigma: float | None = None
+    local_counts_passes: int = 1
 
     def resolve(self) -> tuple[Any, Any]:
         """The network (in eval mode) and the torch device it runs on."""
@@ -166,6 +169,7 @@ def process_block(
     on_batch: Callable[[int], None] | None = None,
     session: Any = None,
     local_counts_sigma: float | None = None,
+    local_counts_passes: int = 1,
 ) -> np.ndarray:
     """Restore every diffraction pattern of one block with the network.
 
@@ -193,6 +197,11 @@ def process_block(
     session : onnxruntime.InferenceSession, optional
         Run the batches through this session (exported for the padded
         pattern size) instead of ``module``.
+    local_counts_sigma : float or None
+        Width (detector pixels) of :func:`restore_local_counts` applied to
+        the block's output; None: off.
+    local_counts_passes : int
+        Its number of passes.
 
     Returns
     -------
@@ -226,7 +235,7 @@ def process_block(
     def finish() -> np.ndarray:
         result = _with_input_totals(flat, out, keep_totals)
         if local_counts_sigma:
-            result = restore_local_counts(flat, result, local_counts_sigma)
+            result = restore_local_counts(flat, result, local_counts_sigma, local_counts_passes)
         return result.reshape(shape)
 
     if session is not None:
@@ -268,19 +277,27 @@ def process_block(
     return finish()
 
 
-def restore_local_counts(raw: np.ndarray, denoised: np.ndarray, sigma: float) -> np.ndarray:
+def restore_local_counts(
+    raw: np.ndarray, denoised: np.ndarray, sigma: float, passes: int = 1
+) -> np.ndarray:
     """Give each denoised pattern the raw pattern's counts at scales above ``sigma``.
 
-    ``out = denoised + G_σ * (raw − denoised)``, clipped at 0 and rescaled to
-    the raw total, per pattern (``G_σ``: a Gaussian of ``sigma`` detector
-    pixels, zero outside the detector). The network keeps what it resolves
-    below ``sigma`` (the denoised texture); above it the counts are the
-    measured ones, so counts summed over a Bragg disk or a virtual detector
-    wider than a few ``sigma`` are the raw data's, unbiased. Measured with
-    ``benchmarks/stem4d_quality.py`` on abTEM SrTiO₃ nano-beam patterns
-    (300–3000 counts), σ = 1 px took the bundled model's disk-intensity bias
-    from −33…−4 % to −1.4…+0.7 % (raw: ±1 %) and changed the Anscombe PSNR
-    by −0.3…+0.5 dB; on the synthetic scans it cost 0.1–2.9 dB.
+    ``passes`` times ``out ← out + G_σ * (raw − out)`` starting from the
+    network's pattern, then clipped at 0 and rescaled to the raw total, per
+    pattern (``G_σ``: a Gaussian of ``sigma`` detector pixels, zero outside
+    the detector). In Fourier space the raw pattern is put back with the
+    weight ``1 − (1 − Ĝ_σ)^passes``: the network keeps what it resolves at
+    fine scales (the denoised texture), the measured counts are kept at
+    coarse scales, so counts summed over a Bragg disk or a virtual detector
+    a few ``sigma`` wide are the raw data's, not the network's (which dims
+    weak disks). More passes make the cut between the two sharper: less of
+    a dimmed disk's deficit leaks past its edge, and less raw noise comes
+    back at the fine scales. One pass of 1 px (the default before this
+    release) took the bundled model's disk-intensity bias on abTEM SrTiO₃
+    nano-beam patterns from −33…−4 % to −1.4…+0.7 %; three passes of 2 px
+    (the default now, chosen with ``benchmarks/stem4d_quality.py``'s data,
+    see docs/stem4d.md) keep the disk-intensity error below the raw data's
+    and give back 1–2 dB of the network's smoothing.
 
     Parameters
     ----------
@@ -288,6 +305,8 @@ def restore_local_counts(raw: np.ndarray, denoised: np.ndarray, sigma: float) ->
         ``(n, det_y, det_x)`` float32 counts.
     sigma : float
         Gaussian width, detector pixels (> 0).
+    passes : int
+        Number of passes (≥ 1).
 
     Returns
     -------
@@ -296,8 +315,10 @@ def restore_local_counts(raw: np.ndarray, denoised: np.ndarray, sigma: float) ->
     """
     from scipy import ndimage
 
-    low = ndimage.gaussian_filter(raw - denoised, (0, float(sigma), float(sigma)), mode="constant")
-    denoised += low
+    for _ in range(max(1, int(passes))):
+        denoised += ndimage.gaussian_filter(
+            raw - denoised, (0, float(sigma), float(sigma)), mode="constant"
+        )
     np.maximum(denoised, 0.0, out=denoised)
     return _with_input_totals(raw, denoised, True)
 
@@ -405,6 +426,7 @@ def run_block(
         on_batch=on_batch,
         session=session,
         local_counts_sigma=job.local_counts_sigma,
+        local_counts_passes=job.local_counts_passes,
     )
     if sink is None:
         return restored

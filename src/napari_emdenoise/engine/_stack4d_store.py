@@ -88,6 +88,7 @@ def _fingerprint(record: Mapping[str, Any]) -> dict[str, Any]:
         "region",
         "model",
         "local_counts_sigma",
+        "local_counts_passes",
         "neighbour_residuals",
     )
     return {k: record.get(k) for k in keys}
