@@ -477,6 +477,22 @@ def test_a_store_from_another_number_of_passes_is_refused(model, data, tmp_path)
         restore_4dstem(data, model=model, out=store)
 
 
+def test_a_store_from_before_the_passes_setting_resumes_with_one_pass(model, data, tmp_path):
+    """Stores written before ``local_counts_passes`` existed record no passes: they ran
+    one. Such a store resumes with one pass and is refused, saying why, with three."""
+    store = tmp_path / "out.zarr"
+    old = {"local_counts_sigma": 1.0, "local_counts_passes": 1}
+    first = restore_4dstem(data, model=model, out=store, **old)
+    arr = zarr.open_array(str(store), mode="r+")
+    record = dict(arr.attrs[RECORD_KEY])
+    del record["local_counts_passes"]
+    arr.attrs[RECORD_KEY] = record
+    again = restore_4dstem(data, model=model, out=store, **old)
+    np.testing.assert_array_equal(np.asarray(again), np.asarray(first))
+    with pytest.raises(ValueError, match="local_counts_passes: 1 in the store, 3 now"):
+        restore_4dstem(data, model=model, out=store, local_counts_sigma=1.0)
+
+
 def test_a_store_from_another_local_counts_setting_is_refused(model, data, tmp_path):
     store = tmp_path / "out.zarr"
     restore_4dstem(data, model=model, out=store, local_counts_sigma=None)

@@ -91,7 +91,11 @@ def _fingerprint(record: Mapping[str, Any]) -> dict[str, Any]:
         "local_counts_passes",
         "neighbour_residuals",
     )
-    return {k: record.get(k) for k in keys}
+    found = {k: record.get(k) for k in keys}
+    if "local_counts_passes" not in record and found["local_counts_sigma"]:
+        # stores written before the count correction had passes ran one pass
+        found["local_counts_passes"] = 1
+    return found
 
 
 def _describe_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
