@@ -246,6 +246,38 @@ def test_local_counts_setting_reaches_the_engine(dock, qtbot):
     assert not np.allclose(got[0.0], got[1.0])
 
 
+def test_local_count_passes_reach_the_engine(dock, qtbot):
+    from napari_emdenoise import restore_4dstem
+
+    viewer, widget, data = dock
+    assert widget.local_passes.value == LOCAL_COUNTS_PASSES
+    widget.local_counts.value = 1.0
+    widget.local_passes.value = 1
+    widget.preview = None
+    widget.preview_at(2, 3)
+    qtbot.waitUntil(lambda: bool(widget.preview), timeout=30000)
+    want = restore_4dstem(
+        data,
+        model=widget.model_override,
+        region=(slice(2, 3), slice(3, 4)),
+        local_counts_sigma=1.0,
+        local_counts_passes=1,
+    )[0, 0]
+    np.testing.assert_allclose(widget.preview["denoised"], want, rtol=1e-5, atol=1e-4)
+    widget.whole_scan.value = False
+    widget.region.value = "1:3,2:5"
+    widget.start()
+    qtbot.waitUntil(lambda: widget._worker is None, timeout=60000)
+    assert widget.last_error == ""
+    layer = viewer.layers["scan denoised"]
+    assert layer.metadata["emdenoise_local_counts_passes"] == 1
+    full = restore_4dstem(
+        data, model=widget.model_override, region="1:3,2:5", local_counts_sigma=1.0,
+        local_counts_passes=1,
+    )  # fmt: skip
+    np.testing.assert_allclose(np.asarray(layer.data), full, rtol=1e-5, atol=1e-4)
+
+
 def test_neighbour_pooling_setting_reaches_the_engine(dock, qtbot):
     from napari_emdenoise import restore_4dstem
 

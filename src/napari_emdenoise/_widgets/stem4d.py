@@ -90,14 +90,25 @@ def _denoise(data: Any, model: Any, region: tuple[slice, slice] | None, **kwargs
 
 
 def _preview(
-    data: Any, model: Any, iy: int, ix: int, local_counts_sigma: float | None
+    data: Any,
+    model: Any,
+    iy: int,
+    ix: int,
+    local_counts_sigma: float | None,
+    local_counts_passes: int = LOCAL_COUNTS_PASSES,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Raw and denoised pattern at one scan position (the model on that one pattern)."""
     raw = np.asarray(data[iy, ix], dtype=np.float32)
     if not np.isfinite(raw).all():
         raise ValueError(f"the pattern at scan position ({iy}, {ix}) contains NaN or inf")
     region = (slice(iy, iy + 1), slice(ix, ix + 1))
-    denoised = _denoise(data, model, region, local_counts_sigma=local_counts_sigma)
+    denoised = _denoise(
+        data,
+        model,
+        region,
+        local_counts_sigma=local_counts_sigma,
+        local_counts_passes=local_counts_passes,
+    )
     return raw, np.asarray(denoised[0, 0], dtype=np.float32)
 
 
@@ -157,6 +168,7 @@ def _run(
     progress: Any,
     cancel: Any,
     local_counts_sigma: float | None = None,
+    local_counts_passes: int = LOCAL_COUNTS_PASSES,
     neighbour_residuals: bool = True,
 ) -> dict[str, Any]:
     """Denoise the region, then the raw/denoised virtual images and their Poisson residuals."""
@@ -171,6 +183,7 @@ def _run(
         progress=progress,
         cancel=cancel,
         local_counts_sigma=local_counts_sigma,
+        local_counts_passes=local_counts_passes,
         neighbour_residuals=neighbour_residuals,
         report=pooled.append,
     )
@@ -250,8 +263,16 @@ class Stem4DWidget(StatefulRun, mw.Container):
         self.local_counts.tooltip = (
             "Put the measured counts back at scales above this many detector pixels, so Bragg-"
             "disk and virtual-detector intensities stay unbiased (the network alone dims weak "
-            f"disks; {LOCAL_COUNTS_PASSES} passes, as restore_4dstem by default). 0: the network's "
-            "output as it is (smoother, biased intensities)."
+            "disks). 0: the network's output as it is (smoother, biased intensities)."
+        )
+        self.local_passes = mw.SpinBox(
+            label="in passes", value=LOCAL_COUNTS_PASSES, min=1, max=16, step=1
+        )
+        self.local_passes.tooltip = (
+            "How many times the counts are put back: more passes cut more sharply between the "
+            "network's fine detail and the measured coarse counts, so less of a dimmed disk's "
+            f"deficit leaks past its edge (default {LOCAL_COUNTS_PASSES} passes of "
+            f"{LOCAL_COUNTS_SIGMA:g} px; the release before used 1 pass of 1 px)."
         )
         self.neighbours = mw.CheckBox(text="pool neighbouring positions' residuals", value=True)
         self.neighbours.tooltip = (
@@ -279,6 +300,7 @@ class Stem4DWidget(StatefulRun, mw.Container):
                 self.find_button,
                 self.detector_info,
                 self.local_counts,
+                self.local_passes,
                 self.neighbours,
                 self.whole_scan,
                 self.region,
@@ -694,6 +716,7 @@ class Stem4DWidget(StatefulRun, mw.Container):
             iy,
             ix,
             self._local_counts_sigma(),
+            int(self.local_passes.value),
             _start_thread=False,
         )
         worker.returned.connect(lambda outcome: self._on_preview(source, (iy, ix), outcome))
@@ -808,6 +831,7 @@ class Stem4DWidget(StatefulRun, mw.Container):
             "model": self._model_label(model),
             "out": out,
             "local_counts_sigma": self._local_counts_sigma(),
+            "local_counts_passes": int(self.local_passes.value),
             "neighbour_residuals": bool(self.neighbours.value),
         }
         where = "the whole scan" if region is None else f"region {format_region(region)}"
@@ -824,6 +848,7 @@ class Stem4DWidget(StatefulRun, mw.Container):
             out,
             cancel=self._cancel.is_set,
             local_counts_sigma=request["local_counts_sigma"],
+            local_counts_passes=request["local_counts_passes"],
             neighbour_residuals=request["neighbour_residuals"],
         )
 
@@ -839,7 +864,7 @@ class Stem4DWidget(StatefulRun, mw.Container):
         record = {
             "emdenoise_model": request["model"],
             "emdenoise_local_counts_sigma_px": request["local_counts_sigma"],
-            "emdenoise_local_counts_passes": LOCAL_COUNTS_PASSES
+            "emdenoise_local_counts_passes": request["local_counts_passes"]
             if request["local_counts_sigma"]
             else None,
             "emdenoise_neighbour_residuals": request["neighbour_residuals"],
