@@ -251,7 +251,10 @@ def test_local_count_passes_reach_the_engine(dock, qtbot):
 
     viewer, widget, data = dock
     assert widget.local_passes.value == LOCAL_COUNTS_PASSES
+    widget.local_counts.value = 0.0  # no correction: its passes mean nothing
+    assert not widget.local_passes.enabled
     widget.local_counts.value = 1.0
+    assert widget.local_passes.enabled
     widget.local_passes.value = 1
     widget.preview = None
     widget.preview_at(2, 3)

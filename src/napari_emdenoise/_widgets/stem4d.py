@@ -325,6 +325,9 @@ class Stem4DWidget(StatefulRun, mw.Container):
         self.shown.changed.connect(lambda *_: (self._show_live(), self._show_results()))
         self.find_button.changed.connect(lambda *_: self.attach(reset=True))
         self.whole_scan.changed.connect(self._sync_region)
+        self.local_counts.changed.connect(
+            lambda value: setattr(self.local_passes, "enabled", bool(value))
+        )
         self.region.changed.connect(self._region_typed)
         viewer.layers.events.inserted.connect(self._refresh_layers)
         viewer.layers.events.removed.connect(self._refresh_layers)
