@@ -20,10 +20,11 @@ dose and data set (an oracle choice); PCA/SVD denoising in the hyperspy style
 (Poisson-normalised, number of components at the elbow of the scree plot);
 the bundled ``pix2pix-4dstem`` model (or ``--model``) as ``restore_4dstem``
 runs it by default (``pix2pix``: with the raw counts put back above 2 detector
-pixels in 3 passes, see ``local_counts_sigma``, then the residuals that neighbouring scan
-positions share put back, see ``neighbour_residuals``), the same without the
-neighbour stage (``pix2pix-pattern``: each pattern on its own, the default
-before that stage) and the network output alone (``pix2pix-net``).
+pixels in 3 passes, see ``local_counts_sigma`` and ``local_counts_passes``,
+then the residuals that neighbouring scan positions share put back, see
+``neighbour_residuals``), the same without the neighbour stage
+(``pix2pix-pattern``: each pattern on its own, with the same count
+correction) and the network output alone (``pix2pix-net``).
 
 Metrics, averaged over the patterns: PSNR and SSIM after the Anscombe
 transform 2·sqrt(x + 3/8) (data range of the clean pattern); Bragg-disk
