@@ -79,6 +79,18 @@ def test_restore_is_unit_invariant(name, probe):
         assert err < 1e-3, (name, a, b, err)
 
 
+@pytest.mark.parametrize("a", [1e-20, 1e20])
+def test_restore_is_unit_invariant_at_extreme_units(a, probe):
+    """Data stored in coulombs per pixel (~1e-18) or in counts × 1e20 restore like counts."""
+    from napari_emdenoise.engine.predictor import restore
+
+    x = probe.noisy[:96, :96].astype(np.float64)
+    ref = restore(x, model="hrstem", device="cpu").astype(np.float64)
+    out = restore(x * a, model="hrstem", device="cpu").astype(np.float64) / a
+    assert np.isfinite(out).all()
+    assert np.abs(out - ref).max() / float(ref.max() - ref.min()) < 1e-3
+
+
 def _smooth_noisy_images() -> list[np.ndarray]:
     """Ten smooth images (12-px Gaussian texture) with Poisson noise at 20 and 200 counts/px."""
     from scipy.ndimage import gaussian_filter

@@ -111,6 +111,21 @@ def test_known_shifts_are_recovered_on_noisy_frames(content, shift, denoise):
     assert np.all(np.abs(np.subtract(est, shift)) < 3 * np.asarray(est.sigma))  # honest σ
 
 
+@pytest.mark.parametrize("method", ["cnn", "ncc", "phase"])
+@pytest.mark.parametrize("unit", [1e-20, 1e20])
+def test_the_shift_does_not_depend_on_the_intensity_unit(method, unit):
+    """Frames in coulombs per pixel (about 1e-18) or scaled by 1e20 register like counts."""
+    pair = make_pair("amorphous", (-9.35, 4.6), 20.0, seed=13)
+    ref = pair.reference.astype(np.float64)
+    mov = pair.moving.astype(np.float64)
+    denoise = pair.denoiser if method == "cnn" else False
+    expected = estimate_shift(ref, mov, method=method, denoise=denoise)
+    scaled = estimate_shift(unit * ref, unit * mov, method=method, denoise=denoise)
+    assert err(scaled, expected) < 1e-3
+    assert np.allclose(scaled.sigma, expected.sigma, rtol=1e-3)
+    assert err(expected, pair.shift) < (1.5 if method == "phase" else 0.5)  # a sound estimate
+
+
 @pytest.mark.parametrize("method,tolerance", [("cnn", 0.4), ("ncc", 0.4), ("phase", 1.0)])
 def test_shift_of_a_third_of_the_frame_is_found(method, tolerance):
     shift = (32.4, -31.7)  # a third of the 96-pixel frame along both axes
@@ -388,6 +403,8 @@ def test_bad_input_gives_clear_errors():
         estimate_shift(a + 1j, a, method="ncc", denoise=False)
     with pytest.raises(ValueError, match="constant"):
         estimate_shift(np.ones((40, 40)), a, method="ncc", denoise=False)
+    with pytest.raises(ValueError, match="remove frame 1 from the stack"):
+        align_stack(np.stack([a, np.zeros_like(a), a]), method="ncc", denoise=False)
     with pytest.raises(ValueError, match="method"):
         estimate_shift(a, a, method="sift")
     with pytest.raises(ValueError, match="reference"):

@@ -307,8 +307,10 @@ def ncc_map(
         raise ValueError(f"frames must be 2-D of the same shape, got {ref.shape} and {mov.shape}")
     h, w = ref.shape
     search, (ky, kx) = _window((h, w), max_shift, int(extra))
-    ref = ref - ref.mean()
-    mov = mov - mov.mean()
+    # Unit scale: the map is unit-free, and so must be the floor below (frames in
+    # coulombs per pixel, about 1e-18, are as valid as frames in counts).
+    ref = _standardized(ref)
+    mov = _standardized(mov)
     shape = (fft.next_fast_len(h + ky, real=True), fft.next_fast_len(w + kx, real=True))
     cross = fft.irfft2(fft.rfft2(ref, shape) * np.conj(fft.rfft2(mov, shape)), shape)
     sy = np.arange(-ky, ky + 1)[:, None]
@@ -332,6 +334,13 @@ def ncc_map(
     floor = _EPS * max(float(np.sum(ref * ref)), float(np.sum(mov * mov)), _EPS)
     values = np.where((n >= _MIN_OVERLAP_PX) & (scale > floor), cov / np.maximum(scale, floor), 0.0)
     return NCCMap(np.clip(values, -1.0, 1.0), (int(ky), int(kx)), search, n)
+
+
+def _standardized(frame: np.ndarray) -> np.ndarray:
+    """``(frame − mean) / std`` in float64 (a constant frame: ``frame − mean``)."""
+    centred = frame - frame.mean()
+    std = float(centred.std())
+    return centred / std if std > 0 and math.isfinite(std) else centred
 
 
 def parabolic_peak(ncc: NCCMap, peak: tuple[int, int]) -> tuple[float, float]:
@@ -385,7 +394,7 @@ def crlb_sigma(
     tuple of float
         ``(σy, σx)`` in pixels.
     """
-    ref = np.asarray(reference, dtype=np.float64)
+    ref = _standardized(np.asarray(reference, dtype=np.float64))
     rho = float(np.clip(rho, 1e-3, 0.999999))
     fraction = 1.0 if n_pixels is None else min(1.0, max(n_pixels, 1) / ref.size)
     noise_var = float(ref.var()) * (1.0 - rho)

@@ -608,7 +608,15 @@ class _Frames:
         frame = self.frames[i]  # type: ignore[index]
         if hasattr(frame, "compute"):
             frame = frame.compute()
-        return _check_frame(frame, f"frame {i}")
+        try:
+            return _check_frame(frame, f"frame {i}")
+        except ValueError as exc:
+            if "constant" not in str(exc):
+                raise
+            raise ValueError(
+                f"{exc} (a blanked beam or an empty frame?); remove frame {i} from the stack "
+                "before aligning it"
+            ) from None
 
     def prepared(self, i: int) -> Prepared:
         if self.cache is not None and i in self.cache:

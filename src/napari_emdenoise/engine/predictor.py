@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import threading
 import warnings
 import weakref
@@ -829,8 +830,9 @@ def restore(
                 # Without the numbers: one warning for a series restored frame by frame.
                 text = mismatch.describe(numbers=False) + advice
                 warnings.warn(text, RuntimeWarning, stacklevel=2)
-        restored, was_rebuilt = steps(index, scan_rows(frame, fast_scan_axis), counter.frame_hook())
-        out[index] = scan_rows(restored, fast_scan_axis)
+        seen, offset, scale = _unit_scaled(scan_rows(frame, fast_scan_axis))
+        restored, was_rebuilt = steps(index, seen, counter.frame_hook())
+        out[index] = scan_rows(restored.astype(np.float64) * scale + offset, fast_scan_axis)
         if was_rebuilt:
             rebuilt.append(index)
         counter.frame_finished()
@@ -854,6 +856,24 @@ def restore(
             stacklevel=2,
         )
     return out[0] if ndim == 2 else out
+
+
+def _unit_scaled(frame: np.ndarray) -> tuple[np.ndarray, float, float]:
+    """``((frame − offset) / scale, offset, scale)``: the frame at unit scale, in float32.
+
+    Every step of :func:`restore` is affine-equivariant (``restore(a·x + b) =
+    a·restore(x) + b``), so the frame is restored at zero mean and unit standard
+    deviation (both summed in float64) and mapped back. That keeps the steps'
+    float32 arithmetic (variances, spectra) away from overflow and underflow
+    whatever unit the data are stored in: coulombs per pixel (about 10⁻¹⁸) as
+    well as counts scaled by 10²⁰. A constant frame keeps a scale of 1.
+    """
+    offset = float(frame.mean(dtype=np.float64))
+    scale = float(frame.std(dtype=np.float64))
+    if not (scale > 0 and math.isfinite(scale)):
+        scale = 1.0
+    seen = (frame.astype(np.float64) - offset) / scale
+    return seen.astype(np.float32), offset, scale
 
 
 def _checked_image(image: object) -> tuple[Any, int, bool]:
