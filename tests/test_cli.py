@@ -149,14 +149,17 @@ def test_restore_no_lattice_skips_the_lattice_pass(tmp_path, tiny_user_model, mo
     src = tmp_path / "in.npy"
     np.save(src, data)
     wiener_only = predictor.restore(data, model=tiny_user_model, lattice=False)
-    monkeypatch.setattr(predictor, "restore_lattice", lambda image, restored: restored + 1000.0)
+    # restore runs its steps at unit scale (zero mean, unit standard deviation): one unit
+    # there is the input's standard deviation here
+    monkeypatch.setattr(predictor, "restore_lattice", lambda image, restored: restored + 10.0)
     outs = {}
     for flag in ([], ["--no-lattice"]):
         dst = tmp_path / f"out{len(flag)}.tif"
         assert main(["restore", str(src), "-o", str(dst), "--model", tiny_user_model, *flag]) == 0
         outs[bool(flag)] = read_em(dst)[0][0]
     np.testing.assert_allclose(outs[True], wiener_only, rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(outs[False], wiener_only + 1000.0, rtol=1e-5, atol=1e-2)
+    shifted = wiener_only + 10.0 * data.std(dtype=np.float64)
+    np.testing.assert_allclose(outs[False], shifted, rtol=1e-5, atol=1e-2)
 
 
 def test_restore_keep_defects_runs_the_pass_last(tmp_path, tiny_user_model, monkeypatch):
@@ -168,14 +171,16 @@ def test_restore_keep_defects_runs_the_pass_last(tmp_path, tiny_user_model, monk
     src = tmp_path / "in.npy"
     np.save(src, data)
     default = predictor.restore(data, model=tiny_user_model)
-    monkeypatch.setattr(predictor, "restore_deviations", lambda image, restored: restored - 7.0)
+    # one unit of the steps' scale is the input's standard deviation (see above)
+    monkeypatch.setattr(predictor, "restore_deviations", lambda image, restored: restored - 0.5)
     outs = {}
     for flag in ([], ["--keep-defects"]):
         dst = tmp_path / f"out{len(flag)}.tif"
         assert main(["restore", str(src), "-o", str(dst), "--model", tiny_user_model, *flag]) == 0
         outs[bool(flag)] = read_em(dst)[0][0]
     np.testing.assert_allclose(outs[False], default, rtol=1e-5, atol=1e-3)
-    np.testing.assert_allclose(outs[True], default - 7.0, rtol=1e-5, atol=1e-3)
+    shifted = default - 0.5 * data.std(dtype=np.float64)
+    np.testing.assert_allclose(outs[True], shifted, rtol=1e-5, atol=1e-3)
 
 
 def test_restore_refuses_to_overwrite(tmp_path, tiny_user_model, capsys):

@@ -384,6 +384,15 @@ def test_reader_hook_returns_layer_data(tmp_path: Path, image: np.ndarray) -> No
     assert kwargs["units"] == ("nm", "nm") and kwargs["metadata"]["source"] == path
 
 
+def test_reader_hook_refuses_files_without_pixels(tmp_path: Path) -> None:
+    """An empty array or a list of strings is a clear error, not an empty layer."""
+    for name, array in (("empty", np.zeros((0, 16))), ("text", np.array(["a", "b"]))):
+        path = tmp_path / f"{name}.npy"
+        np.save(path, array)
+        with pytest.raises(ValueError, match="no image"):
+            napari_get_reader(str(path))(str(path))
+
+
 def test_reader_hook_output_builds_a_napari_layer(tmp_path: Path, image: np.ndarray) -> None:
     layers = pytest.importorskip("napari.layers")
     stack = np.stack([image] * 2)

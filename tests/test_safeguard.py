@@ -176,7 +176,8 @@ def test_band_weights_are_reported_per_frame_and_described(tiny_user_model):
         assert len(result.band_weights) == 5 and result.estimated
         assert all(0.0 <= w <= 1.0 for w in result.band_weights)
         # the lattice pass runs last, on the blend
-        np.testing.assert_array_equal(out[i], restore_lattice(stack[i], result.image))
+        expected = restore_lattice(stack[i], result.image)
+        np.testing.assert_allclose(out[i], expected, atol=1e-5 * float(np.ptp(expected)))
     text = describe_band_weights([r.band_weights for _, r in reports])
     assert text.startswith("safeguard kept ") and "(median of 2 frames)" in text
     assert describe_band_weights([(0.0, 0.25, 0.5, 0.75, 1.0)]).startswith(

@@ -92,7 +92,8 @@ def test_ensemble_with_the_safeguard_blends_the_ensemble(net):
     (report,) = reports
     from napari_emdenoise.engine.lattice import restore_lattice
 
-    np.testing.assert_array_equal(out, restore_lattice(x, report.image))  # the lattice pass: last
+    expected = restore_lattice(x, report.image)  # the lattice pass: last
+    np.testing.assert_allclose(out, expected, atol=1e-5 * float(np.ptp(expected)))
     assert len(report.band_weights) == 5
 
 

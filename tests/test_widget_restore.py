@@ -117,12 +117,14 @@ def test_lattice_pass_checkbox_reaches_the_engine(restore_widget, qtbot, monkeyp
     viewer, widget, data = restore_widget
     widget.layer.value = "micrograph"
     wiener_only = predictor.restore(data, model=widget.model.value, lattice=False)
-    monkeypatch.setattr(predictor, "restore_lattice", lambda image, restored: restored + 1000.0)
+    # restore's steps run at unit scale: one unit there is the input's standard deviation
+    monkeypatch.setattr(predictor, "restore_lattice", lambda image, restored: restored + 10.0)
     assert widget.lattice.value is True and widget.lattice.enabled
     widget.start()
     _wait(widget, qtbot)
     layer = viewer.layers["micrograph restored"]
-    np.testing.assert_allclose(layer.data, wiener_only + 1000.0, rtol=1e-5, atol=1e-2)
+    marked = wiener_only + 10.0 * np.asarray(data).std(dtype=np.float64)
+    np.testing.assert_allclose(layer.data, marked, rtol=1e-5, atol=1e-2)
     assert layer.metadata["emdenoise_lattice_pass"] is True
     viewer.layers.remove(layer)
     widget.lattice.value = False
@@ -143,7 +145,8 @@ def test_keep_defects_checkbox_reaches_the_engine(restore_widget, qtbot, monkeyp
     viewer, widget, data = restore_widget
     widget.layer.value = "micrograph"
     default = predictor.restore(data, model=widget.model.value)
-    monkeypatch.setattr(predictor, "restore_deviations", lambda image, restored: restored - 500.0)
+    # restore's steps run at unit scale: one unit there is the input's standard deviation
+    monkeypatch.setattr(predictor, "restore_deviations", lambda image, restored: restored - 5.0)
     assert widget.keep_defects.value is False
     widget.start()
     _wait(widget, qtbot)
@@ -155,7 +158,8 @@ def test_keep_defects_checkbox_reaches_the_engine(restore_widget, qtbot, monkeyp
     widget.start()
     _wait(widget, qtbot)
     layer = viewer.layers["micrograph restored"]
-    np.testing.assert_allclose(layer.data, default - 500.0, rtol=1e-5, atol=1e-2)
+    marked = default - 5.0 * np.asarray(data).std(dtype=np.float64)
+    np.testing.assert_allclose(layer.data, marked, rtol=1e-5, atol=1e-2)
     assert layer.metadata["emdenoise_keep_defects"] is True
     assert widget.status.value.endswith("+ lattice pass + keep defects")
 

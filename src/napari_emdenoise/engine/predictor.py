@@ -28,6 +28,7 @@ here and agree to float32 rounding.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -796,6 +797,7 @@ def restore(
         overlap=overlap,
         batch_size=batch_size,
     )
+    units = [0.0, 1.0]  # (offset, scale) of the frame being restored, see _unit_scaled
     steps = _FrameRestorer(
         predictor=predictor,
         transforms=transforms,
@@ -804,10 +806,15 @@ def restore(
         lattice=bool(lattice),
         keep_defects=bool(keep_defects),
         safeguard=bool(safeguard),
-        safeguard_report=safeguard_report,
+        safeguard_report=None
+        if safeguard_report is None
+        else _in_user_units(safeguard_report, units),
         lattice_report=lattice_report,
     )
 
+    # A network that normalises each frame itself (the bundled ones) makes every step
+    # affine-equivariant; such frames are restored at unit scale (see _unit_scaled).
+    unit_free = _normalises_itself(module)
     frames = data[None] if ndim == 2 else data  # type: ignore[index]
     n_frames = int(frames.shape[0])  # type: ignore[union-attr]
     counter = _StackProgress(progress, n_frames, steps.tiles_of(seen_shape))
@@ -830,7 +837,10 @@ def restore(
                 # Without the numbers: one warning for a series restored frame by frame.
                 text = mismatch.describe(numbers=False) + advice
                 warnings.warn(text, RuntimeWarning, stacklevel=2)
-        seen, offset, scale = _unit_scaled(scan_rows(frame, fast_scan_axis))
+        seen, offset, scale = scan_rows(frame, fast_scan_axis), 0.0, 1.0
+        if unit_free:
+            seen, offset, scale = _unit_scaled(seen)
+        units[:] = [offset, scale]
         restored, was_rebuilt = steps(index, seen, counter.frame_hook())
         out[index] = scan_rows(restored.astype(np.float64) * scale + offset, fast_scan_axis)
         if was_rebuilt:
@@ -858,10 +868,33 @@ def restore(
     return out[0] if ndim == 2 else out
 
 
+def _in_user_units(
+    report: Callable[[int, BlendResult], None], units: list[float]
+) -> Callable[[int, BlendResult], None]:
+    """``report`` called with the blend mapped from unit scale back to the frame's units."""
+
+    def in_units(index: int, blend: BlendResult) -> None:
+        offset, scale = units
+        image = (blend.image.astype(np.float64) * scale + offset).astype(np.float32)
+        report(index, dataclasses.replace(blend, image=image))
+
+    return in_units
+
+
+def _normalises_itself(model: torch.nn.Module) -> bool:
+    """Whether ``model`` normalises each frame (its ``normalize`` attribute), read
+    through :func:`_inference_state`, which turns the attribute off while it runs."""
+    with _STATE_LOCK:
+        saved = _SAVED.get(model)
+        value = getattr(model, "normalize", _MISSING) if saved is None else saved.normalize
+    return value is not _MISSING and bool(value)
+
+
 def _unit_scaled(frame: np.ndarray) -> tuple[np.ndarray, float, float]:
     """``((frame − offset) / scale, offset, scale)``: the frame at unit scale, in float32.
 
-    Every step of :func:`restore` is affine-equivariant (``restore(a·x + b) =
+    With a network that normalises each frame (``normalize``: CGRDN, DnCNN),
+    every step of :func:`restore` is affine-equivariant (``restore(a·x + b) =
     a·restore(x) + b``), so the frame is restored at zero mean and unit standard
     deviation (both summed in float64) and mapped back. That keeps the steps'
     float32 arithmetic (variances, spectra) away from overflow and underflow

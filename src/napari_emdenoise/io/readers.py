@@ -707,6 +707,9 @@ def _layer_data(data: Any, meta: dict[str, Any]) -> LayerData | None:
     if np.ndim(data) - (1 if meta["rgb"] else 0) < 2:
         logger.info("skipping %s: napari image layers need 2 or more dimensions", meta["name"])
         return None
+    if 0 in np.shape(data):
+        logger.info("skipping %s: it holds no pixels (shape %s)", meta["name"], np.shape(data))
+        return None
     if np.iscomplexobj(data):
         data = np.abs(data)
         meta = {**meta, "complex_part": "modulus"}
@@ -748,7 +751,7 @@ def _read_for_napari(paths: str | Sequence[str]) -> list[LayerData]:
             if layer is not None:
                 layers.append(layer)
     if not layers:
-        raise ValueError(f"no image (2-D or more) found in {paths}")
+        raise ValueError(f"no image (2-D or more, with pixels) found in {paths}")
     return layers
 
 
