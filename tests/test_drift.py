@@ -481,6 +481,39 @@ def test_command_line_writes_the_aligned_stack_and_the_table(movie, tmp_path):
     np.testing.assert_array_equal(tifffile.imread(out), first)
 
 
+def test_command_line_never_overwrites_the_input_and_checks_outputs_first(
+    movie, tmp_path, monkeypatch, capsys
+):
+    """Neither the aligned stack nor the table may replace the input, not even with
+    --overwrite; a bad output is refused before any frame is aligned."""
+    import tifffile
+
+    from napari_emdenoise.drift import pipeline
+    from napari_emdenoise.drift.__main__ import main
+
+    frames, _ = movie
+    source = tmp_path / "movie.tif"
+    tifffile.imwrite(source, (frames[:3] * 1000).astype(np.uint16))
+    before = source.read_bytes()
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("aligned before the outputs were checked")
+
+    monkeypatch.setattr(pipeline, "align_stack", no_work)
+    base = [str(source), "--method", "ncc", "--no-denoise", "--overwrite"]
+    cases = {
+        "must not overwrite the input": ["-o", str(source)],
+        "must not overwrite the input ": ["-o", str(tmp_path / "a.tif"), "--table", str(source)],
+        "same file": ["-o", str(tmp_path / "a.tif"), "--table", str(tmp_path / "a.tif")],
+        "does not exist": ["-o", str(tmp_path / "a.tif"), "--table", str(tmp_path / "no/t.csv")],
+        "must end in": ["-o", str(tmp_path / "a.png")],
+    }
+    for message, extra in cases.items():
+        assert main([*base, *extra]) == 2, extra
+        assert message.strip() in capsys.readouterr().err
+    assert source.read_bytes() == before
+
+
 def test_fast_scan_axis_y_denoises_transposed_frames_and_keeps_the_frames_axes(movie):
     """Frames scanned along their columns: with ``fast_scan_axis="y"`` the denoiser sees them
     transposed, and the shifts come out in the frames' own axes (NCC is exactly transposable)."""

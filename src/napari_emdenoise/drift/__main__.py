@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli._common import add_fast_scan_axis_arg
+from ..cli._common import add_fast_scan_axis_arg, check_outputs, same_file
 from .pipeline import DEFAULT_DENOISER, METHODS, REFERENCES
 
 __all__ = ["build_parser", "main", "run"]
@@ -60,16 +60,14 @@ def run(args: argparse.Namespace) -> int:
     from .table import drift_table, write_table
 
     try:
+        out = Path(args.output)
+        _check_targets(Path(args.input), out, Path(args.table) if args.table else None, args)
         datasets = read_em(args.input, lazy=True)
         if not 0 <= args.dataset < len(datasets):
             raise ValueError(
                 f"{args.input} has {len(datasets)} dataset(s); got --dataset {args.dataset}"
             )
         data, meta = datasets[args.dataset]
-        out = Path(args.output)
-        for target in (out, Path(args.table) if args.table else None):
-            if target is not None and target.exists() and not args.overwrite:
-                raise ValueError(f"{target} exists; pass --overwrite to replace it")
 
         def progress(done: int, total: int) -> None:
             print(f"\r{done}/{total} pairs", end="", file=sys.stderr, flush=True)
@@ -97,10 +95,31 @@ def run(args: argparse.Namespace) -> int:
             write_table(drift_table(info, scale, unit), args.table)
             print(f"wrote {args.table}", file=sys.stderr)
         print(f"wrote {out}", file=sys.stderr)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _check_targets(src: Path, out: Path, table: Path | None, args: argparse.Namespace) -> None:
+    """Check both outputs before any work: right kind, not the input, not each other.
+
+    The input is never replaced, not even with ``--overwrite`` (nor by the table).
+    """
+    if out.suffix.lower() not in (".tif", ".tiff", ".zarr"):
+        raise ValueError(f"{out}: the aligned stack must end in .tif, .tiff or .zarr")
+    if out.suffix.lower() == ".zarr":  # a folder: checked here, the table below
+        if same_file(out, src) or out.absolute() == src.absolute():
+            raise ValueError(
+                f"the output {out} must not overwrite the input {src} "
+                "(inputs are never modified, not even with --overwrite)"
+            )
+        if table is not None and table.absolute() == out.absolute():
+            raise ValueError(f"two outputs would be the same file: {out}")
+        if out.exists() and not args.overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    files = [p for p in (out, table) if p is not None and p.suffix.lower() != ".zarr"]
+    check_outputs(files, inputs=[src], overwrite=args.overwrite)
 
 
 if __name__ == "__main__":
