@@ -257,6 +257,27 @@ def test_align_stack_recovers_a_random_walk(movie, reference):
         assert r > raw
 
 
+@pytest.mark.parametrize("reference", ["first", "previous", "mean"])
+def test_grouped_frames_follow_a_steady_drift(reference):
+    """Groups of 3 frames of a steady drift (0.7, -1.1 px per frame): the per-frame shifts
+    interpolated between the groups' centres, and extended beyond them, are the drift."""
+    rng = np.random.default_rng(21)
+    canvas, info = synthetic.clean_canvas("particles", (160, 160), rng, pixel_size=0.1)
+    truth = np.outer(np.arange(11), (0.7, -1.1))
+    frames = np.stack(
+        [synthetic.shifted_pair(canvas, SIZE, tuple(s), info=info).clean_moving for s in truth]
+    )
+    _, shifts, info = align_stack(
+        frames, reference=reference, method="ncc", denoise=False, group=3, return_info=True
+    )
+    offset = shifts[0] if reference == "mean" else np.zeros(2)
+    assert reference == "mean" or np.all(shifts[0] == 0)
+    assert np.abs(shifts - offset - truth).max() < 0.25
+    assert info.extra["group"] == 3 and info.extra["group_shifts"].shape == (4, 2)
+    np.testing.assert_allclose(info.extra["group_centres"], [1, 4, 7, 9.5])
+    assert info.sigma.shape == (11, 2) and info.peak.shape == (11,)
+
+
 def test_align_stack_cnn_with_denoising_applies_shifts_to_the_raw_frames(movie):
     frames, truth = movie
     aligned, shifts = align_stack(frames[:5], method="cnn", denoise="lrtem")
@@ -403,6 +424,9 @@ def test_bad_input_gives_clear_errors():
         estimate_shift(a + 1j, a, method="ncc", denoise=False)
     with pytest.raises(ValueError, match="constant"):
         estimate_shift(np.ones((40, 40)), a, method="ncc", denoise=False)
+    for bad in (0, 3, True, 1.5, "2"):
+        with pytest.raises(ValueError, match="group"):
+            align_stack(np.stack([a, a, a]), method="ncc", denoise=False, group=bad)
     with pytest.raises(ValueError, match="remove frame 1 from the stack"):
         align_stack(np.stack([a, np.zeros_like(a), a]), method="ncc", denoise=False)
     with pytest.raises(ValueError, match="method"):
@@ -479,6 +503,26 @@ def test_command_line_writes_the_aligned_stack_and_the_table(movie, tmp_path):
     assert emdenoise(["drift", *argv]) == 2
     assert emdenoise(["drift", *argv, "--overwrite"]) == 0
     np.testing.assert_array_equal(tifffile.imread(out), first)
+
+
+def test_command_line_group_reaches_align_stack(movie, tmp_path):
+    import csv
+
+    import tifffile
+
+    from napari_emdenoise.drift.__main__ import main
+
+    frames, _ = movie
+    source, table = tmp_path / "movie.tif", tmp_path / "drift.csv"
+    tifffile.imwrite(source, frames.astype(np.float32))
+    argv = [str(source), "-o", str(tmp_path / "a.tif"), "--table", str(table)]
+    assert main([*argv, "--method", "ncc", "--no-denoise", "--group", "3"]) == 0
+    with table.open() as fh:
+        rows = list(csv.DictReader(fh))
+    got = np.array([[float(r["dy_px"]), float(r["dx_px"])] for r in rows])
+    _, expected = align_stack(frames, method="ncc", denoise=False, group=3)
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    assert main([*argv, "--overwrite", "--group", "10"]) == 2  # a single group: refused
 
 
 def test_command_line_never_overwrites_the_input_and_checks_outputs_first(

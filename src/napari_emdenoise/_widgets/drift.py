@@ -143,6 +143,13 @@ class DriftWidget(StatefulRun, mw.Container):
         self.layer = mw.ComboBox(label="frame stack", choices=self._layer_choices)
         self.reference = mw.ComboBox(label="reference", choices=list(REFERENCES), value="first")
         self.method = mw.ComboBox(label="method", choices=list(METHODS), value="cnn")
+        self.group = mw.SpinBox(label="frames per group", value=1, min=1, max=64)
+        self.group.tooltip = (
+            "Measure the drift on the means of this many consecutive frames and interpolate "
+            "it between them (MotionCor2's frame grouping): for movies too noisy to register "
+            "frame by frame (about 2 counts/pixel and below) whose drift is slow. 1: every "
+            "frame on its own."
+        )
         self.denoise = mw.CheckBox(text="estimate on denoised copies", value=True)
         self.denoiser = mw.ComboBox(label="denoiser", choices=self._denoiser_choices)
         self.fast_scan_axis = fast_scan_axis_box(
@@ -165,6 +172,7 @@ class DriftWidget(StatefulRun, mw.Container):
                 self.layer,
                 self.reference,
                 self.method,
+                self.group,
                 self.denoise,
                 self.denoiser,
                 self.fast_scan_axis,
@@ -272,6 +280,7 @@ class DriftWidget(StatefulRun, mw.Container):
             cancel=self._cancel.is_set,
             return_info=True,
             fast_scan_axis=self.fast_scan_axis.value,
+            group=int(self.group.value),
         )
 
     def _on_result(self, request: dict, aligned: Any, shifts: np.ndarray, info: Any) -> None:
@@ -286,6 +295,7 @@ class DriftWidget(StatefulRun, mw.Container):
             "drift_method": info.method,
             "drift_reference": info.reference,
             "drift_denoiser": info.denoiser,
+            "drift_frames_per_group": int(info.extra.get("group", 1)),
         }
         image = self.viewer.add_image(aligned, name=f"{name} aligned", metadata=meta, **geometry)
         n, h, w = request["shape"]
@@ -306,6 +316,8 @@ class DriftWidget(StatefulRun, mw.Container):
         worst = float(np.max(np.hypot(shifts[:, 0], shifts[:, 1])))
         flagged = int(np.count_nonzero(info.outlier))
         note = f"; {flagged} frame(s) flagged" if flagged else ""
+        if info.extra.get("group", 1) > 1:
+            note += f"; measured on groups of {info.extra['group']} frames"
         self.status.value = f"{name}: largest drift {worst:.2f} px{note}"
         self.progress.value = self.progress.max
         self._finish()

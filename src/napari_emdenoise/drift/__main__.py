@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli._common import add_fast_scan_axis_arg, check_outputs, same_file
+from ..cli._common import add_fast_scan_axis_arg, check_outputs, int_at_least, same_file
 from .pipeline import DEFAULT_DENOISER, METHODS, REFERENCES
 
 __all__ = ["build_parser", "main", "run"]
@@ -41,6 +41,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         parser,
         "the frames' fast-scan axis, for the S(T)EM/SEM denoisers (y: scanned along the "
         "columns or stored transposed)",
+    )
+    parser.add_argument(
+        "--group",
+        type=int_at_least(1),
+        default=1,
+        metavar="N",
+        help="measure the drift on the means of N consecutive frames and interpolate it "
+        "between them (for movies too noisy to register frame by frame; 1: every frame)",
     )
     parser.add_argument("--dataset", type=int, default=0, help="dataset index in the file")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -80,6 +88,7 @@ def run(args: argparse.Namespace) -> int:
             progress=progress,
             return_info=True,
             fast_scan_axis=args.fast_scan_axis,
+            group=args.group,
         )
         print(file=sys.stderr)
         aligned = np.asarray(aligned.compute() if hasattr(aligned, "compute") else aligned)

@@ -597,11 +597,13 @@ class _Frames:
         cancel: CancelCallback | None,
         cache: bool,
         fast_scan_axis: str = "x",
+        label: Callable[[int], str] = "frame {}".format,
     ) -> None:
         self.frames = frames
         self.denoiser = denoiser
         self.cancel = cancel
         self.fast_scan_axis = fast_scan_axis
+        self.label = label
         self.cache: dict[int, Prepared] | None = {} if cache else None
 
     def raw(self, i: int) -> np.ndarray:
@@ -609,13 +611,13 @@ class _Frames:
         if hasattr(frame, "compute"):
             frame = frame.compute()
         try:
-            return _check_frame(frame, f"frame {i}")
+            return _check_frame(frame, self.label(i))
         except ValueError as exc:
             if "constant" not in str(exc):
                 raise
             raise ValueError(
-                f"{exc} (a blanked beam or an empty frame?); remove frame {i} from the stack "
-                "before aligning it"
+                f"{exc} (a blanked beam or an empty frame?); remove {self.label(i)} from the "
+                "stack before aligning it"
             ) from None
 
     def prepared(self, i: int) -> Prepared:
@@ -631,6 +633,92 @@ class _Frames:
         if self.cache is not None:
             self.cache[i] = item
         return item
+
+
+class _GroupMeans:
+    """The means of ``size`` consecutive frames (the last group may hold fewer), read lazily.
+
+    Frame grouping as in MotionCor2 (S. Q. Zheng et al., "MotionCor2: anisotropic
+    correction of beam-induced motion for improved cryo-electron microscopy",
+    Nature Methods 14, 331, 2017): a group of g frames carries g times the counts
+    of one frame, so its shift can be measured where a single frame's cannot.
+    """
+
+    def __init__(self, frames: object, size: int, n_frames: int) -> None:
+        self.frames = frames
+        self.size = size
+        self.starts = list(range(0, n_frames, size))
+        self.stops = [min(start + size, n_frames) for start in self.starts]
+
+    def __len__(self) -> int:
+        return len(self.starts)
+
+    def __getitem__(self, j: int) -> np.ndarray:
+        block = self.frames[self.starts[j] : self.stops[j]]  # type: ignore[index]
+        if hasattr(block, "compute"):
+            block = block.compute()
+        block = as_float_image(np.asarray(block), ndim=3, min_size=1, name=self.label(j))
+        return block.mean(axis=0, dtype=np.float64)
+
+    def label(self, j: int) -> str:
+        first, last = self.starts[j], self.stops[j] - 1
+        return f"frame {first}" if first == last else f"frames {first}–{last}"
+
+    def centres(self) -> np.ndarray:
+        """Mean frame index of every group."""
+        return np.array([(a + b - 1) / 2 for a, b in zip(self.starts, self.stops)], dtype=float)
+
+    def members(self) -> np.ndarray:
+        """The group of every frame."""
+        return np.concatenate(
+            [np.full(b - a, j) for j, (a, b) in enumerate(zip(self.starts, self.stops))]
+        )
+
+
+def _check_group(group: object, n_frames: int) -> int:
+    if isinstance(group, bool) or not isinstance(group, (int, np.integer)) or group < 1:
+        raise ValueError(f"group must be a whole number of frames >= 1, got {group!r}")
+    if group >= n_frames:
+        raise ValueError(
+            f"group={group} leaves a single group of the {n_frames} frames: nothing to align "
+            f"it to (use at most {n_frames - 1})"
+        )
+    return int(group)
+
+
+def _interpolate(t: np.ndarray, centres: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Piecewise-linear through ``(centres, values)``, extended linearly beyond both ends."""
+    out = np.interp(t, centres, values)
+    for end, (a, b) in (("low", (0, 1)), ("high", (-2, -1))):
+        slope = (values[b] - values[a]) / (centres[b] - centres[a])
+        beyond = t < centres[0] if end == "low" else t > centres[-1]
+        anchor = 0 if end == "low" else -1
+        out[beyond] = values[anchor] + slope * (t[beyond] - centres[anchor])
+    return out
+
+
+def _per_frame(
+    groups: _GroupMeans, values: dict[str, np.ndarray], reference: str
+) -> dict[str, np.ndarray]:
+    """Spread per-group results over the frames.
+
+    Shifts follow the groups' centres piecewise linearly (extended linearly at
+    both ends) and, except for ``reference="mean"``, are taken relative to frame
+    0 so that it keeps the shift (0, 0); uncertainties are interpolated between
+    the centres; everything else is the frame's own group's.
+    """
+    t = np.arange(len(groups.members()), dtype=float)
+    centres = groups.centres()
+    out = {key: value[groups.members()] for key, value in values.items()}
+    out["shifts"] = np.stack(
+        [_interpolate(t, centres, values["shifts"][:, k]) for k in range(2)], axis=1
+    )
+    if reference != "mean":
+        out["shifts"] = out["shifts"] - out["shifts"][0]
+    out["sigma"] = np.stack(
+        [np.interp(t, centres, values["sigma"][:, k]) for k in range(2)], axis=1
+    )
+    return out
 
 
 def _validate_stack(frames: object) -> tuple[object, tuple[int, int, int]]:
@@ -693,6 +781,7 @@ def align_stack(
     cancel: CancelCallback | None = None,
     return_info: bool = False,
     fast_scan_axis: str = "x",
+    group: int = 1,
 ) -> tuple[Any, np.ndarray] | tuple[Any, np.ndarray, AlignmentInfo]:
     """Register every frame of a movie and apply the shifts to the raw frames.
 
@@ -739,6 +828,15 @@ def align_stack(
     fast_scan_axis : {"x", "y"}
         The frames' fast-scan axis, for the S(T)EM/SEM denoisers (see
         :func:`estimate_shift`).
+    group : int
+        Frames per group (≥ 1, below the number of frames). With ``group > 1``
+        the shifts are measured on the means of consecutive groups of that many
+        frames, each carrying ``group`` times one frame's counts, and every
+        frame gets the shift interpolated linearly between the groups' centres
+        (frame grouping as in MotionCor2, Zheng et al. 2017). For movies too
+        noisy to register frame by frame (about 2 counts/pixel and below on a
+        128² frame, see docs/drift.md) whose drift is slow; drift faster than
+        about a pixel within a group blurs the groups.
 
     Returns
     -------
@@ -748,7 +846,8 @@ def align_stack(
     shifts : numpy.ndarray
         ``(n_frames, 2)`` float64 registration shifts ``(dy, dx)`` in pixels
         (the convention of :func:`estimate_shift`; frame 0 is ``(0, 0)``
-        except for ``reference="mean"``).
+        except for ``reference="mean"``). With ``group > 1`` the per-frame
+        uncertainty, peak and flags are those of the frame's group.
     info : AlignmentInfo
         Only with ``return_info=True``.
 
@@ -756,8 +855,9 @@ def align_stack(
     ------
     ValueError
         For a single frame, a 2-D or 4-D array, frames of different shapes,
-        frames under 16 pixels, NaN/inf values, non-numeric data, or an
-        unknown reference or method.
+        frames under 16 pixels, NaN/inf values, non-numeric data, an
+        unknown reference or method, or a ``group`` that is not a whole
+        number from 1 to the number of frames − 1.
     napari_emdenoise.engine.Cancelled
         If ``cancel`` returned True.
     """
@@ -767,12 +867,19 @@ def align_stack(
     axis = check_fast_scan_axis(fast_scan_axis)
     lazy = _is_lazy(frames)
     data, shape = _validate_stack(frames)
-    n = shape[0]
+    group = _check_group(group, shape[0])
+    groups = _GroupMeans(data, group, shape[0]) if group > 1 else None
+    # n: the frames, or groups of frames, whose shifts are measured
+    n = shape[0] if groups is None else len(groups)
     denoiser, denoiser_name = _resolve_denoiser(denoise, device)
     regressor = _resolve_regressor(method, model, None)
     denoised = denoiser is not None
-    need_cache = reference == "mean" and (denoised or lazy)
-    source = _Frames(data, denoiser, cancel, need_cache and _fits_cache(shape), axis)
+    need_cache = reference == "mean" and (denoised or lazy or groups is not None)
+    cache = need_cache and _fits_cache((n, *shape[1:]))
+    if groups is None:
+        source = _Frames(data, denoiser, cancel, cache, axis)
+    else:
+        source = _Frames(groups, denoiser, cancel, cache, axis, label=groups.label)
     total = {"first": n - 1, "previous": max(0, 2 * n - 3), "mean": 2 * n - 1}[reference]
     done = 0
 
@@ -838,8 +945,20 @@ def align_stack(
             pairwise, pair_sig, skip, skip_sig, peak, skip_peak, outlier_px
         )
         extra["skip"] = skip
+    if groups is not None:
+        extra.update(group=group, group_shifts=shifts.copy(), group_centres=groups.centres())
+        spread = _per_frame(
+            groups,
+            {"shifts": shifts, "sigma": sig, "peak": peak, "outlier": outlier,
+             "ambiguous": ambiguous, "closure": closure, "pairwise": pairwise},
+            reference,
+        )  # fmt: skip
+        shifts, sig, peak = spread["shifts"], spread["sigma"], spread["peak"]
+        outlier, ambiguous = spread["outlier"], spread["ambiguous"]
+        closure, pairwise = spread["closure"], spread["pairwise"]
     check_cancel()
-    aligned = _apply_all(data, shifts, order, fill_value, lazy, source, cancel)
+    frames_source = source if groups is None else _Frames(data, None, cancel, False, axis)
+    aligned = _apply_all(data, shifts, order, fill_value, lazy, frames_source, cancel)
     if not return_info:
         return aligned, shifts
     info = AlignmentInfo(
