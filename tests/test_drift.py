@@ -505,7 +505,7 @@ def test_command_line_writes_the_aligned_stack_and_the_table(movie, tmp_path):
     np.testing.assert_array_equal(tifffile.imread(out), first)
 
 
-def test_command_line_group_reaches_align_stack(movie, tmp_path):
+def test_command_line_group_and_max_shift_reach_align_stack(movie, tmp_path):
     import csv
 
     import tifffile
@@ -516,13 +516,16 @@ def test_command_line_group_reaches_align_stack(movie, tmp_path):
     source, table = tmp_path / "movie.tif", tmp_path / "drift.csv"
     tifffile.imwrite(source, frames.astype(np.float32))
     argv = [str(source), "-o", str(tmp_path / "a.tif"), "--table", str(table)]
-    assert main([*argv, "--method", "ncc", "--no-denoise", "--group", "3"]) == 0
+    options = ["--method", "ncc", "--no-denoise", "--group", "3", "--max-shift", "8"]
+    assert main([*argv, *options]) == 0
     with table.open() as fh:
         rows = list(csv.DictReader(fh))
     got = np.array([[float(r["dy_px"]), float(r["dx_px"])] for r in rows])
-    _, expected = align_stack(frames, method="ncc", denoise=False, group=3)
+    _, expected = align_stack(frames, method="ncc", denoise=False, group=3, max_shift=8.0)
     np.testing.assert_allclose(got, expected, atol=1e-6)
     assert main([*argv, "--overwrite", "--group", "10"]) == 2  # a single group: refused
+    with pytest.raises(SystemExit):
+        main([*argv, "--overwrite", "--max-shift", "0"])
 
 
 def test_command_line_never_overwrites_the_input_and_checks_outputs_first(

@@ -184,18 +184,20 @@ def test_widget_fast_scan_axis_reaches_the_engine(drift_dock, qtbot):
     assert not widget.fast_scan_axis.enabled  # only the denoiser cares
 
 
-def test_widget_frames_per_group_reaches_the_engine(drift_dock, qtbot):
+def test_widget_frames_per_group_and_largest_shift_reach_the_engine(drift_dock, qtbot):
     from napari_emdenoise.drift import align_stack
 
     viewer, widget, frames, _ = drift_dock
     widget.method.value = "ncc"
     widget.denoise.value = False
     widget.group.value = 3
+    widget.max_shift.value = 6.0
     run(widget, qtbot)
     assert widget.last_error == ""
-    _, expected = align_stack(frames, method="ncc", denoise=False, group=3)
+    _, expected = align_stack(frames, method="ncc", denoise=False, group=3, max_shift=6.0)
     np.testing.assert_allclose(widget.info.shifts, expected, atol=1e-6)
-    assert viewer.layers["movie aligned"].metadata["drift_frames_per_group"] == 3
+    meta = viewer.layers["movie aligned"].metadata
+    assert meta["drift_frames_per_group"] == 3 and meta["drift_max_shift_px"] == 6.0
     assert "groups of 3 frames" in widget.status.value
     viewer.layers.remove("movie aligned")
     widget.group.value = 8  # as many as the movie has frames: a clear error, no layer

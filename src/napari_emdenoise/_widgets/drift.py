@@ -150,6 +150,14 @@ class DriftWidget(StatefulRun, mw.Container):
             "frame by frame (about 2 counts/pixel and below) whose drift is slow. 1: every "
             "frame on its own."
         )
+        self.max_shift = mw.FloatSpinBox(
+            label="largest shift [px]", value=0.0, min=0.0, max=4096.0, step=1.0
+        )
+        self.max_shift.tooltip = (
+            "Largest shift searched per frame (or group) and axis, in pixels; 0: 3/8 of the "
+            "frame. At low dose a wrong correlation peak far away can win: a limit that the "
+            "drift is known to stay within rules those out."
+        )
         self.denoise = mw.CheckBox(text="estimate on denoised copies", value=True)
         self.denoiser = mw.ComboBox(label="denoiser", choices=self._denoiser_choices)
         self.fast_scan_axis = fast_scan_axis_box(
@@ -173,6 +181,7 @@ class DriftWidget(StatefulRun, mw.Container):
                 self.reference,
                 self.method,
                 self.group,
+                self.max_shift,
                 self.denoise,
                 self.denoiser,
                 self.fast_scan_axis,
@@ -281,6 +290,7 @@ class DriftWidget(StatefulRun, mw.Container):
             return_info=True,
             fast_scan_axis=self.fast_scan_axis.value,
             group=int(self.group.value),
+            max_shift=float(self.max_shift.value) or None,
         )
 
     def _on_result(self, request: dict, aligned: Any, shifts: np.ndarray, info: Any) -> None:
@@ -296,6 +306,7 @@ class DriftWidget(StatefulRun, mw.Container):
             "drift_reference": info.reference,
             "drift_denoiser": info.denoiser,
             "drift_frames_per_group": int(info.extra.get("group", 1)),
+            "drift_max_shift_px": float(self.max_shift.value) or None,
         }
         image = self.viewer.add_image(aligned, name=f"{name} aligned", metadata=meta, **geometry)
         n, h, w = request["shape"]

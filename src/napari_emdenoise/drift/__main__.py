@@ -16,7 +16,13 @@ from pathlib import Path
 
 import numpy as np
 
-from ..cli._common import add_fast_scan_axis_arg, check_outputs, int_at_least, same_file
+from ..cli._common import (
+    add_fast_scan_axis_arg,
+    check_outputs,
+    float_in,
+    int_at_least,
+    same_file,
+)
 from .pipeline import DEFAULT_DENOISER, METHODS, REFERENCES
 
 __all__ = ["build_parser", "main", "run"]
@@ -49,6 +55,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         metavar="N",
         help="measure the drift on the means of N consecutive frames and interpolate it "
         "between them (for movies too noisy to register frame by frame; 1: every frame)",
+    )
+    parser.add_argument(
+        "--max-shift",
+        type=float_in(0.0, strict=True, name="--max-shift"),
+        default=None,
+        metavar="PX",
+        help="largest shift searched per frame (or group) and axis, pixels (default 3/8 of "
+        "the frame); a limit that the drift is known to stay within helps at low dose",
     )
     parser.add_argument("--dataset", type=int, default=0, help="dataset index in the file")
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
@@ -89,6 +103,7 @@ def run(args: argparse.Namespace) -> int:
             return_info=True,
             fast_scan_axis=args.fast_scan_axis,
             group=args.group,
+            max_shift=args.max_shift,
         )
         print(file=sys.stderr)
         aligned = np.asarray(aligned.compute() if hasattr(aligned, "compute") else aligned)
