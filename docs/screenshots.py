@@ -8,8 +8,8 @@ buttons are the widgets' own. Run from the repository root::
     python docs/screenshots.py                 # on a desktop
     xvfb-run -a -s "-screen 0 1280x1024x24" python docs/screenshots.py   # on a server
 
-It writes ``docs/playground.png``, ``docs/restore.png``, ``docs/stem4d.png`` and
-``docs/training.png`` (1280 × 800 windows). Training uses a throw-away model
+It writes ``docs/playground.png``, ``docs/restore.png``, ``docs/stem4d.png``,
+``docs/drift.png`` and ``docs/training.png`` (1280 × 800 windows). Training uses a throw-away model
 folder, never the user's.
 """
 
@@ -138,13 +138,29 @@ def training(out: Path, steps: int) -> Path:
     return path
 
 
+def drift(out: Path) -> Path:
+    """The drifting-movie sample aligned: aligned stack, drift track and the dx/dy plot."""
+    viewer = _viewer()
+    viewer.open_sample(PLUGIN, "drifting_movie")
+    _, widget = viewer.window.add_plugin_dock_widget(PLUGIN, "Drift correction")
+    widget.run_button.native.click()
+    _wait(lambda: widget._worker is None and widget.outputs, 600, "the alignment")
+    if widget.last_error:
+        raise RuntimeError(widget.last_error)
+    viewer.dims.set_point(0, viewer.dims.range[0].stop - 1)  # the last frame: the most drift
+    viewer.reset_view()
+    path = _save(viewer, out / "drift.png")
+    viewer.close()
+    return path
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent)
     parser.add_argument("--steps", type=int, default=60, help="training steps for training.png")
     parser.add_argument(
         "--only",
-        choices=["playground", "restore", "stem4d", "training"],
+        choices=["playground", "restore", "stem4d", "drift", "training"],
         default=None,
         help="one picture",
     )
@@ -155,6 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "playground": lambda: playground(args.out),
         "restore": lambda: restore(args.out),
         "stem4d": lambda: stem4d(args.out),
+        "drift": lambda: drift(args.out),
         "training": lambda: training(args.out, args.steps),
     }
     for name, job in jobs.items():
