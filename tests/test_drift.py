@@ -278,6 +278,19 @@ def test_grouped_frames_follow_a_steady_drift(reference):
     assert info.sigma.shape == (11, 2) and info.peak.shape == (11,)
 
 
+def test_advice_suggests_grouping_only_for_movies_too_noisy_to_register(movie):
+    frames, _ = movie  # 50 counts/pixel
+    _, _, info = align_stack(frames[:5], denoise="lrtem", return_info=True)
+    assert info.advice() == ""
+    noisy, _, _ = synthetic.drifting_movie(
+        8, (128, 128), np.random.default_rng(43), content="amorphous", modality="tem", dose=1.0
+    )
+    _, _, info = align_stack(noisy, return_info=True)
+    assert "groups of 2–4 frames" in info.advice()
+    _, _, info = align_stack(noisy, return_info=True, group=2)
+    assert info.advice() == ""  # already grouped
+
+
 def test_align_stack_cnn_with_denoising_applies_shifts_to_the_raw_frames(movie):
     frames, truth = movie
     aligned, shifts = align_stack(frames[:5], method="cnn", denoise="lrtem")

@@ -329,7 +329,8 @@ class DriftWidget(StatefulRun, mw.Container):
         note = f"; {flagged} frame(s) flagged" if flagged else ""
         if info.extra.get("group", 1) > 1:
             note += f"; measured on groups of {info.extra['group']} frames"
-        self.status.value = f"{name}: largest drift {worst:.2f} px{note}"
+        advice = f". Note: {info.advice()}" if info.advice() else ""
+        self.status.value = f"{name}: largest drift {worst:.2f} px{note}{advice}"
         self.progress.value = self.progress.max
         self._finish()
 

@@ -119,6 +119,8 @@ def run(args: argparse.Namespace) -> int:
             write_table(drift_table(info, scale, unit), args.table)
             print(f"wrote {args.table}", file=sys.stderr)
         print(f"wrote {out}", file=sys.stderr)
+        if info.advice():
+            print(f"note: {info.advice()}", file=sys.stderr)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

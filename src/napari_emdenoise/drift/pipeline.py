@@ -86,6 +86,10 @@ _SIGMA_DENOISED = 0.0
 #: benchmarks/drift_accuracy.py reports the calibration on held-out pairs.
 _CRLB_SCALE = {"ncc": 8.7, "phase": 15.5}
 
+#: Median per-frame 1-σ shift uncertainty (px) above which :meth:`AlignmentInfo.advice`
+#: suggests frame grouping.
+UNCERTAIN_SIGMA_PX = 0.4
+
 ProgressCallback = Callable[[int, int], None]
 CancelCallback = Callable[[], bool]
 
@@ -487,6 +491,23 @@ class AlignmentInfo:
     method: str
     denoiser: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def advice(self) -> str:
+        """A hint when the frames look too noisy to register one by one, else "".
+
+        Measured frame by frame, a median 1-σ uncertainty above
+        :data:`UNCERTAIN_SIGMA_PX` is what movies of about 2 counts/pixel and
+        less give (``benchmarks/drift_movies.py``), where frame grouping helps.
+        """
+        moving = self.sigma[1:] if len(self.sigma) > 1 else self.sigma
+        median = float(np.median(np.max(moving, axis=1)))
+        if self.extra.get("group", 1) > 1 or not median > UNCERTAIN_SIGMA_PX:
+            return ""
+        return (
+            f"median shift uncertainty {median:.2f} px: the frames may be too noisy to "
+            "register one by one; try measuring on groups of 2–4 frames (frames per group, "
+            "--group) and a largest shift the drift stays within (--max-shift)"
+        )
 
 
 def chain_shifts(
