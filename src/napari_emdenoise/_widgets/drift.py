@@ -147,7 +147,7 @@ class DriftWidget(StatefulRun, mw.Container):
         self.group.tooltip = (
             "Measure the drift on the means of this many consecutive frames and interpolate "
             "it between them (MotionCor2's frame grouping): for movies too noisy to register "
-            "frame by frame (about 2 counts/pixel and below) whose drift is slow. 1: every "
+            "frame by frame (about 5 counts/pixel and below) whose drift is slow. 1: every "
             "frame on its own."
         )
         self.max_shift = mw.FloatSpinBox(

@@ -855,9 +855,10 @@ def align_stack(
         frames, each carrying ``group`` times one frame's counts, and every
         frame gets the shift interpolated linearly between the groups' centres
         (frame grouping as in MotionCor2, Zheng et al. 2017). For movies too
-        noisy to register frame by frame (about 2 counts/pixel and below on a
-        128² frame, see docs/drift.md) whose drift is slow; drift faster than
-        about a pixel within a group blurs the groups.
+        noisy to register frame by frame (on 128² frames it paid at about 5
+        counts/pixel and below, and below about 2 counts/pixel even groups
+        rarely beat no correction; see docs/drift.md) whose drift is slow:
+        drift faster than about a pixel within a group blurs the groups.
 
     Returns
     -------
