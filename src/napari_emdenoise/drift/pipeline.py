@@ -869,7 +869,9 @@ def align_stack(
         ``(n_frames, 2)`` float64 registration shifts ``(dy, dx)`` in pixels
         (the convention of :func:`estimate_shift`; frame 0 is ``(0, 0)``
         except for ``reference="mean"``). With ``group > 1`` the per-frame
-        uncertainty, peak and flags are those of the frame's group.
+        uncertainty is interpolated between the groups' centres; the peak,
+        the flags and, for ``reference="previous"``, the pairwise shifts and
+        closures are those of the frame's group (group to group).
     info : AlignmentInfo
         Only with ``return_info=True``.
 
