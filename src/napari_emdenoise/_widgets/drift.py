@@ -276,6 +276,7 @@ class DriftWidget(StatefulRun, mw.Container):
             "units": tuple(getattr(layer, "units", ()) or ()),
             "metadata": dict(layer.metadata),
             "shape": tuple(int(s) for s in data.shape),
+            "max_shift": float(self.max_shift.value) or None,
         }
         self._begin(f"aligning {layer.name} ({self.method.value}, {self.reference.value})…")
         self._launch(
@@ -290,7 +291,7 @@ class DriftWidget(StatefulRun, mw.Container):
             return_info=True,
             fast_scan_axis=self.fast_scan_axis.value,
             group=int(self.group.value),
-            max_shift=float(self.max_shift.value) or None,
+            max_shift=request["max_shift"],
         )
 
     def _on_result(self, request: dict, aligned: Any, shifts: np.ndarray, info: Any) -> None:
@@ -306,7 +307,7 @@ class DriftWidget(StatefulRun, mw.Container):
             "drift_reference": info.reference,
             "drift_denoiser": info.denoiser,
             "drift_frames_per_group": int(info.extra.get("group", 1)),
-            "drift_max_shift_px": float(self.max_shift.value) or None,
+            "drift_max_shift_px": request["max_shift"],
         }
         image = self.viewer.add_image(aligned, name=f"{name} aligned", metadata=meta, **geometry)
         n, h, w = request["shape"]
@@ -329,7 +330,8 @@ class DriftWidget(StatefulRun, mw.Container):
         note = f"; {flagged} frame(s) flagged" if flagged else ""
         if info.extra.get("group", 1) > 1:
             note += f"; measured on groups of {info.extra['group']} frames"
-        advice = f". Note: {info.advice()}" if info.advice() else ""
+        advice = info.advice()
+        advice = f". Note: {advice}" if advice else ""
         self.status.value = f"{name}: largest drift {worst:.2f} px{note}{advice}"
         self.progress.value = self.progress.max
         self._finish()

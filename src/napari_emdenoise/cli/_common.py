@@ -82,6 +82,11 @@ def same_file(a: Path, b: Path) -> bool:
         return False
 
 
+def names_same_file(a: Path, b: Path) -> bool:
+    """Whether ``a`` is ``b``: the same file on disk, or (if neither exists yet) the same path."""
+    return same_file(a, b) or a.absolute() == b.absolute()
+
+
 def file_identity(path: Path) -> tuple[int, int] | None:
     """(device, inode) of an existing file, following symlinks; None if it does not exist."""
     try:
@@ -125,7 +130,7 @@ def check_outputs(
         if out.is_dir():
             raise IsADirectoryError(f"cannot write {out}: it is a folder")
         for src in given:
-            if same_file(out, src) or out.absolute() == src.absolute():
+            if names_same_file(out, src):
                 raise ValueError(
                     f"the output {out} must not overwrite the input file {src} "
                     "(inputs are never modified, not even with --overwrite)"

@@ -12,12 +12,12 @@ from ._common import (
     add_dataset_arg,
     add_device_arg,
     int_at_least,
+    names_same_file,
     non_negative_float,
     non_negative_int,
     positive_int,
     progress_printer,
     read_dataset,
-    same_file,
 )
 
 
@@ -31,7 +31,7 @@ def _cmd_restore_4d(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no such file: {src}")
     if dst.suffix.lower() != ".zarr":
         raise ValueError(f"{dst}: the output must be a .zarr store")
-    if same_file(dst, src) or dst.absolute() == src.absolute():
+    if names_same_file(dst, src):
         raise ValueError(f"the output {dst} must not be the input {src}")
     if not dst.absolute().parent.is_dir():
         raise FileNotFoundError(f"cannot write {dst}: the folder {dst.parent} does not exist")

@@ -21,7 +21,7 @@ from ..cli._common import (
     check_outputs,
     float_in,
     int_at_least,
-    same_file,
+    names_same_file,
 )
 from .pipeline import DEFAULT_DENOISER, METHODS, REFERENCES
 
@@ -119,8 +119,9 @@ def run(args: argparse.Namespace) -> int:
             write_table(drift_table(info, scale, unit), args.table)
             print(f"wrote {args.table}", file=sys.stderr)
         print(f"wrote {out}", file=sys.stderr)
-        if info.advice():
-            print(f"note: {info.advice()}", file=sys.stderr)
+        advice = info.advice()
+        if advice:
+            print(f"note: {advice}", file=sys.stderr)
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -135,7 +136,7 @@ def _check_targets(src: Path, out: Path, table: Path | None, args: argparse.Name
     if out.suffix.lower() not in (".tif", ".tiff", ".zarr"):
         raise ValueError(f"{out}: the aligned stack must end in .tif, .tiff or .zarr")
     if out.suffix.lower() == ".zarr":  # a folder: checked here, the table below
-        if same_file(out, src) or out.absolute() == src.absolute():
+        if names_same_file(out, src):
             raise ValueError(
                 f"the output {out} must not overwrite the input {src} "
                 "(inputs are never modified, not even with --overwrite)"

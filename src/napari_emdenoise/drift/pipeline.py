@@ -710,11 +710,11 @@ def _check_group(group: object, n_frames: int) -> int:
 def _interpolate(t: np.ndarray, centres: np.ndarray, values: np.ndarray) -> np.ndarray:
     """Piecewise-linear through ``(centres, values)``, extended linearly beyond both ends."""
     out = np.interp(t, centres, values)
-    for end, (a, b) in (("low", (0, 1)), ("high", (-2, -1))):
-        slope = (values[b] - values[a]) / (centres[b] - centres[a])
-        beyond = t < centres[0] if end == "low" else t > centres[-1]
-        anchor = 0 if end == "low" else -1
-        out[beyond] = values[anchor] + slope * (t[beyond] - centres[anchor])
+    low, high = t < centres[0], t > centres[-1]
+    slope_low = (values[1] - values[0]) / (centres[1] - centres[0])
+    slope_high = (values[-1] - values[-2]) / (centres[-1] - centres[-2])
+    out[low] = values[0] + slope_low * (t[low] - centres[0])
+    out[high] = values[-1] + slope_high * (t[high] - centres[-1])
     return out
 
 
@@ -728,9 +728,10 @@ def _per_frame(
     0 so that it keeps the shift (0, 0); uncertainties are interpolated between
     the centres; everything else is the frame's own group's.
     """
-    t = np.arange(len(groups.members()), dtype=float)
+    members = groups.members()
+    t = np.arange(len(members), dtype=float)
     centres = groups.centres()
-    out = {key: value[groups.members()] for key, value in values.items()}
+    out = {key: value[members] for key, value in values.items()}
     out["shifts"] = np.stack(
         [_interpolate(t, centres, values["shifts"][:, k]) for k in range(2)], axis=1
     )
