@@ -19,6 +19,8 @@ Methods:
   without a Hann window; an oracle choice that favours it), and the same
   followed by a second pass against the mean of the frames it aligned
   (``skimage, 2 passes``);
+* ``align_stack`` with ``reference="first"`` and ``"previous"`` (frame by
+  frame);
 * ``align_stack``: ``reference="mean"`` with the matching bundled denoiser and
   the CNN refinement, frame by frame (``group=1``) and on groups of 2 and 4
   consecutive frames (``group=2``, ``group=4``: shifts measured on the groups'
@@ -31,7 +33,7 @@ error (a shift common to all frames moves the aligned movie as a whole and
 does not misalign it), with a 95 % bootstrap interval over movies.
 
 Run: ``OMP_NUM_THREADS=1 python benchmarks/drift_movies.py [--movies 12]``
-(about 20 minutes on one core); it prints a markdown table and writes
+(about 25 minutes on one core); it prints a markdown table and writes
 ``benchmarks/results/drift_movies.json``.
 """
 
@@ -60,6 +62,8 @@ GROUPS = (1, 2, 4)
 #: (group, max_shift px) of the runs with a restricted search: a user who knows the drift
 #: stays within about ±12 px says so with ``max_shift`` (CLI ``--max-shift``).
 SEARCH = ((1, 12.0), (4, 12.0))
+#: References run besides ``"mean"`` (frame by frame, default search).
+OTHER_REFERENCES = ("first", "previous")
 FRAMES, SHAPE, STEP = 12, (128, 128), 1.5
 SEED = 20261202  # not a training stream
 
@@ -161,6 +165,13 @@ def main(argv: list[str] | None = None) -> int:
                     scores.setdefault(f"skimage {setup}", []).append(errors(first, truth))
                     second = skimage_register(aligned_mean(frames, first), frames, *setup)
                     scores.setdefault(f"skimage 2 passes {setup}", []).append(errors(second, truth))
+                for other in OTHER_REFERENCES:
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore")
+                        _, shifts = align_stack(frames, reference=other, denoise=denoiser)
+                    scores.setdefault(f"align_stack reference={other}", []).append(
+                        errors(shifts, truth)
+                    )
                 for group in GROUPS:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
@@ -192,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             "no correction": "no correction",
             "skimage": best["skimage"],
             "skimage, 2 passes": best["skimage 2 passes"],
+            **{f"reference={r}": f"align_stack reference={r}" for r in OTHER_REFERENCES},
             **{f"group={g}": f"align_stack group={g}" for g in GROUPS},
             **{
                 f"group={g}, ±{m:g} px": f"align_stack group={g} max_shift={m:g}" for g, m in SEARCH
@@ -210,7 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(row)
         print(f"dose {dose:g}: " + "  ".join(f"{k} {v['rms_px']:.2f}" for k, v in entry.items()))
     header = ["counts/px", "no correction", "skimage (best)", "skimage, 2 passes (best)"]
-    header += [f"align_stack, group={g}" for g in GROUPS]
+    header += [f"align_stack, reference={r}" for r in OTHER_REFERENCES]
+    header += [f"align_stack, mean, group={g}" for g in GROUPS]
     header += [f"group={g}, search ±{m:g} px" for g, m in SEARCH]
     table = markdown_table(header, rows)
     print(table)

@@ -278,17 +278,18 @@ def test_grouped_frames_follow_a_steady_drift(reference):
     assert info.sigma.shape == (11, 2) and info.peak.shape == (11,)
 
 
-def test_advice_suggests_grouping_only_for_movies_too_noisy_to_register(movie):
+def test_advice_suggests_the_mean_reference_only_for_movies_too_noisy_to_register(movie):
     frames, _ = movie  # 50 counts/pixel
     _, _, info = align_stack(frames[:5], denoise="lrtem", return_info=True)
     assert info.advice() == ""
     noisy, _, _ = synthetic.drifting_movie(
         8, (128, 128), np.random.default_rng(43), content="amorphous", modality="tem", dose=1.0
     )
-    _, _, info = align_stack(noisy, return_info=True)
-    assert "groups of 2–4 frames" in info.advice()
-    _, _, info = align_stack(noisy, return_info=True, group=2)
-    assert info.advice() == ""  # already grouped
+    for reference in ("first", "previous"):
+        _, _, info = align_stack(noisy, reference=reference, return_info=True)
+        assert "try the mean reference" in info.advice(), reference
+    _, _, info = align_stack(noisy, reference="mean", return_info=True)
+    assert "try the mean reference" not in info.advice()  # already the mean
 
 
 def test_align_stack_cnn_with_denoising_applies_shifts_to_the_raw_frames(movie):

@@ -146,8 +146,8 @@ class DriftWidget(StatefulRun, mw.Container):
         self.group = mw.SpinBox(label="frames per group", value=1, min=1, max=64)
         self.group.tooltip = (
             "Measure the drift on the means of this many consecutive frames and interpolate "
-            "it between them (MotionCor2's frame grouping): for movies too noisy to register "
-            "frame by frame (about 5 counts/pixel and below) whose drift is slow. 1: every "
+            "it between them (MotionCor2's frame grouping): for a slow, steady drift in movies "
+            "too noisy to register frame by frame even with the mean reference. 1: every "
             "frame on its own."
         )
         self.max_shift = mw.FloatSpinBox(
@@ -169,7 +169,9 @@ class DriftWidget(StatefulRun, mw.Container):
         wrap_labels(self.status)
         self.reference.tooltip = (
             "first: every frame against frame 0; previous: frame to frame, chained, with a "
-            "transitivity check that flags outliers; mean: against the mean of a first pass"
+            "transitivity check that flags outliers; mean: every frame against the mean of "
+            "the other frames, refined over up to three passes (the most accurate for noisy "
+            "movies; frames it cannot register get their neighbours' shift and are flagged)"
         )
         self.method.tooltip = (
             "cnn: CNN refinement of the correlation peak, with a learned uncertainty; "

@@ -6,6 +6,8 @@ pixels (the convention of ``skimage.registration.phase_cross_correlation``) with
 its uncertainty; ``align_stack(frames)`` aligns a movie. Modules:
 :mod:`.correlation` (overlap-normalised cross-correlation, phase correlation),
 :mod:`.regressor` (the CNN), :mod:`.pipeline` (the two entry points),
+:mod:`.mean_reference` (frames registered to the mean of the others),
+:mod:`.shifting` (sub-pixel translation),
 :mod:`.synthetic` (pairs and movies with known drift), :mod:`.training`.
 Headless: no Qt or napari; torch is imported only when a network is used.
 """

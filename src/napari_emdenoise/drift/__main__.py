@@ -37,7 +37,14 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     parser.add_argument("input", help="(frames, y, x) stack: tif, mrc, dm4, emd, npy, zarr…")
     parser.add_argument("-o", "--output", required=True, help="aligned stack (.tif or .zarr)")
     parser.add_argument("--table", help="write the drift table (CSV) here")
-    parser.add_argument("--reference", choices=REFERENCES, default="first")
+    parser.add_argument(
+        "--reference",
+        choices=REFERENCES,
+        default="first",
+        help="first: every frame against frame 0 (the most accurate at high dose); previous: "
+        "frame to frame, chained; mean: every frame against the mean of the others (the "
+        "most accurate at about 5 counts/pixel and below)",
+    )
     parser.add_argument("--method", choices=METHODS, default="cnn")
     parser.add_argument(
         "--denoiser", default=DEFAULT_DENOISER, help="restoration model for the shift estimate"
@@ -54,7 +61,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
         default=1,
         metavar="N",
         help="measure the drift on the means of N consecutive frames and interpolate it "
-        "between them (for movies too noisy to register frame by frame; 1: every frame)",
+        "between them (for a slow drift in movies too noisy to register frame by frame, "
+        "even with --reference mean; 1: every frame)",
     )
     parser.add_argument(
         "--max-shift",

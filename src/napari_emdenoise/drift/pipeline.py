@@ -21,8 +21,9 @@ of both.
 
 :func:`align_stack` estimates the shift of every frame of a movie against the
 first frame, the previous frame (shifts chained, outliers flagged by a
-transitivity check) or the mean frame, on denoised copies, and applies the
-shifts to the raw frames; dask input stays lazy.
+transitivity check) or the mean of the other frames (:mod:`.mean_reference`),
+on denoised copies, and applies the shifts to the raw frames; dask input stays
+lazy.
 
 Sign convention: a shift ``(dy, dx)`` in pixels registers ``moving`` onto
 ``reference`` — ``scipy.ndimage.shift(moving, (dy, dx)) ≈ reference`` —
@@ -52,6 +53,8 @@ from .correlation import (
     parabolic_peak,
     phase_shift,
 )
+from .mean_reference import MEAN_PASSES, UNRELIABLE_SIGMA_PX, register_to_mean
+from .shifting import apply_shift
 
 __all__ = [
     "DEFAULT_DENOISER",
@@ -157,8 +160,11 @@ def _check_choice(value: object, allowed: Sequence[str], name: str) -> str:
     return value
 
 
-def _check_frame(image: object, name: str) -> np.ndarray:
-    """A finite 2-D frame of at least MIN_FRAME pixels per side, as float32."""
+def _check_frame(image: object, name: str, constant_hint: str = "") -> np.ndarray:
+    """A finite 2-D frame of at least MIN_FRAME pixels per side, as float32.
+
+    ``constant_hint`` is appended to the message for a constant frame.
+    """
     arr = tensor_to_numpy(image)
     kind = getattr(getattr(arr, "dtype", None), "kind", None)
     if kind == "c":
@@ -170,7 +176,7 @@ def _check_frame(image: object, name: str) -> np.ndarray:
             f"{MIN_FRAME} pixels per side"
         )
     if float(frame.max()) == float(frame.min()):
-        raise ValueError(f"{name} is constant: there is nothing to correlate")
+        raise ValueError(f"{name} is constant: there is nothing to correlate{constant_hint}")
     return frame
 
 
@@ -407,48 +413,6 @@ def estimate_shift(
 # --------------------------------------------------------------------------- applying
 
 
-def apply_shift(
-    frame: np.ndarray, shift: Sequence[float], order: int = 3, fill_value: float = 0.0
-) -> np.ndarray:
-    """Translate a frame by ``shift`` pixels: ``out(x) = frame(x - shift)``.
-
-    Parameters
-    ----------
-    frame : numpy.ndarray
-        2-D frame (any numeric dtype).
-    shift : sequence of float
-        ``(dy, dx)`` in pixels, as returned by :func:`estimate_shift`.
-    order : int
-        Spline order (0–5); integer shifts are exact for every order.
-    fill_value : float
-        Value of the pixels that no input pixel maps to.
-
-    Returns
-    -------
-    numpy.ndarray
-        float32 frame of the same shape.
-    """
-    from scipy import ndimage
-
-    data = np.asarray(frame, dtype=np.float32)
-    dy, dx = (float(s) for s in shift)
-    h, w = data.shape
-    if dy == round(dy) and dx == round(dx):
-        out = np.full_like(data, fill_value)
-        iy, ix = int(round(dy)), int(round(dx))
-        if abs(iy) < h and abs(ix) < w:
-            out[max(0, iy) : h + min(0, iy), max(0, ix) : w + min(0, ix)] = data[
-                max(0, -iy) : h + min(0, -iy), max(0, -ix) : w + min(0, -ix)
-            ]
-        return out
-    out = ndimage.shift(data, (dy, dx), order=int(order), mode="nearest", prefilter=order > 1)
-    yy = np.arange(h)[:, None] - dy
-    xx = np.arange(w)[None, :] - dx
-    valid = (yy >= -1e-6) & (yy <= h - 1 + 1e-6) & (xx >= -1e-6) & (xx <= w - 1 + 1e-6)
-    out[~valid] = fill_value
-    return out.astype(np.float32, copy=False)
-
-
 # --------------------------------------------------------------------------- stacks
 
 
@@ -465,8 +429,11 @@ class AlignmentInfo:
     peak : numpy.ndarray
         ``(n,)`` correlation at the peak of each frame's estimate.
     outlier : numpy.ndarray
-        ``(n,)`` bool: the frame failed the transitivity check
-        (``reference="previous"``; always False otherwise).
+        ``(n,)`` bool: the frame's own estimate was not used. With
+        ``reference="previous"`` it failed the transitivity check; with
+        ``reference="mean"`` it was too uncertain and its shift is
+        interpolated from its neighbours in time; always False with
+        ``"first"``.
     ambiguous : numpy.ndarray
         ``(n,)`` bool: another correlation peak was almost as significant
         (:attr:`ShiftEstimate.ambiguous`; expected for crystals, whose
@@ -493,21 +460,39 @@ class AlignmentInfo:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def advice(self) -> str:
-        """A hint when the frames look too noisy to register one by one, else "".
+        """What the user should know about this alignment, else "".
 
-        Measured frame by frame, a median 1-σ uncertainty above
-        :data:`UNCERTAIN_SIGMA_PX` is what movies of about 2 counts/pixel and
-        less give (``benchmarks/drift_movies.py``), where frame grouping helps.
+        With ``reference="mean"``: how many frames could not be registered on
+        their own (their shifts are interpolated), or that too few could (no
+        correction). With ``"first"`` or ``"previous"``, frame by frame: a
+        median 1-σ uncertainty above :data:`UNCERTAIN_SIGMA_PX`, what movies
+        of about 2 counts/pixel and less give, suggests ``reference="mean"``,
+        the only reference that beat no correction on such movies
+        (``benchmarks/drift_movies.py``).
         """
+        notes = []
+        flagged, n = int(np.count_nonzero(self.outlier)), len(self.outlier)
+        if self.reference == "mean" and flagged == n:
+            notes.append(
+                f"fewer than half of the frames could be registered (shift uncertainty above "
+                f"{UNRELIABLE_SIGMA_PX:g} px): all shifts are 0, the movie is not corrected; "
+                "frame grouping (frames per group, --group) may register the groups' means"
+            )
+        elif self.reference == "mean" and flagged:
+            notes.append(
+                f"{flagged} of {n} frames could not be registered on their own (uncertainty "
+                f"above {UNRELIABLE_SIGMA_PX:g} px): their shifts are interpolated from their "
+                "neighbours"
+            )
         moving = self.sigma[1:] if len(self.sigma) > 1 else self.sigma
         median = float(np.median(np.max(moving, axis=1)))
-        if self.extra.get("group", 1) > 1 or not median > UNCERTAIN_SIGMA_PX:
-            return ""
-        return (
-            f"median shift uncertainty {median:.2f} px: the frames may be too noisy to "
-            "register one by one; try measuring on groups of 2–4 frames (frames per group, "
-            "--group) and a largest shift the drift stays within (--max-shift)"
-        )
+        if self.reference != "mean" and median > UNCERTAIN_SIGMA_PX:
+            notes.append(
+                f"median shift uncertainty {median:.2f} px: the frames may be too noisy to "
+                "register against single frames; try the mean reference (every frame "
+                "against the mean of the others: reference mean, --reference mean)"
+            )
+        return "; ".join(notes)
 
 
 def chain_shifts(
@@ -631,15 +616,11 @@ class _Frames:
         frame = self.frames[i]  # type: ignore[index]
         if hasattr(frame, "compute"):
             frame = frame.compute()
-        try:
-            return _check_frame(frame, self.label(i))
-        except ValueError as exc:
-            if "constant" not in str(exc):
-                raise
-            raise ValueError(
-                f"{exc} (a blanked beam or an empty frame?); remove {self.label(i)} from the "
-                "stack before aligning it"
-            ) from None
+        name = self.label(i)
+        hint = (
+            f" (a blanked beam or an empty frame?); remove {name} from the stack before aligning it"
+        )
+        return _check_frame(frame, name, constant_hint=hint)
 
     def prepared(self, i: int) -> Prepared:
         if self.cache is not None and i in self.cache:
@@ -818,9 +799,15 @@ def align_stack(
         against the one before and the one before that; the shifts are
         chained to frame 0 and frames whose loop of three shifts does not
         close are flagged (:func:`chain_shifts`); best for large total drift
-        or a changing specimen. ``"mean"``: a first pass against frame 0
-        builds the mean of the aligned frames, and every frame is registered
-        to that less noisy mean.
+        or a changing specimen. ``"mean"``: after a first pass against frame 0,
+        every frame is registered to the mean of all the *other* frames
+        aligned so far, for up to three passes (a mean that held the frame
+        itself would correlate the frame's noise with itself); frames too
+        uncertain to use (1-σ above 1.5 px) get a shift interpolated from
+        their neighbours and are flagged, and when fewer than half of them
+        register every shift is 0 (:mod:`.mean_reference`). The most accurate choice for
+        noisy movies: on synthetic movies at 0.5–5 counts/pixel it was the
+        only one better than no correction (docs/drift.md).
     method : {"cnn", "ncc", "phase"}
         Pair estimator, see :func:`estimate_shift`.
     denoise : bool, str, path or torch.nn.Module
@@ -837,7 +824,7 @@ def align_stack(
     fill_value : float
         Value of the pixels shifted in from outside the frame.
     outlier_px : float
-        Smallest transitivity error that flags a frame, pixels.
+        Smallest transitivity error that flags a frame (``reference="previous"``), pixels.
     device : str, optional
         Torch device of the denoiser.
     progress : callable, optional
@@ -855,11 +842,11 @@ def align_stack(
         the shifts are measured on the means of consecutive groups of that many
         frames, each carrying ``group`` times one frame's counts, and every
         frame gets the shift interpolated linearly between the groups' centres
-        (frame grouping as in MotionCor2, Zheng et al. 2017). For movies too
-        noisy to register frame by frame (on 128² frames it paid at about 5
-        counts/pixel and below, and below about 2 counts/pixel even groups
-        rarely beat no correction; see docs/drift.md) whose drift is slow:
-        drift faster than about a pixel within a group blurs the groups.
+        (frame grouping as in MotionCor2, Zheng et al. 2017). For a slow,
+        steady drift in movies too noisy to register frame by frame even
+        against the mean: drift faster than about a pixel within a group blurs
+        the groups. On the random-walk movies of docs/drift.md the mean
+        reference frame by frame beat every group size at every dose.
 
     Returns
     -------
@@ -905,13 +892,21 @@ def align_stack(
         source = _Frames(data, denoiser, cancel, cache, axis)
     else:
         source = _Frames(groups, denoiser, cancel, cache, axis, label=groups.label)
-    total = {"first": n - 1, "previous": max(0, 2 * n - 3), "mean": 2 * n - 1}[reference]
+    total = {"first": n - 1, "previous": max(0, 2 * n - 3), "mean": (MEAN_PASSES + 1) * n - 1}[
+        reference
+    ]
     done = 0
 
     def tick() -> None:
         nonlocal done
         done += 1
         if progress is not None:
+            progress(done, total)
+
+    def finish() -> None:  # the passes against the mean may stop early
+        nonlocal done
+        if progress is not None and done < total:
+            done = total
             progress(done, total)
 
     def check_cancel() -> None:
@@ -943,10 +938,11 @@ def align_stack(
             shifts[i], sig[i], peak[i], ambiguous[i] = est, est.sigma, est.peak, est.ambiguous
         if reference == "mean":
             extra["first_pass"] = shifts.copy()
-            mean = _mean_frame(source, shifts, n, denoised, check_cancel)
-            for i in range(n):
-                est = estimate(mean, source.prepared(i))
-                shifts[i], sig[i], peak[i], ambiguous[i] = est, est.sigma, est.peak, est.ambiguous
+            result = register_to_mean(source.prepared, shifts, estimate, check_cancel)
+            shifts, sig, peak = result.shifts, result.sigma, result.peak
+            ambiguous, outlier = result.ambiguous, result.unreliable
+            extra["passes"] = result.passes
+            finish()
     else:
         skip = np.full((n, 2), np.nan)
         skip_sig = np.full((n, 2), np.nan)
@@ -1000,32 +996,6 @@ def align_stack(
         extra=extra,
     )
     return aligned, shifts, info
-
-
-def _mean_frame(
-    source: _Frames,
-    shifts: np.ndarray,
-    n: int,
-    denoised: bool,
-    check_cancel: Callable[[], None],
-) -> Prepared:
-    """Mean of the prepared frames after shifting them (pixels no frame reaches excluded)."""
-    sums: list[np.ndarray] = []
-    counts: list[np.ndarray] = []
-    for i in range(n):
-        check_cancel()
-        item = source.prepared(i)
-        parts = (item.raw, item.den) if denoised else (item.raw,)
-        for k, part in enumerate(parts):
-            moved = apply_shift(part, shifts[i], order=1, fill_value=np.nan)
-            ok = np.isfinite(moved)
-            if len(sums) <= k:
-                sums.append(np.zeros(moved.shape))
-                counts.append(np.zeros(moved.shape))
-            sums[k][ok] += moved[ok]
-            counts[k] += ok
-    means = [(t / np.maximum(c, 1)).astype(np.float32) for t, c in zip(sums, counts)]
-    return Prepared(means[0], means[1] if denoised else None)
 
 
 def _apply_all(
