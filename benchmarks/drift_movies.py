@@ -165,32 +165,26 @@ def main(argv: list[str] | None = None) -> int:
                     scores.setdefault(f"skimage {setup}", []).append(errors(first, truth))
                     second = skimage_register(aligned_mean(frames, first), frames, *setup)
                     scores.setdefault(f"skimage 2 passes {setup}", []).append(errors(second, truth))
-                for other in OTHER_REFERENCES:
+                runs = [
+                    (f"align_stack reference={other}", {"reference": other})
+                    for other in OTHER_REFERENCES
+                ]
+                runs += [
+                    (f"align_stack group={group}", {"reference": "mean", "group": group})
+                    for group in GROUPS
+                ]
+                runs += [
+                    (
+                        f"align_stack group={group} max_shift={limit:g}",
+                        {"reference": "mean", "group": group, "max_shift": limit},
+                    )
+                    for group, limit in SEARCH
+                ]
+                for name, kwargs in runs:
                     with warnings.catch_warnings():
                         warnings.simplefilter("ignore")
-                        _, shifts = align_stack(frames, reference=other, denoise=denoiser)
-                    scores.setdefault(f"align_stack reference={other}", []).append(
-                        errors(shifts, truth)
-                    )
-                for group in GROUPS:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        _, shifts = align_stack(
-                            frames, reference="mean", denoise=denoiser, group=group
-                        )
-                    scores.setdefault(f"align_stack group={group}", []).append(
-                        errors(shifts, truth)
-                    )
-                for group, limit in SEARCH:
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore")
-                        _, shifts = align_stack(
-                            frames, reference="mean", denoise=denoiser, group=group,
-                            max_shift=limit,
-                        )  # fmt: skip
-                    scores.setdefault(f"align_stack group={group} max_shift={limit:g}", []).append(
-                        errors(shifts, truth)
-                    )
+                        _, shifts = align_stack(frames, denoise=denoiser, **kwargs)
+                    scores.setdefault(name, []).append(errors(shifts, truth))
 
         def rms(name: str, scores: dict[str, list[np.ndarray]] = scores) -> float:
             return float(np.sqrt(np.mean(np.concatenate(scores[name]))))

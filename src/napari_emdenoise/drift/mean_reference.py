@@ -12,8 +12,9 @@ A frame whose estimate is too uncertain to use (1-σ above
 correlation peak is a noise peak) gets the shift interpolated in time from the
 frames that registered, and enters the next pass's mean at that shift. When
 fewer than half of the frames register, every shift is 0: no correction,
-rather than a movie scrambled by noise peaks. The test trusts the uncertainty the estimator
-reports; the CNN's, on denoised frames (the default), was measured for it.
+rather than a movie scrambled by noise peaks. The test trusts the
+uncertainty the estimator reports; the CNN's, on denoised frames (the
+default), was measured for it.
 
 On 36 synthetic movies per dose (``benchmarks/drift_movies.py``) this took
 the RMS error at 0.5 / 1 / 2 / 5 / 20 counts/pixel from 13.1 / 6.7 / 4.9 /

@@ -805,9 +805,9 @@ def align_stack(
         itself would correlate the frame's noise with itself); frames too
         uncertain to use (1-σ above 1.5 px) get a shift interpolated from
         their neighbours and are flagged, and when fewer than half of them
-        register every shift is 0 (:mod:`.mean_reference`). The most accurate choice for
-        noisy movies: on synthetic movies at 0.5–5 counts/pixel it was the
-        only one better than no correction (docs/drift.md).
+        register every shift is 0 (:mod:`.mean_reference`). The most accurate
+        choice for noisy movies: on synthetic movies at 0.5–5 counts/pixel it
+        was the only one better than no correction (docs/drift.md).
     method : {"cnn", "ncc", "phase"}
         Pair estimator, see :func:`estimate_shift`.
     denoise : bool, str, path or torch.nn.Module
